@@ -1,0 +1,47 @@
+// CUDA helpers shared by several kernel families.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cutlass/cutlass.h>
+
+#include "common/checks.h"
+
+namespace mlx_kernels {
+
+template <typename T>
+__host__ __device__ constexpr T ceil_div_dev(T a, T b) {
+  return (a + b - 1) / b;
+}
+
+// Raise a clear error naming the op when CUTLASS refuses or fails a launch.
+#define MLX_CUTLASS_CHECK(op, status)                                                     \
+  do {                                                                                    \
+    cutlass::Status _status = (status);                                                   \
+    TORCH_CHECK(_status == cutlass::Status::kSuccess, op, ": CUTLASS error: ",            \
+                cutlassGetStatusString(_status));                                         \
+  } while (0)
+
+// Zero-pads `t` along `dim` up to a multiple of `multiple` (no copy when it
+// already is one). Tensor-core kernels need 16-byte aligned rows; padding with
+// zeros keeps GEMM results exact.
+inline at::Tensor pad_dim_to_multiple(const at::Tensor& t, int64_t dim, int64_t multiple) {
+  const int64_t size = t.size(dim);
+  const int64_t padded = (size + multiple - 1) / multiple * multiple;
+  if (padded == size) return t;
+  std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
+  shape[dim] = padded;
+  at::Tensor out = at::zeros(shape, t.options());
+  out.narrow(dim, 0, size).copy_(t);
+  return out;
+}
+
+// True when the tensor's data starts on a 16-byte boundary (cp.async / ldmatrix).
+inline bool is_aligned_16(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
+}  // namespace mlx_kernels

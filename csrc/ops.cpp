@@ -1,0 +1,43 @@
+// The one place every op schema lives. Kernels register their CPU and CUDA
+// implementations from their family folders (csrc/<family>/cpu.cpp, *.cu);
+// the fake (meta) implementations live in python/mlx_kernels/ops.py.
+//
+// This file also holds the (empty) Python module init: `from mlx_kernels import
+// _C` just loads the library, whose static initializers register the ops.
+
+#include <Python.h>
+
+#include "common/registration.h"
+
+MLX_LIBRARY(m) {
+  // int8 mixed-precision GEMM (LLM.int8)
+  m.def("int8_mm(Tensor a_i8, Tensor b_i8) -> Tensor");
+  m.def("int8_vectorwise_quant(Tensor x, float threshold=0.0) -> (Tensor x_i8, Tensor row_absmax, Tensor outlier_cols)");
+  m.def("int8_gemm(Tensor x, Tensor w_i8, Tensor w_absmax, Tensor? bias=None, float threshold=6.0) -> Tensor");
+
+  // bipolar-INT arbitrary-precision GEMM
+  m.def("bipolar_pack(Tensor values, int bits) -> Tensor");
+  m.def("bipolar_unpack(Tensor planes, int K) -> Tensor");
+  m.def("bipolar_gemm(Tensor a_planes, Tensor w_planes, int K) -> Tensor");
+  m.def("bipolar_quantize(Tensor x, int bits) -> (Tensor planes, Tensor scale)");
+  m.def("bipolar_linear(Tensor x, Tensor w_planes, Tensor w_scale, int x_bits, Tensor? bias=None) -> Tensor");
+
+  // Tensor-Core block-sparse SpMM (SMaT)
+  m.def("bsr_spmm(Tensor crow, Tensor col, Tensor blocks, Tensor b, int m, Tensor? row_perm=None) -> Tensor");
+
+  // Atomic row-wise SpGEMM (SMASH)
+  m.def("spgemm_csr(Tensor a_crow, Tensor a_col, Tensor a_val, Tensor b_crow, Tensor b_col, Tensor b_val, int n) -> (Tensor c_crow, Tensor c_col, Tensor c_val)");
+
+  // FFT-as-matmul convolution (FlashFFTConv)
+  m.def("fft_conv(Tensor u, Tensor k, Tensor? pregate=None, Tensor? postgate=None) -> Tensor");
+
+  // Shared-prefix attention (Hydragen)
+  m.def("attention_with_lse(Tensor q, Tensor k, Tensor v, bool causal=False, float? scale=None) -> (Tensor out, Tensor lse)");
+  m.def("merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor out, Tensor lse)");
+  m.def("shared_prefix_attention(Tensor q, Tensor prefix_k, Tensor prefix_v, Tensor suffix_k, Tensor suffix_v, Tensor? suffix_lens=None, float? scale=None) -> Tensor");
+}
+
+PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,111 @@
+"""python -m mlx_kernels.bench [--ops OP ...] [--device cpu|cuda] [--quick] [--plot] [--out DIR]"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import math
+import pkgutil
+import sys
+from typing import Callable, Dict, List
+
+import torch
+from tqdm import tqdm
+
+import mlx_kernels
+
+from . import core
+
+_FRAMEWORK_MODULES = {"core", "__main__"}
+
+
+def discover() -> Dict[str, Callable]:
+    """op name -> cases_fn, from every module of this package that defines BENCHMARKS."""
+    found: Dict[str, Callable] = {}
+    for info in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
+        if info.name in _FRAMEWORK_MODULES or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__package__}.{info.name}")
+        found.update(getattr(module, "BENCHMARKS", {}))
+    return found
+
+
+def run_case(case: core.Case, device: str, quick: bool) -> dict:
+    ours, baselines = case.make()
+    ours_ms = core.time_fn(ours, device, quick)
+    baselines_ms = {}
+    for name, fn in baselines.items():
+        try:
+            baselines_ms[name] = core.time_fn(fn, device, quick)
+        except Exception as exc:  # a baseline that cannot run this shape is reported, not fatal
+            print(f"\n  baseline {name} failed on {case.label}: {type(exc).__name__}: {exc}")
+            baselines_ms[name] = float("nan")
+    del ours, baselines
+    measure = case.measure
+    ours_tp = core.throughput(measure, ours_ms)
+    peak = core.device_peaks(device).get(measure.peak) if measure.peak else None
+    pct = 100.0 * ours_tp / peak if peak else float("nan")
+    return {
+        "label": case.label,
+        "params": case.params,
+        "ours_ms": ours_ms,
+        "baselines_ms": baselines_ms,
+        "speedup": {k: (v / ours_ms if ours_ms and not math.isnan(v) else float("nan")) for k, v in baselines_ms.items()},
+        "ours_throughput": ours_tp,
+        "throughput_unit": core.throughput_unit(measure),
+        "ours_pct_peak": pct,
+        "work": {"amount": measure.amount, "unit": measure.unit, "peak": measure.peak},
+        "extra": case.extra,
+    }
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlx_kernels.bench", description=__doc__)
+    parser.add_argument("--ops", nargs="*", help="ops to run (default: all registered)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="default: cuda when available and built, else cpu")
+    parser.add_argument("--quick", action="store_true", help="a small set of shapes that runs in seconds")
+    parser.add_argument("--plot", action="store_true", help="write PNG charts next to the results")
+    parser.add_argument("--out", default="bench/results", help="results folder (default: bench/results)")
+    parser.add_argument("--list", action="store_true", help="list the registered benchmarks and exit")
+    args = parser.parse_args(argv)
+
+    benchmarks = discover()
+    if args.list:
+        print("\n".join(sorted(benchmarks)))
+        return 0
+    device = args.device or ("cuda" if torch.cuda.is_available() and mlx_kernels.WITH_CUDA else "cpu")
+    if device == "cuda" and not (torch.cuda.is_available() and mlx_kernels.WITH_CUDA):
+        parser.error("--device cuda needs a GPU and a CUDA build of mlx_kernels")
+    ops = args.ops or sorted(benchmarks)
+    unknown = [op for op in ops if op not in benchmarks]
+    if unknown:
+        parser.error(f"unknown ops {unknown}; registered: {sorted(benchmarks)}")
+
+    env = core.environment(device)
+    print(f"device: {env['device']} | torch {env['torch']} | CUDA {env['cuda']} | commit {env['commit']}")
+    plan = [(op, case) for op in ops for case in benchmarks[op](device, args.quick)]
+    results: Dict[str, List[dict]] = {op: [] for op in ops}
+    for op, case in tqdm(plan, desc="benchmarks", unit="case", file=sys.stderr, dynamic_ncols=True):
+        results[op].append(run_case(case, device, args.quick))
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+    for op in ops:
+        if not results[op]:
+            continue
+        print()
+        print(core.format_table(op, results[op]))
+        paths = core.write_results(args.out, device, op, results[op])
+        if args.plot:
+            png = core.plot_results(args.out, device, op, results[op])
+            if png:
+                paths.append(png)
+        print("wrote " + ", ".join(paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

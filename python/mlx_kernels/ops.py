@@ -1,0 +1,233 @@
+"""Fake (meta) implementations of every op and thin typed Python wrappers.
+
+The schemas live in ``csrc/ops.cpp``; the fakes here let ``torch.compile`` and
+``torch.library.opcheck`` reason about output shapes without running a kernel.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ._build_config import OPS_NAMESPACE
+
+ops = getattr(torch.ops, OPS_NAMESPACE)
+
+
+def _name(op: str) -> str:
+    return f"{OPS_NAMESPACE}::{op}"
+
+
+def _rows(x: Tensor) -> int:
+    """Number of rows of ``x`` viewed as [rows, x.shape[-1]]."""
+    rows = 1
+    for size in x.shape[:-1]:
+        rows *= size
+    return rows
+
+
+def _words(k: int) -> int:
+    """int32 words per packed bit-plane row of length k."""
+    return (k + 31) // 32
+
+
+# --- int8 mixed-precision GEMM (LLM.int8) ------------------------------------
+
+
+@torch.library.register_fake(_name("int8_mm"))
+def _int8_mm_fake(a_i8, b_i8):
+    torch._check(a_i8.dim() == 2 and b_i8.dim() == 2, lambda: "int8_mm: a_i8 and b_i8 must be 2-D")
+    torch._check(a_i8.shape[1] == b_i8.shape[1], lambda: "int8_mm: K mismatch")
+    return a_i8.new_empty((a_i8.shape[0], b_i8.shape[0]), dtype=torch.int32)
+
+
+def int8_mm(a_i8: Tensor, b_i8: Tensor) -> Tensor:
+    """Exact int32 ``a_i8 [M, K] @ b_i8 [N, K].T``."""
+    return ops.int8_mm(a_i8, b_i8)
+
+
+@torch.library.register_fake(_name("int8_vectorwise_quant"))
+def _int8_vectorwise_quant_fake(x, threshold=0.0):
+    outliers = 0 if threshold <= 0 else torch.library.get_ctx().new_dynamic_size()
+    return (
+        x.new_empty(x.shape, dtype=torch.int8),
+        x.new_empty((_rows(x),), dtype=torch.float32),
+        x.new_empty((outliers,), dtype=torch.int64),
+    )
+
+
+def int8_vectorwise_quant(x: Tensor, threshold: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per-row absmax int8 quantization; columns with any |x| > threshold are outliers."""
+    return ops.int8_vectorwise_quant(x, threshold)
+
+
+@torch.library.register_fake(_name("int8_gemm"))
+def _int8_gemm_fake(x, w_i8, w_absmax, bias=None, threshold=6.0):
+    return x.new_empty((*x.shape[:-1], w_i8.shape[0]))
+
+
+def int8_gemm(
+    x: Tensor, w_i8: Tensor, w_absmax: Tensor, bias: Optional[Tensor] = None, threshold: float = 6.0
+) -> Tensor:
+    """LLM.int8 ``x @ w.T + bias`` with outlier columns of x in 16-bit."""
+    return ops.int8_gemm(x, w_i8, w_absmax, bias, threshold)
+
+
+# --- bipolar-INT arbitrary-precision GEMM ------------------------------------
+
+
+@torch.library.register_fake(_name("bipolar_pack"))
+def _bipolar_pack_fake(values, bits):
+    return values.new_empty((bits, values.shape[0], _words(values.shape[1])), dtype=torch.int32)
+
+
+def bipolar_pack(values: Tensor, bits: int) -> Tensor:
+    """Odd integers [R, K] -> bit-planes int32 [bits, R, ceil(K/32)]."""
+    return ops.bipolar_pack(values, bits)
+
+
+@torch.library.register_fake(_name("bipolar_unpack"))
+def _bipolar_unpack_fake(planes, K):
+    return planes.new_empty((planes.shape[1], K), dtype=torch.int32)
+
+
+def bipolar_unpack(planes: Tensor, K: int) -> Tensor:
+    """Bit-planes [bits, R, ceil(K/32)] -> odd integers int32 [R, K]."""
+    return ops.bipolar_unpack(planes, K)
+
+
+@torch.library.register_fake(_name("bipolar_gemm"))
+def _bipolar_gemm_fake(a_planes, w_planes, K):
+    return a_planes.new_empty((a_planes.shape[1], w_planes.shape[1]), dtype=torch.int32)
+
+
+def bipolar_gemm(a_planes: Tensor, w_planes: Tensor, K: int) -> Tensor:
+    """Exact int32 ``unpack(a) @ unpack(w).T`` on bit-planes."""
+    return ops.bipolar_gemm(a_planes, w_planes, K)
+
+
+@torch.library.register_fake(_name("bipolar_quantize"))
+def _bipolar_quantize_fake(x, bits):
+    rows, k = x.shape[0], x.shape[1]
+    return (
+        x.new_empty((bits, rows, _words(k)), dtype=torch.int32),
+        x.new_empty((rows,), dtype=torch.float32),
+    )
+
+
+def bipolar_quantize(x: Tensor, bits: int) -> Tuple[Tensor, Tensor]:
+    """Per-row scaled quantization of x [R, K] to bits-bit bipolar-INT planes."""
+    return ops.bipolar_quantize(x, bits)
+
+
+@torch.library.register_fake(_name("bipolar_linear"))
+def _bipolar_linear_fake(x, w_planes, w_scale, x_bits, bias=None):
+    return x.new_empty((*x.shape[:-1], w_planes.shape[1]))
+
+
+def bipolar_linear(
+    x: Tensor, w_planes: Tensor, w_scale: Tensor, x_bits: int, bias: Optional[Tensor] = None
+) -> Tensor:
+    """Quantize x to x_bits, bipolar GEMM against w_planes, dequantize, add bias."""
+    return ops.bipolar_linear(x, w_planes, w_scale, x_bits, bias)
+
+
+# --- Tensor-Core block-sparse SpMM (SMaT) ------------------------------------
+
+
+@torch.library.register_fake(_name("bsr_spmm"))
+def _bsr_spmm_fake(crow, col, blocks, b, m, row_perm=None):
+    return b.new_empty((m, b.shape[1]))
+
+
+def bsr_spmm(
+    crow: Tensor, col: Tensor, blocks: Tensor, b: Tensor, m: int, row_perm: Optional[Tensor] = None
+) -> Tensor:
+    """C [m, n] = A @ b for A in BCSR (torch sparse_bsr conventions)."""
+    return ops.bsr_spmm(crow, col, blocks, b, m, row_perm)
+
+
+# --- Atomic row-wise SpGEMM (SMASH) ------------------------------------------
+
+
+@torch.library.register_fake(_name("spgemm_csr"))
+def _spgemm_csr_fake(a_crow, a_col, a_val, b_crow, b_col, b_val, n):
+    nnz = torch.library.get_ctx().new_dynamic_size()
+    return (
+        a_crow.new_empty(a_crow.shape),
+        a_col.new_empty((nnz,)),
+        a_val.new_empty((nnz,)),
+    )
+
+
+def spgemm_csr(
+    a_crow: Tensor, a_col: Tensor, a_val: Tensor, b_crow: Tensor, b_col: Tensor, b_val: Tensor, n: int
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """C = A @ B for CSR A [m, k], B [k, n]; returns C's (crow, col, val)."""
+    return ops.spgemm_csr(a_crow, a_col, a_val, b_crow, b_col, b_val, n)
+
+
+# --- FFT-as-matmul convolution (FlashFFTConv) --------------------------------
+
+
+@torch.library.register_fake(_name("fft_conv"))
+def _fft_conv_fake(u, k, pregate=None, postgate=None):
+    return torch.empty_like(u)
+
+
+def fft_conv(
+    u: Tensor, k: Tensor, pregate: Optional[Tensor] = None, postgate: Optional[Tensor] = None
+) -> Tensor:
+    """Causal long convolution of u [B, H, L] with k [H, Lk], optional gates."""
+    return ops.fft_conv(u, k, pregate, postgate)
+
+
+# --- Shared-prefix attention (Hydragen) --------------------------------------
+
+
+@torch.library.register_fake(_name("attention_with_lse"))
+def _attention_with_lse_fake(q, k, v, causal=False, scale=None):
+    batch, seq_q, heads_q, _ = q.shape
+    return (
+        q.new_empty((batch, seq_q, heads_q, v.shape[-1])),
+        q.new_empty((batch, heads_q, seq_q), dtype=torch.float32),
+    )
+
+
+def attention_with_lse(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale: Optional[float] = None
+) -> Tuple[Tensor, Tensor]:
+    """Softmax attention [B, S, H, D] that also returns the natural-log LSE [B, H, Sq]."""
+    return ops.attention_with_lse(q, k, v, causal, scale)
+
+
+@torch.library.register_fake(_name("merge_attention_states"))
+def _merge_attention_states_fake(out_a, lse_a, out_b, lse_b):
+    return torch.empty_like(out_a), torch.empty_like(lse_a)
+
+
+def merge_attention_states(
+    out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor
+) -> Tuple[Tensor, Tensor]:
+    """Exact softmax merge of two attentions over disjoint key sets."""
+    return ops.merge_attention_states(out_a, lse_a, out_b, lse_b)
+
+
+@torch.library.register_fake(_name("shared_prefix_attention"))
+def _shared_prefix_attention_fake(
+    q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens=None, scale=None
+):
+    return q.new_empty((*q.shape[:-1], prefix_v.shape[-1]))
+
+
+def shared_prefix_attention(
+    q: Tensor,
+    prefix_k: Tensor,
+    prefix_v: Tensor,
+    suffix_k: Tensor,
+    suffix_v: Tensor,
+    suffix_lens: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+) -> Tensor:
+    """Attention of q over one shared prefix plus each sequence's own suffix (Hydragen)."""
+    return ops.shared_prefix_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens, scale)

@@ -1,0 +1,51 @@
+"""Shared test helpers: devices to run on, and the tolerance rule of DESIGN.md."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mlx_kernels
+
+HAS_CUDA = torch.cuda.is_available() and mlx_kernels.WITH_CUDA
+
+# Every op test that takes a `device` runs on CPU, and on CUDA when a GPU and a
+# CUDA build are both present (skipped cleanly otherwise).
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")),
+]
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def max_abs_error(x: torch.Tensor, oracle: torch.Tensor) -> float:
+    if x.numel() == 0:
+        return 0.0
+    return (x.double() - oracle.double()).abs().max().item()
+
+
+def assert_close_to_oracle(out: torch.Tensor, oracle: torch.Tensor, reference: torch.Tensor,
+                           factor: float = 2.0, atol: float = 0.0) -> None:
+    """DESIGN.md's tolerance rule (FlashAttention's): our error against the
+    float64 oracle is at most ``factor`` × the error of plain torch computing the
+    same thing in the same dtype (``reference``), plus ``atol`` for results whose
+    reference error happens to be exactly zero.
+    """
+    assert out.shape == oracle.shape, f"shape {tuple(out.shape)} != oracle {tuple(oracle.shape)}"
+    assert not torch.isnan(out).any() or torch.isnan(oracle).any(), "NaN in output"
+    ours = max_abs_error(out, oracle)
+    theirs = max_abs_error(reference, oracle)
+    assert ours <= factor * theirs + atol, (
+        f"max error {ours:.3e} vs float64 oracle exceeds {factor}x plain torch's {theirs:.3e} (+{atol:.1e})"
+    )
