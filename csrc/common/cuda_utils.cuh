@@ -14,6 +14,11 @@
 
 namespace mlx_kernels {
 
+template <typename T>
+__host__ __device__ constexpr T ceil_div_dev(T a, T b) {
+  return (a + b - 1) / b;
+}
+
 // Raise a clear error naming the op when CUTLASS refuses or fails a launch.
 #define MLX_CUTLASS_CHECK(op, status)                                                     \
   do {                                                                                    \
