@@ -56,6 +56,12 @@ def run_case(case: core.Case, device: str, quick: bool) -> dict:
         "throughput_unit": core.throughput_unit(measure),
         "ours_pct_peak": pct,
         "work": {"amount": measure.amount, "unit": measure.unit, "peak": measure.peak},
+        "rates": {
+            f"{who}_{item}_per_s": count / (ms * 1e-3)
+            for item, count in case.per_call.items()
+            for who, ms in [("ours", ours_ms), *baselines_ms.items()]
+            if ms and not math.isnan(ms)
+        },
         "extra": case.extra,
     }
 

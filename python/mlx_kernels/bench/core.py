@@ -38,6 +38,8 @@ class Case:
     ``make()`` allocates the inputs and returns ``(ours, baselines)``: a
     zero-argument callable for our kernel and a dict name -> callable for each
     baseline. Inputs are built lazily so only one case's tensors are alive.
+    ``per_call`` counts domain items one call processes (e.g. {"tokens": 256});
+    the CLI reports each as a rate per second for ours and every baseline.
     """
 
     label: str
@@ -45,6 +47,7 @@ class Case:
     measure: Measure
     make: Callable[[], tuple]
     extra: Dict[str, object] = field(default_factory=dict)
+    per_call: Dict[str, float] = field(default_factory=dict)
 
 
 # Dense peaks per device (datasheet, dense, no sparsity): TFLOP/s or TOPS and
@@ -232,6 +235,7 @@ def write_results(out_dir: str, device: str, op: str, rows: List[dict]) -> List[
         item.update({f"speedup_vs_{k}": v for k, v in row["speedup"].items()})
         item.update({"ours_throughput": row["ours_throughput"], "throughput_unit": row["throughput_unit"],
                      "ours_pct_peak": row["ours_pct_peak"]})
+        item.update(row.get("rates", {}))
         item.update(row.get("extra", {}))
         flat.append(item)
     fields: List[str] = []
