@@ -7,11 +7,13 @@
 
 namespace mlx_kernels {
 
-// Hot inner loops are compiled several times (AVX-512, AVX2, baseline x86-64)
-// and picked at load time, so one wheel runs well on any x86 machine without
-// -march=native.
+// Hot inner loops are compiled several times (x86-64-v4 = AVX-512, v3 = AVX2/FMA,
+// baseline x86-64) and picked at load time, so one wheel runs well on any x86
+// machine without -march=native. The micro-architecture levels are selected by
+// CPU feature; model names ("arch=haswell") would send every AMD CPU to the
+// baseline clone.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define MLX_CPU_MULTIVERSION __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#define MLX_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define MLX_CPU_MULTIVERSION
 #endif
