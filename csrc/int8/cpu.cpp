@@ -188,9 +188,8 @@ struct OutlierOperands {
 
 OutlierOperands gather_outlier_operands(const at::Tensor& x, const at::Tensor& w_i8, const at::Tensor& w_absmax,
                                         const at::Tensor& cols) {
-  at::Tensor w_deq = w_i8.index_select(1, cols).to(at::kFloat) * (w_absmax.unsqueeze(1) / kInt8Max);
   return {x.index_select(1, cols).to(at::kFloat).contiguous(),
-          w_deq.to(x.scalar_type()).to(at::kFloat).contiguous()};
+          dequantized_weight_columns(w_i8, w_absmax, cols, x.scalar_type()).to(at::kFloat).contiguous()};
 }
 
 at::Tensor int8_gemm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& w_absmax_in,

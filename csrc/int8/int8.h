@@ -39,6 +39,14 @@ inline int64_t leading_rows(const at::Tensor& x) {
   return rows;
 }
 
+// The outlier half of LLM.int8: the weight columns that meet x's outlier
+// columns, dequantized (w_i8 · absmax_w / 127) and rounded to x's dtype as the
+// 16-bit matmul sees them. [N, n_outliers]; small, so plain ATen ops.
+inline at::Tensor dequantized_weight_columns(const at::Tensor& w_i8, const at::Tensor& w_absmax,
+                                             const at::Tensor& cols, at::ScalarType dtype) {
+  return (w_i8.index_select(1, cols).to(at::kFloat) * (w_absmax.unsqueeze(1) / kInt8Max)).to(dtype);
+}
+
 inline void check_threshold(const char* op, double threshold) {
   MLX_CHECK_VALUE(std::isfinite(threshold) && threshold >= 0.0, op,
                   "argument 'threshold' must be a finite number >= 0 (0 disables outlier columns), got ",
