@@ -423,3 +423,12 @@ def test_sentence_embedding_model_end_to_end(monkeypatch):
         quantized = model.encode(sentences, convert_to_tensor=True, batch_size=16)
     cosine = torch.nn.functional.cosine_similarity(quantized.float(), reference.float(), dim=-1)
     assert cosine.min() >= 0.99, cosine
+
+
+@requires_cuda
+def test_int8_gemm_mixed_devices_rejected():
+    _, w_i8, w_absmax = quantized_weight(8, 16)
+    with pytest.raises(RuntimeError, match=r"int8_gemm.*one device"):
+        mlx_kernels.int8_gemm(torch.randn(2, 16, device="cuda"), w_i8, w_absmax.cuda())
+    with pytest.raises(RuntimeError, match=r"int8_gemm.*one device"):
+        mlx_kernels.int8_gemm(torch.randn(2, 16), w_i8, w_absmax, torch.zeros(8, device="cuda"))
