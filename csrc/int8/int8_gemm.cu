@@ -220,11 +220,13 @@ struct WeightOperands {
 
 WeightOperands prepare_weight(const at::Tensor& w_i8, const at::Tensor& w_absmax,
                               const std::optional<at::Tensor>& bias, int64_t n_multiple) {
+  // The epilogue reads the vectors 16 bytes at a time: a user's fp32 bias may
+  // be a view that starts off that boundary.
+  const auto aligned = [](at::Tensor t) { return is_aligned_16(t) ? t : t.clone(); };
   WeightOperands out;
-  out.w_i8 = pad_dim_to_multiple(pad_dim_to_multiple(w_i8.contiguous(), 1, 16), 0, n_multiple);
-  if (!is_aligned_16(out.w_i8)) out.w_i8 = out.w_i8.clone();
-  out.col_scale = pad_dim_to_multiple(w_absmax.to(at::kFloat) * kInvInt8MaxSquared, 0, n_multiple).contiguous();
-  if (bias) out.bias = pad_dim_to_multiple(bias->to(at::kFloat), 0, n_multiple).contiguous();
+  out.w_i8 = aligned(pad_dim_to_multiple(pad_dim_to_multiple(w_i8.contiguous(), 1, 16), 0, n_multiple));
+  out.col_scale = aligned(pad_dim_to_multiple(w_absmax.to(at::kFloat) * kInvInt8MaxSquared, 0, n_multiple));
+  if (bias) out.bias = aligned(pad_dim_to_multiple(bias->to(at::kFloat).contiguous(), 0, n_multiple));
   return out;
 }
 

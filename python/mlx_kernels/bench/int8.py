@@ -30,6 +30,22 @@ _CPU_SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (16, 4096, 
 _CPU_QUICK = [(64, 256, 256), (256, 512, 512)]
 
 
+def _int_mm_supported(device: str, m: int, n: int, k: int) -> bool:
+    """torch._int_mm wants M > 16 and K, N multiples of 8 on CUDA."""
+    return device == "cpu" or (m > 16 and k % 8 == 0 and n % 8 == 0)
+
+
+def _float_matmul_baselines(a: torch.Tensor, b: torch.Tensor) -> Dict[str, callable]:
+    """a @ b.T in fp16 and bf16 (cuBLAS) on CUDA, fp32 on CPU."""
+    dtypes = ((torch.float16, "fp16 matmul"), (torch.bfloat16, "bf16 matmul")) if a.is_cuda else (
+        (torch.float32, "fp32 matmul"),)
+    baselines = {}
+    for dtype, name in dtypes:
+        a_f, b_f = a.to(dtype), b.to(dtype).t()
+        baselines[name] = lambda a_f=a_f, b_f=b_f: a_f @ b_f
+    return baselines
+
+
 def int8_mm_cases(device: str, quick: bool) -> List[Case]:
     if device == "cuda":
         shapes = _GPU_QUICK if quick else _GPU_SHAPES
@@ -42,17 +58,10 @@ def int8_mm_cases(device: str, quick: bool) -> List[Case]:
             a = torch.randint(-127, 128, (m, k), dtype=torch.int8, device=device)
             b = torch.randint(-127, 128, (n, k), dtype=torch.int8, device=device)
             baselines = {}
-            # torch._int_mm wants M > 16 and K, N multiples of 8 on CUDA.
-            if device == "cpu" or (m > 16 and k % 8 == 0 and n % 8 == 0):
+            if _int_mm_supported(device, m, n, k):
                 bt = b.t()
                 baselines["torch._int_mm"] = lambda: torch._int_mm(a, bt)
-            if device == "cuda":
-                for dtype, name in ((torch.float16, "fp16 matmul"), (torch.bfloat16, "bf16 matmul")):
-                    a16, b16 = a.to(dtype), b.to(dtype).t()
-                    baselines[name] = lambda a16=a16, b16=b16: a16 @ b16
-            else:
-                a32, b32 = a.float(), b.float().t()
-                baselines["fp32 matmul"] = lambda: a32 @ b32
+            baselines.update(_float_matmul_baselines(a, b))
             return (lambda: ops.int8_mm(a, b)), baselines
 
         cases.append(Case(label=f"{m}x{n}x{k}", params={"M": m, "N": n, "K": k},
@@ -90,18 +99,9 @@ def _activations(m: int, k: int, dtype, device: str, outliers: bool) -> torch.Te
 
 
 def _gemm_baselines(x, w, w_i8, w_absmax, threshold) -> Dict[str, callable]:
-    baselines = {}
-    m, k = x.shape
-    n = w.shape[0]
-    if x.is_cuda:
-        for dtype, name in ((torch.float16, "fp16 matmul"), (torch.bfloat16, "bf16 matmul")):
-            x16, w16 = x.to(dtype), w.to(dtype).t()
-            baselines[name] = lambda x16=x16, w16=w16: x16 @ w16
-    else:
-        xf, wf = x.float(), w.float().t()
-        baselines["fp32 matmul"] = lambda: xf @ wf
-    # torch._int_mm + separate dequant; _int_mm wants M > 16 and K, N multiples of 8 on CUDA.
-    if not x.is_cuda or (m > 16 and k % 8 == 0 and n % 8 == 0):
+    (m, k), n = x.shape, w.shape[0]
+    baselines = _float_matmul_baselines(x, w)
+    if _int_mm_supported(x.device.type, m, n, k):  # x already quantized: the int8 GEMM + dequant alone
         x_i8, x_absmax, _ = ops.int8_vectorwise_quant(x, 0.0)
         w_t, col_scale = w_i8.t(), w_absmax / 127.0**2
 
