@@ -138,7 +138,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cpu(const a
 //     B panel: for each group of 4 k's, 64 columns × 4 bytes (4 zmm).
 //   AVX2: vpmaddwd on int16: A and B sign-extended, pairs of k's.
 //     B panel: for each pair of k's, 64 columns × 2 int16 (8 ymm).
-// Both are exact: every product and partial sum fits int32 as in int8_mm.
+// Both are exact: int32 adds wrap modulo 2³², so VNNI's offset sums (which can
+// pass 2³¹ for long K) and the compensation cancel exactly whenever the true
+// result fits int32, which int8_mm's K bound guarantees.
 //
 // Portable fallback: MC×NC output tiles, K in KC chunks, plain dot products
 // (compiled several times by MLX_CPU_MULTIVERSION).
