@@ -157,13 +157,13 @@ __device__ __forceinline__ void dp4a_16_bytes(const int4& x, const int4& w, int3
   acc = __dp4a(x.w, w.w, acc);
 }
 
-// out[m, n] = (x_i8[m] · w_i8[n]) · row_absmax[m] · col_scale[n] + bias[n] for
+// out[m, n] = (x_i8[m] · w_i8[n]) · row_absmax[m] · w_absmax[n] / 127² + bias[n] for
 // m < M <= 16. x_i8 [M, K16], w_i8 [N, K16], K16 % 16 == 0, 16-byte aligned rows.
 // Weights stream through once (the decode bottleneck); the tiny x stays in L1.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     int8_gemv_kernel(const int8_t* __restrict__ x_i8, const int8_t* __restrict__ w_i8, int M, int N, int K16,
-                     const float* __restrict__ row_absmax, const float* __restrict__ col_scale,
+                     const float* __restrict__ row_absmax, const float* __restrict__ w_absmax,
                      const float* __restrict__ bias, scalar_t* __restrict__ out) {
   const int lane = threadIdx.x % 32;
   const int n0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * kGemvFeaturesPerWarp;
@@ -200,7 +200,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
         for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
         const int n = n0 + j;
         if ((m * kGemvFeaturesPerWarp + j) % 32 == lane && n < N) {
-          const float value = static_cast<float>(sum) * row_absmax[m] * col_scale[n];
+          const float value = static_cast<float>(sum) * row_absmax[m] * (w_absmax[n] * kInvInt8MaxSquared);
           out[static_cast<int64_t>(m) * N + n] = static_cast<scalar_t>(bias != nullptr ? value + bias[n] : value);
         }
       }
@@ -214,18 +214,20 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 // shapes are odd: K % 16 or, for CUTLASS, N % 4).
 struct WeightOperands {
   at::Tensor w_i8;       // int8 [N_pad, K16], 16-byte aligned rows
-  at::Tensor col_scale;  // fp32 [N_pad]: absmax_w / 127²
+  at::Tensor col_scale;  // fp32 [N_pad]: absmax_w / 127² (tensor-core path only)
   at::Tensor bias;       // fp32 [N_pad] or undefined
 };
 
 WeightOperands prepare_weight(const at::Tensor& w_i8, const at::Tensor& w_absmax,
-                              const std::optional<at::Tensor>& bias, int64_t n_multiple) {
+                              const std::optional<at::Tensor>& bias, int64_t n_multiple, bool with_col_scale) {
   // The epilogue reads the vectors 16 bytes at a time: a user's fp32 bias may
   // be a view that starts off that boundary.
   const auto aligned = [](at::Tensor t) { return is_aligned_16(t) ? t : t.clone(); };
   WeightOperands out;
   out.w_i8 = aligned(pad_dim_to_multiple(pad_dim_to_multiple(w_i8.contiguous(), 1, 16), 0, n_multiple));
-  out.col_scale = aligned(pad_dim_to_multiple(w_absmax.to(at::kFloat) * kInvInt8MaxSquared, 0, n_multiple));
+  if (with_col_scale) {
+    out.col_scale = aligned(pad_dim_to_multiple(w_absmax * kInvInt8MaxSquared, 0, n_multiple));
+  }
   if (bias) out.bias = aligned(pad_dim_to_multiple(bias->to(at::kFloat).contiguous(), 0, n_multiple));
   return out;
 }
@@ -235,14 +237,16 @@ const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr
 // out [M, N] = dequantized x_i8 @ w_i8ᵀ (+ bias), x_i8 [M, K16] from the quant kernel.
 void int8_gemv(const QuantizedRows& q, const at::Tensor& w_i8, const at::Tensor& w_absmax,
                const std::optional<at::Tensor>& bias, at::Tensor& out) {
-  const WeightOperands w = prepare_weight(w_i8, w_absmax, bias, 1);
+  // The GEMV folds 1/127² into its epilogue: no extra launch on the decode path.
+  const WeightOperands w = prepare_weight(w_i8, w_absmax, bias, 1, /*with_col_scale=*/false);
+  const at::Tensor w_absmax_c = w_absmax.contiguous();
   const int M = static_cast<int>(out.size(0)), N = static_cast<int>(out.size(1));
   const int K16 = static_cast<int>(q.x_i8.size(1));
   const int blocks = ceil_div_dev(N, kGemvWarps * kGemvFeaturesPerWarp);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "int8_gemm", [&] {
     int8_gemv_kernel<scalar_t><<<blocks, kGemvWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
         q.x_i8.data_ptr<int8_t>(), w.w_i8.data_ptr<int8_t>(), M, N, K16, q.row_absmax.data_ptr<float>(),
-        w.col_scale.data_ptr<float>(), data_or_null(w.bias), out.data_ptr<scalar_t>());
+        w_absmax_c.data_ptr<float>(), data_or_null(w.bias), out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -256,7 +260,7 @@ at::Tensor int8_gemm_tensor_core(const QuantizedRows& q, const at::Tensor& w_i8,
     at::Tensor out = acc.to(at::kFloat) * q.row_absmax.unsqueeze(1) * (w_absmax * kInvInt8MaxSquared);
     return bias ? out.add_(*bias) : out;
   }
-  const WeightOperands w = prepare_weight(w_i8, w_absmax, bias, 4);
+  const WeightOperands w = prepare_weight(w_i8, w_absmax, bias, 4, /*with_col_scale=*/true);
   const int64_t N4 = w.w_i8.size(0);
   at::Tensor out = at::empty({M, N4}, q.x_i8.options().dtype(dtype));
   const Int8DequantProblem problem{q.x_i8.data_ptr<int8_t>(), w.w_i8.data_ptr<int8_t>(), q.row_absmax.data_ptr<float>(),
