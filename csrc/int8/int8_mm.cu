@@ -17,6 +17,7 @@
 #include "common/cuda_utils.cuh"
 #include "common/registration.h"
 #include "int8/int8.h"
+#include "int8/int8_gemm.cuh"
 
 namespace mlx_kernels::int8 {
 namespace {
@@ -49,6 +50,8 @@ void run_gemm(const at::Tensor& a, const at::Tensor& b, at::Tensor& c) {
   MLX_CUTLASS_CHECK(op, gemm.run(at::cuda::getCurrentCUDAStream()));
 }
 
+}  // namespace
+
 at::Tensor int8_mm_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
   check_int8_mm_args(a_in, b_in);
   const c10::cuda::CUDAGuard guard(a_in.device());
@@ -69,8 +72,6 @@ at::Tensor int8_mm_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
   }
   return b.size(0) == N ? c : c.narrow(1, 0, N).contiguous();
 }
-
-}  // namespace
 
 MLX_LIBRARY_IMPL(CUDA, m) { m.impl("int8_mm", &int8_mm_cuda); }
 

@@ -11,6 +11,8 @@ import torch  # noqa: F401  (loads libtorch, whose symbols the extension resolve
 from . import _C  # noqa: F401  (registers the ops)
 from ._build_config import OPS_NAMESPACE, WITH_CUDA
 from .ops import int8_mm
+from .ops import int8_gemm, int8_vectorwise_quant
+from .int8 import Int8Linear, quantize_model_int8
 
 __version__ = "0.1.0"
 
@@ -18,4 +20,8 @@ __all__ = [
     "OPS_NAMESPACE",
     "WITH_CUDA",
     "int8_mm",
+    "int8_gemm",
+    "int8_vectorwise_quant",
+    "Int8Linear",
+    "quantize_model_int8",
 ]

@@ -1,0 +1,317 @@
+// int8_vectorwise_quant and int8_gemm on CUDA (LLM.int8).
+//
+// int8_vectorwise_quant, two kernels:
+//   1. outlier_column_mask_kernel (threshold > 0 only): one thread per column
+//      and row block, coalesced along the row; a column with any |x| > threshold
+//      gets mask[c] = 1. outlier_cols = nonzero(mask) (sorted).
+//   2. quantize_rows_kernel: one CTA per row: block-wide absmax over the
+//      non-outlier columns, then x_i8 = round_half_even(x · 127 / absmax)
+//      (the CPU kernel's exact arithmetic), outliers and padding columns -> 0.
+//      It can write into a row stride padded to 16 bytes, so the GEMM operand
+//      needs no extra copy.
+//
+// int8_gemm = quantize x, one int8 GEMM with the dequantization fused into its
+// epilogue, and, only when there are outlier columns, one small 16-bit GEMM of
+// the gathered outlier columns accumulated into the output:
+//   M <= 16 (decode): int8_gemv_kernel, a weight-streaming dp4a kernel; each
+//     warp owns 4 output features and walks K with 16-byte loads, so every
+//     activation load feeds 4 weight rows. Epilogue in registers.
+//   M > 16: the CUTLASS tensor-core GEMM with an epilogue visitor tree
+//     (int8_gemm_sm80.cuh) for fp16/bf16 outputs; fp32 outputs use the exact
+//     int8_mm then an elementwise dequantization (fp32 LLM inference is rare,
+//     and it saves two heavy instantiations).
+//   outliers: out += x[:, cols] @ w_deq[:, cols]ᵀ via cuBLAS (addmm_, beta = 1)
+//     in x's dtype; x is never copied densely, only its outlier columns.
+// threshold = 0, or no column over the threshold, runs no outlier work at all.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cutlass/numeric_types.h>
+
+#include "common/cuda_utils.cuh"
+#include "common/registration.h"
+#include "int8/int8.h"
+#include "int8/int8_gemm.cuh"
+
+namespace mlx_kernels::int8 {
+namespace {
+
+// --- int8_vectorwise_quant kernels -------------------------------------------
+
+constexpr int kMaskThreads = 256;
+constexpr int kMaskMinRowsPerBlock = 64;
+constexpr int kMaxGridY = 65535;
+constexpr int kQuantThreads = 256;
+
+template <typename scalar_t>
+__global__ void outlier_column_mask_kernel(const scalar_t* __restrict__ x, int rows, int K, int rows_per_block,
+                                           float threshold, int32_t* __restrict__ mask) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= K) return;
+  const int r0 = blockIdx.y * rows_per_block;
+  const int r1 = min(rows, r0 + rows_per_block);
+  bool outlier = false;
+  for (int r = r0; r < r1; ++r) {
+    outlier |= fabsf(static_cast<float>(x[static_cast<int64_t>(r) * K + c])) > threshold;
+  }
+  if (outlier) mask[c] = 1;  // racing writers all store the same value
+}
+
+__device__ float block_max(float value) {
+  __shared__ float warp_max[kQuantThreads / 32];
+  for (int offset = 16; offset > 0; offset /= 2) {
+    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warp_max[warp] = value;
+  __syncthreads();
+  value = lane < blockDim.x / 32 ? warp_max[lane] : 0.0f;
+  for (int offset = 16; offset > 0; offset /= 2) {
+    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  }
+  return value;
+}
+
+// One CTA per row of x [rows, K]; writes x_i8 [rows, ld_i8] (ld_i8 >= K, the
+// tail zero) and row_absmax [rows]. outlier_mask may be null (no outliers).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kQuantThreads)
+    quantize_rows_kernel(const scalar_t* __restrict__ x, int K, const int32_t* __restrict__ outlier_mask,
+                         int8_t* __restrict__ x_i8, int ld_i8, float* __restrict__ row_absmax) {
+  const scalar_t* row = x + static_cast<int64_t>(blockIdx.x) * K;
+  float absmax = 0.0f;
+  for (int c = threadIdx.x; c < K; c += blockDim.x) {
+    const bool outlier = outlier_mask != nullptr && outlier_mask[c];
+    absmax = fmaxf(absmax, outlier ? 0.0f : fabsf(static_cast<float>(row[c])));
+  }
+  absmax = block_max(absmax);
+  if (threadIdx.x == 0) row_absmax[blockIdx.x] = absmax;
+
+  const float scale = absmax > 0.0f ? kInt8Max / absmax : 0.0f;
+  int8_t* q = x_i8 + static_cast<int64_t>(blockIdx.x) * ld_i8;
+  for (int c = threadIdx.x; c < ld_i8; c += blockDim.x) {
+    int value = 0;
+    if (c < K && !(outlier_mask != nullptr && outlier_mask[c])) {
+      value = min(127, max(-127, __float2int_rn(static_cast<float>(row[c]) * scale)));
+    }
+    q[c] = static_cast<int8_t>(value);
+  }
+}
+
+struct QuantizedRows {
+  at::Tensor x_i8;          // int8 [rows, ld]
+  at::Tensor row_absmax;    // fp32 [rows]
+  at::Tensor outlier_cols;  // int64 [n_outliers], sorted
+};
+
+// x: contiguous [rows, K] on the current device. ld >= K: x_i8's row stride.
+QuantizedRows quantize_activations(const at::Tensor& x, double threshold, int64_t ld) {
+  const int rows = static_cast<int>(x.size(0)), K = static_cast<int>(x.size(1));
+  QuantizedRows out{at::empty({rows, ld}, x.options().dtype(at::kChar)),
+                    at::empty({rows}, x.options().dtype(at::kFloat)),
+                    at::empty({0}, x.options().dtype(at::kLong))};
+  if (rows == 0) return out;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int8_vectorwise_quant", [&] {
+    const scalar_t* x_ptr = x.data_ptr<scalar_t>();
+    at::Tensor mask;
+    if (threshold > 0.0 && K > 0) {
+      mask = at::zeros({K}, x.options().dtype(at::kInt));
+      const int rows_per_block = std::max<int>(kMaskMinRowsPerBlock, ceil_div_dev(rows, kMaxGridY));
+      const dim3 grid(ceil_div_dev(K, kMaskThreads), ceil_div_dev(rows, rows_per_block));
+      outlier_column_mask_kernel<<<grid, kMaskThreads, 0, stream>>>(
+          x_ptr, rows, K, rows_per_block, static_cast<float>(threshold), mask.data_ptr<int32_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      out.outlier_cols = at::nonzero(mask).view({-1});  // synchronizes: the count sizes the output
+    }
+    const int32_t* mask_ptr = out.outlier_cols.numel() > 0 ? mask.data_ptr<int32_t>() : nullptr;
+    quantize_rows_kernel<<<rows, kQuantThreads, 0, stream>>>(x_ptr, K, mask_ptr, out.x_i8.data_ptr<int8_t>(),
+                                                             static_cast<int>(ld), out.row_absmax.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cuda(const at::Tensor& x, double threshold) {
+  check_int8_vectorwise_quant_args(x, threshold);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t K = x.size(-1);
+  QuantizedRows q = quantize_activations(x.reshape({leading_rows(x), K}).contiguous(), threshold, K);
+  return {q.x_i8.view(x.sizes()), q.row_absmax, q.outlier_cols};
+}
+
+// --- int8_gemm: decode GEMV (M <= 16) ------------------------------------------
+
+constexpr int kGemvMaxRows = 16;
+constexpr int kGemvFeaturesPerWarp = 4;
+constexpr int kGemvWarps = 8;
+
+__device__ __forceinline__ void dp4a_16_bytes(const int4& x, const int4& w, int32_t& acc) {
+  acc = __dp4a(x.x, w.x, acc);
+  acc = __dp4a(x.y, w.y, acc);
+  acc = __dp4a(x.z, w.z, acc);
+  acc = __dp4a(x.w, w.w, acc);
+}
+
+// out[m, n] = (x_i8[m] · w_i8[n]) · row_absmax[m] · w_absmax[n] / 127² + bias[n] for
+// m < M <= 16. x_i8 [M, K16], w_i8 [N, K16], K16 % 16 == 0, 16-byte aligned rows.
+// Weights stream through once (the decode bottleneck); the tiny x stays in L1.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    int8_gemv_kernel(const int8_t* __restrict__ x_i8, const int8_t* __restrict__ w_i8, int M, int N, int K16,
+                     const float* __restrict__ row_absmax, const float* __restrict__ w_absmax,
+                     const float* __restrict__ bias, scalar_t* __restrict__ out) {
+  const int lane = threadIdx.x % 32;
+  const int n0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * kGemvFeaturesPerWarp;
+  if (n0 >= N) return;
+
+  int32_t acc[kGemvMaxRows][kGemvFeaturesPerWarp] = {};
+  const int4* x_vec = reinterpret_cast<const int4*>(x_i8);
+  const int4* w_vec = reinterpret_cast<const int4*>(w_i8);
+  const int vecs_per_row = K16 / 16;
+#pragma unroll 2
+  for (int v = lane; v < vecs_per_row; v += 32) {
+    int4 w[kGemvFeaturesPerWarp];
+#pragma unroll
+    for (int j = 0; j < kGemvFeaturesPerWarp; ++j) {
+      w[j] = n0 + j < N ? __ldg(w_vec + static_cast<int64_t>(n0 + j) * vecs_per_row + v) : make_int4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int m = 0; m < kGemvMaxRows; ++m) {
+      if (m < M) {
+        const int4 x = __ldg(x_vec + static_cast<int64_t>(m) * vecs_per_row + v);
+#pragma unroll
+        for (int j = 0; j < kGemvFeaturesPerWarp; ++j) dp4a_16_bytes(x, w[j], acc[m][j]);
+      }
+    }
+  }
+
+  // Warp all-reduce, then lane (m·4 + j) % 32 writes output (m, n0 + j).
+#pragma unroll
+  for (int m = 0; m < kGemvMaxRows; ++m) {
+#pragma unroll
+    for (int j = 0; j < kGemvFeaturesPerWarp; ++j) {
+      if (m < M) {
+        int32_t sum = acc[m][j];
+        for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+        const int n = n0 + j;
+        if ((m * kGemvFeaturesPerWarp + j) % 32 == lane && n < N) {
+          const float value = static_cast<float>(sum) * row_absmax[m] * (w_absmax[n] * kInvInt8MaxSquared);
+          out[static_cast<int64_t>(m) * N + n] = static_cast<scalar_t>(bias != nullptr ? value + bias[n] : value);
+        }
+      }
+    }
+  }
+}
+
+// --- int8_gemm: host side ------------------------------------------------------
+
+// Weight-side operands padded to what the kernels need (copies only when the
+// shapes are odd: K % 16 or, for CUTLASS, N % 4).
+struct WeightOperands {
+  at::Tensor w_i8;       // int8 [N_pad, K16], 16-byte aligned rows
+  at::Tensor col_scale;  // fp32 [N_pad]: absmax_w / 127² (tensor-core path only)
+  at::Tensor bias;       // fp32 [N_pad] or undefined
+};
+
+WeightOperands prepare_weight(const at::Tensor& w_i8, const at::Tensor& w_absmax,
+                              const std::optional<at::Tensor>& bias, int64_t n_multiple, bool with_col_scale) {
+  // The epilogue reads the vectors 16 bytes at a time: a user's fp32 bias may
+  // be a view that starts off that boundary.
+  const auto aligned = [](at::Tensor t) { return is_aligned_16(t) ? t : t.clone(); };
+  WeightOperands out;
+  out.w_i8 = aligned(pad_dim_to_multiple(pad_dim_to_multiple(w_i8.contiguous(), 1, 16), 0, n_multiple));
+  if (with_col_scale) {
+    out.col_scale = aligned(pad_dim_to_multiple(w_absmax * kInvInt8MaxSquared, 0, n_multiple));
+  }
+  if (bias) out.bias = aligned(pad_dim_to_multiple(bias->to(at::kFloat).contiguous(), 0, n_multiple));
+  return out;
+}
+
+const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+// out [M, N] = dequantized x_i8 @ w_i8ᵀ (+ bias), x_i8 [M, K16] from the quant kernel.
+void int8_gemv(const QuantizedRows& q, const at::Tensor& w_i8, const at::Tensor& w_absmax,
+               const std::optional<at::Tensor>& bias, at::Tensor& out) {
+  // The GEMV folds 1/127² into its epilogue: no extra launch on the decode path.
+  const WeightOperands w = prepare_weight(w_i8, w_absmax, bias, 1, /*with_col_scale=*/false);
+  const at::Tensor w_absmax_c = w_absmax.contiguous();
+  const int M = static_cast<int>(out.size(0)), N = static_cast<int>(out.size(1));
+  const int K16 = static_cast<int>(q.x_i8.size(1));
+  const int blocks = ceil_div_dev(N, kGemvWarps * kGemvFeaturesPerWarp);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "int8_gemm", [&] {
+    int8_gemv_kernel<scalar_t><<<blocks, kGemvWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
+        q.x_i8.data_ptr<int8_t>(), w.w_i8.data_ptr<int8_t>(), M, N, K16, q.row_absmax.data_ptr<float>(),
+        w_absmax_c.data_ptr<float>(), data_or_null(w.bias), out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// Returns out [M, N] = dequantized x_i8 @ w_i8ᵀ (+ bias) for M > 16.
+at::Tensor int8_gemm_tensor_core(const QuantizedRows& q, const at::Tensor& w_i8, const at::Tensor& w_absmax,
+                                 const std::optional<at::Tensor>& bias, at::ScalarType dtype) {
+  const int64_t M = q.x_i8.size(0), N = w_i8.size(0);
+  if (dtype == at::kFloat) {
+    const at::Tensor acc = int8_mm_cuda(q.x_i8, pad_dim_to_multiple(w_i8, 1, 16));
+    at::Tensor out = acc.to(at::kFloat) * q.row_absmax.unsqueeze(1) * (w_absmax * kInvInt8MaxSquared);
+    return bias ? out.add_(*bias) : out;
+  }
+  const WeightOperands w = prepare_weight(w_i8, w_absmax, bias, 4, /*with_col_scale=*/true);
+  const int64_t N4 = w.w_i8.size(0);
+  at::Tensor out = at::empty({M, N4}, q.x_i8.options().dtype(dtype));
+  const Int8DequantProblem problem{q.x_i8.data_ptr<int8_t>(), w.w_i8.data_ptr<int8_t>(), q.row_absmax.data_ptr<float>(),
+                                   w.col_scale.data_ptr<float>(), data_or_null(w.bias), out.data_ptr(),
+                                   static_cast<int>(M), static_cast<int>(N4), static_cast<int>(q.x_i8.size(1))};
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const bool small_m = M <= 128;
+  if (dtype == at::kHalf) {
+    small_m ? run_int8_dequant_gemm_sm80<cutlass::half_t, 64>(problem, stream)
+            : run_int8_dequant_gemm_sm80<cutlass::half_t, 128>(problem, stream);
+  } else {
+    small_m ? run_int8_dequant_gemm_sm80<cutlass::bfloat16_t, 64>(problem, stream)
+            : run_int8_dequant_gemm_sm80<cutlass::bfloat16_t, 128>(problem, stream);
+  }
+  return N4 == N ? out : out.narrow(1, 0, N);
+}
+
+at::Tensor int8_gemm_cuda(const at::Tensor& x_in, const at::Tensor& w_i8, const at::Tensor& w_absmax,
+                          const std::optional<at::Tensor>& bias, double threshold) {
+  check_int8_gemm_args(x_in, w_i8, w_absmax, bias, threshold);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const int64_t M = leading_rows(x_in), K = x_in.size(-1), N = w_i8.size(0);
+  std::vector<int64_t> out_shape(x_in.sizes().begin(), x_in.sizes().end());
+  out_shape.back() = N;
+  if (M == 0 || N == 0) return at::empty(out_shape, x_in.options());
+  if (K == 0) {  // an empty sum: only the bias remains
+    at::Tensor out = at::zeros(out_shape, x_in.options());
+    return bias ? out.add_(*bias) : out;
+  }
+
+  const at::Tensor x = x_in.reshape({M, K}).contiguous();
+  const QuantizedRows q = quantize_activations(x, threshold, (K + 15) / 16 * 16);
+  at::Tensor out;
+  if (M <= kGemvMaxRows) {
+    out = at::empty({M, N}, x.options());
+    int8_gemv(q, w_i8, w_absmax, bias, out);
+  } else {
+    out = int8_gemm_tensor_core(q, w_i8, w_absmax, bias, x.scalar_type());
+  }
+  if (q.outlier_cols.numel() > 0) {
+    const at::Tensor w_cols = dequantized_weight_columns(w_i8, w_absmax, q.outlier_cols, x.scalar_type());
+    out.addmm_(x.index_select(1, q.outlier_cols), w_cols.t());
+  }
+  return out.contiguous().view(out_shape);
+}
+
+}  // namespace
+
+MLX_LIBRARY_IMPL(CUDA, m) {
+  m.impl("int8_vectorwise_quant", &int8_vectorwise_quant_cuda);
+  m.impl("int8_gemm", &int8_gemm_cuda);
+}
+
+}  // namespace mlx_kernels::int8

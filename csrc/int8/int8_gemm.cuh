@@ -1,0 +1,35 @@
+// int8_gemm on CUDA: what the dispatcher (int8_gemm.cu) and the per-dtype
+// CUTLASS translation units (int8_gemm_sm80_*.cu) share.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace mlx_kernels::int8 {
+
+// out[m, n] = acc[m, n] · row_absmax[m] · col_scale[n] + bias[n], acc the exact
+// int32 x_i8[m, :] · w_i8[n, :]. Both operands K-contiguous with row stride K.
+struct Int8DequantProblem {
+  const int8_t* x_i8;       // [M, K]
+  const int8_t* w_i8;       // [N, K]
+  const float* row_absmax;  // [M]
+  const float* col_scale;   // [N]: absmax_w / 127²
+  const float* bias;        // [N] or nullptr
+  void* out;                // [M, N] in the output dtype, row stride N
+  int M, N, K;
+};
+
+// CUTLASS 2.x tensor-core GEMM (mma.sync s8, sm80+) with the dequantization in
+// an epilogue visitor tree. Needs K % 16 == 0, N % 4 == 0, 16-byte aligned
+// operands, and the vectors padded to N. ElementD: cutlass::half_t or
+// cutlass::bfloat16_t; TileM: 64 (small M) or 128. Each (ElementD, TileM) is
+// instantiated in its own TU (int8_gemm_sm80_<dtype>_m<TileM>.cu).
+template <typename ElementD, int TileM>
+void run_int8_dequant_gemm_sm80(const Int8DequantProblem& problem, cudaStream_t stream);
+
+// The exact int32 int8_mm (int8_mm.cu): int8_gemm's fp32-output path.
+at::Tensor int8_mm_cuda(const at::Tensor& a, const at::Tensor& b);
+
+}  // namespace mlx_kernels::int8
