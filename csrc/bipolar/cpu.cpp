@@ -29,18 +29,13 @@
 namespace mlx_kernels::bipolar {
 namespace {
 
-// The AND-popcount loop is compiled for AVX-512 VPOPCNTDQ (Ice Lake, Zen 4),
-// AVX2 + POPCNT, and baseline x86-64, and picked at load time.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define MLX_BIPOLAR_POPCNT_MULTIVERSION \
-  __attribute__((target_clones("arch=icelake-server", "arch=haswell", "default")))
-#else
-#define MLX_BIPOLAR_POPCNT_MULTIVERSION
-#endif
-
 constexpr int64_t kBlock = 4;  // register block: kBlock rows × kBlock columns
 constexpr int64_t kTileM = 32;
 constexpr int64_t kTileN = 64;
+
+// Below ~2^16 elementary steps a parallel region costs more than it saves:
+// at::parallel_for runs ranges shorter than the grain inline.
+int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, work_per_item)); }
 
 // --- plane writers shared by pack and quantize --------------------------------
 
@@ -72,7 +67,7 @@ at::Tensor bipolar_pack_cpu(const at::Tensor& values_in, int64_t bits) {
   int32_t* out = planes.data_ptr<int32_t>();
   AT_DISPATCH_INTEGRAL_TYPES(values.scalar_type(), "bipolar_pack_cpu", [&] {
     const scalar_t* v = values.data_ptr<scalar_t>();
-    at::parallel_for(0, R, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, R, grain_for(K * bits), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         write_plane_row(out, R, r, K, bits, [&](int64_t k) {
           return static_cast<uint32_t>((static_cast<int64_t>(v[r * K + k]) + top) / 2);
@@ -92,7 +87,7 @@ at::Tensor bipolar_unpack_cpu(const at::Tensor& planes_in, int64_t K) {
   const int32_t top = (1 << bits) - 1;
   const uint32_t* in = reinterpret_cast<const uint32_t*>(planes.data_ptr<int32_t>());
   int32_t* out = values.data_ptr<int32_t>();
-  at::parallel_for(0, R, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, R, grain_for(K * bits), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       for (int64_t k = 0; k < K; ++k) {
         int32_t u = 0;
@@ -113,7 +108,7 @@ at::Tensor bipolar_unpack_cpu(const at::Tensor& planes_in, int64_t K) {
 template <typename scalar_t>
 void quantize_rows(const scalar_t* x, int64_t R, int64_t K, int bits, int32_t* planes, float* scale) {
   const float top = static_cast<float>((1 << bits) - 1);
-  at::parallel_for(0, R, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, R, grain_for(K * bits), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* row = x + r * K;
       float absmax = 0.0f;
@@ -168,7 +163,7 @@ RowPlanes to_row_planes(const at::Tensor& planes_in, int64_t K) {
   out.bits.assign(rows_padded * out.planes * out.words64, 0);
   out.weighted_popc.assign(rows_padded, 0);
   const uint32_t* in = reinterpret_cast<const uint32_t*>(planes.data_ptr<int32_t>());
-  at::parallel_for(0, out.rows, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, out.rows, grain_for(out.planes * words), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       uint32_t weighted = 0;
       for (int64_t b = 0; b < out.planes; ++b) {
@@ -190,8 +185,7 @@ RowPlanes to_row_planes(const at::Tensor& planes_in, int64_t K) {
 
 // s[r][c] = Σ_k popc(a_r[k] ∧ w_c[k]) over `words` uint64 words for a kBlock × kBlock
 // block, where a_r = a + r·a_stride and w_c = w + c·w_stride.
-MLX_BIPOLAR_POPCNT_MULTIVERSION
-void and_popc_block(const uint64_t* a, int64_t a_stride, const uint64_t* w, int64_t w_stride,
+__attribute__((always_inline)) inline void and_popc_block_body(const uint64_t* a, int64_t a_stride, const uint64_t* w, int64_t w_stride,
                     int64_t words, uint64_t s[kBlock][kBlock]) {
   const uint64_t *a0 = a, *a1 = a + a_stride, *a2 = a + 2 * a_stride, *a3 = a + 3 * a_stride;
   const uint64_t *w0 = w, *w1 = w + w_stride, *w2 = w + 2 * w_stride, *w3 = w + 3 * w_stride;
@@ -215,6 +209,37 @@ void and_popc_block(const uint64_t* a, int64_t a_stride, const uint64_t* w, int6
   s[3][0] = s30, s[3][1] = s31, s[3][2] = s32, s[3][3] = s33;
 }
 
+// The AND-popcount loop compiled for AVX-512 VPOPCNTDQ (Ice Lake, Zen 4: vpopcntq on
+// 8 words at once), for POPCNT, and for baseline x86-64, picked once by CPUID.
+// (GCC's target_clones("arch=...") dispatches on the CPU model, which picks the
+// baseline on AMD parts, so the choice is made on features here.)
+using AndPopcBlockFn = void (*)(const uint64_t*, int64_t, const uint64_t*, int64_t, int64_t, uint64_t[kBlock][kBlock]);
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512vpopcntdq,avx2,popcnt"))) void and_popc_block_vpopcntdq(
+    const uint64_t* a, int64_t a_stride, const uint64_t* w, int64_t w_stride, int64_t words,
+    uint64_t s[kBlock][kBlock]) {
+  and_popc_block_body(a, a_stride, w, w_stride, words, s);
+}
+__attribute__((target("popcnt"))) void and_popc_block_popcnt(const uint64_t* a, int64_t a_stride, const uint64_t* w,
+                                                             int64_t w_stride, int64_t words,
+                                                             uint64_t s[kBlock][kBlock]) {
+  and_popc_block_body(a, a_stride, w, w_stride, words, s);
+}
+#endif
+void and_popc_block_baseline(const uint64_t* a, int64_t a_stride, const uint64_t* w, int64_t w_stride, int64_t words,
+                             uint64_t s[kBlock][kBlock]) {
+  and_popc_block_body(a, a_stride, w, w_stride, words, s);
+}
+
+AndPopcBlockFn select_and_popc_block() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512bw")) return and_popc_block_vpopcntdq;
+  if (__builtin_cpu_supports("popcnt")) return and_popc_block_popcnt;
+#endif
+  return and_popc_block_baseline;
+}
+
 // Runs the bit-serial GEMM and hands every exact int32 C[m, n] to store(m, n, c).
 template <typename Store>
 void bipolar_gemm_core(const at::Tensor& a_planes, const at::Tensor& w_planes, int64_t K, Store&& store) {
@@ -224,8 +249,9 @@ void bipolar_gemm_core(const at::Tensor& a_planes, const at::Tensor& w_planes, i
   // Consecutive rows of an operand are all of its planes apart.
   const int64_t a_row_stride = a.planes * words, w_row_stride = w.planes * words;
   const int64_t tiles_m = ceil_div(M, kTileM), tiles_n = ceil_div(N, kTileN);
-
-  at::parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t begin, int64_t end) {
+  static const AndPopcBlockFn and_popc_block = select_and_popc_block();
+  const int64_t tile_work = std::min(kTileM, M) * std::min(kTileN, N) * p * q * std::max<int64_t>(words, 1) / 4;
+  at::parallel_for(0, tiles_m * tiles_n, grain_for(tile_work), [&](int64_t begin, int64_t end) {
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t m_end = std::min(M, (tile / tiles_n + 1) * kTileM);
       const int64_t n_end = std::min(N, (tile % tiles_n + 1) * kTileN);
