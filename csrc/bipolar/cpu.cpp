@@ -35,7 +35,9 @@ constexpr int64_t kTileN = 64;
 
 // Below ~2^16 elementary steps a parallel region costs more than it saves:
 // at::parallel_for runs ranges shorter than the grain inline.
-int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, work_per_item)); }
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, work_per_item));
+}
 
 // --- plane writers shared by pack and quantize --------------------------------
 
@@ -185,8 +187,9 @@ RowPlanes to_row_planes(const at::Tensor& planes_in, int64_t K) {
 
 // s[r][c] = Σ_k popc(a_r[k] ∧ w_c[k]) over `words` uint64 words for a kBlock × kBlock
 // block, where a_r = a + r·a_stride and w_c = w + c·w_stride.
-__attribute__((always_inline)) inline void and_popc_block_body(const uint64_t* a, int64_t a_stride, const uint64_t* w, int64_t w_stride,
-                    int64_t words, uint64_t s[kBlock][kBlock]) {
+__attribute__((always_inline)) inline void and_popc_block_body(const uint64_t* a, int64_t a_stride,
+                                                               const uint64_t* w, int64_t w_stride, int64_t words,
+                                                               uint64_t s[kBlock][kBlock]) {
   const uint64_t *a0 = a, *a1 = a + a_stride, *a2 = a + 2 * a_stride, *a3 = a + 3 * a_stride;
   const uint64_t *w0 = w, *w1 = w + w_stride, *w2 = w + 2 * w_stride, *w3 = w + 3 * w_stride;
   uint64_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
@@ -319,6 +322,11 @@ at::Tensor bipolar_linear_cpu(const at::Tensor& x, const at::Tensor& w_planes, c
   return out.view(out_shape);
 }
 
+// The tensor-core microbenchmark has nothing to measure on a CPU.
+at::Tensor bipolar_mma_peak_cpu(const at::Tensor&, c10::string_view, int64_t, int64_t) {
+  MLX_CHECK(false, MLX_OP_NAME("bipolar_mma_peak"), "measures GPU tensor cores; it needs a CUDA tensor");
+}
+
 }  // namespace
 
 MLX_LIBRARY_IMPL(CPU, m) {
@@ -327,6 +335,7 @@ MLX_LIBRARY_IMPL(CPU, m) {
   m.impl("bipolar_gemm", &bipolar_gemm_cpu);
   m.impl("bipolar_quantize", &bipolar_quantize_cpu);
   m.impl("bipolar_linear", &bipolar_linear_cpu);
+  m.impl("bipolar_mma_peak", &bipolar_mma_peak_cpu);
 }
 
 }  // namespace mlx_kernels::bipolar

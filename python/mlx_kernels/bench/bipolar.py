@@ -113,4 +113,32 @@ def bipolar_linear_cases(device: str, quick: bool) -> List[Case]:
     return cases
 
 
-BENCHMARKS = {"bipolar_gemm": bipolar_gemm_cases, "bipolar_linear": bipolar_linear_cases}
+# (kind, MMA K per m16n8 instruction) of the raw tensor-core microbenchmark.
+_MMA_KINDS = [("b1_and", 256), ("s4", 64), ("s8", 32)]
+_PEAK_CHAINS, _PEAK_WARPS = 8, 4  # csrc/bipolar/mma_peak.cu: kChains, kThreads / 32
+
+
+def bipolar_mma_peak_cases(device: str, quick: bool) -> List[Case]:
+    if device != "cuda":
+        return []
+    blocks = torch.cuda.get_device_properties(0).multi_processor_count * 8
+    iterations = 64 if quick else 256
+    cases = []
+    for kind, mma_k in _MMA_KINDS:
+
+        def make(kind=kind):
+            like = torch.empty(0, device=device)
+            return (lambda: ops.bipolar_mma_peak(like, kind, blocks, iterations)), {}
+
+        ops_per_call = 2.0 * 16 * 8 * mma_k * _PEAK_CHAINS * _PEAK_WARPS * blocks * iterations
+        cases.append(Case(label=f"mma.sync {kind} m16n8k{mma_k}", params={"kind": kind, "blocks": blocks,
+                                                                          "iterations": iterations},
+                          measure=Measure(ops_per_call, "FLOP", peak="int8", integer=True), make=make))
+    return cases
+
+
+BENCHMARKS = {
+    "bipolar_gemm": bipolar_gemm_cases,
+    "bipolar_linear": bipolar_linear_cases,
+    "bipolar_mma_peak": bipolar_mma_peak_cases,
+}
