@@ -259,9 +259,14 @@ inline void check_gemm_launch(const char* op, int64_t N) {
 // Runs the GEMM with `store` as epilogue (after check_gemm_launch).
 template <typename Epilogue>
 void run_gemm(const at::Tensor& a_planes, const at::Tensor& w_planes, int64_t K, const Epilogue& store) {
-  const int64_t M = a_planes.size(1);
+  const int64_t M = a_planes.size(1), p = a_planes.size(0), q = w_planes.size(0);
   const at::Tensor a = kernel_planes(a_planes), w = kernel_planes(w_planes);
-  if (M <= 32) {
+  // The large tile at 8×8 bits needs 128 KiB of smem: more than sm_86/sm_89 give
+  // a block (~100 KiB); the small tile (48 KiB at most) always fits.
+  const int64_t large_smem = kStages * stage_words(p, q, LargeTile::BM, LargeTile::BN) * sizeof(uint32_t);
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  const bool large_fits = large_smem <= static_cast<int64_t>(props->sharedMemPerBlockOptin);
+  if (M <= 32 || !large_fits) {
     launch_tile<SmallTile>(a, w, K, store);
   } else {
     launch_tile<LargeTile>(a, w, K, store);
