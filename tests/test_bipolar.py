@@ -163,6 +163,23 @@ def test_quantize_extremes_hit_top_level(device):
     torch.testing.assert_close(scale.cpu(), torch.tensor([2 / 3, 0.0, 1.0]))
 
 
+def test_quantize_non_contiguous(device):
+    x = torch.randn(50, 33, device=device)
+    planes, scale = mlx_kernels.bipolar_quantize(x.t(), 4)
+    expected_planes, expected_scale = mlx_kernels.bipolar_quantize(x.t().contiguous(), 4)
+    assert torch.equal(planes, expected_planes) and torch.equal(scale, expected_scale)
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(0, 9), k=st.integers(0, 200), bits=st.integers(1, 8), magnitude=st.floats(1e-3, 1e3))
+def test_quantize_property_cpu(rows, k, bits, magnitude):
+    x = torch.randn(rows, k) * magnitude
+    planes, scale = mlx_kernels.bipolar_quantize(x, bits)
+    levels = mlx_kernels.bipolar_unpack(planes, k).double()
+    assert (levels.abs() <= 2**bits - 1).all() and (levels.remainder(2) == 1).all()
+    assert ((x.double() - scale.double()[:, None] * levels).abs() <= scale.double()[:, None] * (1 + 1e-5)).all()
+
+
 @pytest.mark.parametrize("shape", [(0, 10), (5, 0)])
 def test_quantize_empty(device, shape):
     planes, scale = mlx_kernels.bipolar_quantize(torch.randn(*shape, device=device), 3)
@@ -203,6 +220,12 @@ def test_bipolar_linear_matches_oracle(device, dtype, w_bits, x_bits, with_bias)
     assert_close_to_oracle(out.cpu(), oracle, reference.reshape(2, 5, 33), atol=1e-5)
 
 
+def test_bipolar_linear_non_contiguous_input(device):
+    layer = mlx_kernels.BipolarLinear.from_float(torch.nn.Linear(48, 20).to(device), 3, 6)
+    x = torch.randn(48, 7, device=device).t()
+    torch.testing.assert_close(layer(x), layer(x.contiguous()), rtol=0, atol=0)
+
+
 def test_bipolar_linear_approximates_float_linear(device):
     linear = torch.nn.Linear(256, 64).to(device)
     x = torch.randn(8, 256, device=device)
@@ -211,9 +234,10 @@ def test_bipolar_linear_approximates_float_linear(device):
     assert (out - expected).abs().max() < 0.05 * expected.abs().max()
 
 
-def test_bipolar_linear_empty_and_k1(device):
+def test_bipolar_linear_empty_k1_and_1d(device):
     layer = mlx_kernels.BipolarLinear.from_float(torch.nn.Linear(1, 4).to(device), 2, 2)
     assert layer(torch.randn(0, 1, device=device)).shape == (0, 4)
+    assert layer(torch.randn(1, device=device)).shape == (4,)
     x = torch.randn(3, 1, device=device)
     torch.testing.assert_close(layer(x), linear_oracle(x, layer.w_planes, layer.w_scale, 2, layer.bias).float())
 
