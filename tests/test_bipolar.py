@@ -127,7 +127,9 @@ def test_gemm_property_cpu(m, n, k, a_bits, w_bits):
 
 
 @requires_cuda
-@pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (16, 1000, 4000), (300, 500, 1000), (1024, 1024, 4096)])
+# Decode-sized M with long K runs split-K; the others one pass over K.
+@pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (16, 1000, 4000), (3, 77, 9000), (300, 500, 1000),
+                                   (1024, 1024, 4096)])
 @pytest.mark.parametrize("a_bits,w_bits", [(1, 1), (2, 2), (4, 2), (8, 8)])
 def test_gemm_cuda_matches_cpu(m, n, k, a_bits, w_bits):
     _, a_planes = packed(m, k, a_bits)
@@ -260,9 +262,10 @@ def test_bipolar_linear_torch_compile(device):
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_bipolar_linear_cuda_matches_cpu(dtype):
-    layer = mlx_kernels.BipolarLinear.from_float(torch.nn.Linear(1000, 300), 2, 4).to(dtype)
-    x = torch.randn(3, 7, 1000).to(dtype)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows,k", [(21, 1000), (2, 4100)])  # (2, 4100): decode-sized, split-K
+def test_bipolar_linear_cuda_matches_cpu(dtype, rows, k):
+    layer = mlx_kernels.BipolarLinear.from_float(torch.nn.Linear(k, 300), 2, 4).to(dtype)
+    x = torch.randn(rows, k).to(dtype)
     out = layer.cuda()(x.cuda()).cpu()
     torch.testing.assert_close(out, layer.cpu()(x), rtol=1e-2, atol=1e-2)

@@ -27,6 +27,12 @@
 //
 // Epilogue: the identity in uint32 (exact modulo 2^32, and C fits in int32),
 // then a functor `store(m, n, c)` given by the op writes the output.
+//
+// Split-K, for grids too small to fill the GPU (decode-sized M): blockIdx.z
+// takes a range of K slices. The identity is linear in (S, RA, RW, K), so each
+// split applies it to its own partial sums with K = its count of valid
+// positions, and the int32 partial results simply add up (atomicAdd into a
+// zeroed output; wrap-around is exact for the same reason as above).
 
 #pragma once
 
@@ -103,7 +109,7 @@ __device__ __forceinline__ void mask_slice(uint32_t* smem, int num_planes, int t
 template <typename Tile, typename Epilogue>
 __global__ void __launch_bounds__(Tile::Threads)
     bipolar_gemm_kernel(const uint32_t* __restrict__ a_planes, const uint32_t* __restrict__ w_planes, int M,
-                        int N, int words, int K, int p, int q, Epilogue store) {
+                        int N, int words, int K, int p, int q, int slices_per_split, Epilogue store) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int BM = Tile::BM, BN = Tile::BN, FragsM = Tile::FragsM, FragsN = Tile::FragsN;
   extern __shared__ __align__(16) uint32_t smem[];
@@ -118,16 +124,20 @@ __global__ void __launch_bounds__(Tile::Threads)
   uint32_t row_w[FragsN] = {};     // Σ_i 2^i·popc(w_i) of column group (this lane's words)
 
   const int slices = (words + kSliceWords - 1) / kSliceWords;
+  const int first_slice = blockIdx.z * slices_per_split;
+  const int end_slice = min(slices, first_slice + slices_per_split);
+  constexpr int64_t kSliceBits = kSliceWords * 32;
+  const int split_K = static_cast<int>(min(static_cast<int64_t>(K), end_slice * kSliceBits) - first_slice * kSliceBits);
   auto load = [&](int slice) {
     uint32_t* stage = smem + (slice % kStages) * stage_size;
     load_slice<Tile::Threads>(stage, a_planes, p, M, words, m0, BM, slice);
     load_slice<Tile::Threads>(stage + p * BM * kSliceWords, w_planes, q, N, words, n0, BN, slice);
   };
-  load(0);
+  load(first_slice);
   cp_async_commit();
 
-  for (int slice = 0; slice < slices; ++slice) {
-    if (slice + 1 < slices) load(slice + 1);
+  for (int slice = first_slice; slice < end_slice; ++slice) {
+    if (slice + 1 < end_slice) load(slice + 1);
     cp_async_commit();  // possibly empty, so "all but one group done" always means this slice
     cp_async_wait_one_pending();
     __syncthreads();
@@ -214,7 +224,7 @@ __global__ void __launch_bounds__(Tile::Threads)
         for (int e = 0; e < 2; ++e) {
           const int n = n0 + warp_col + fn * 8 + 2 * quad_lane + e;
           if (m < M && n < N) {
-            store(m, n, combine(acc[fm][fn][2 * half + e], row_a[fm][half], col_w[e], K, p, q));
+            store(m, n, combine(acc[fm][fn][2 * half + e], row_a[fm][half], col_w[e], split_K, p, q));
           }
         }
       }
@@ -232,20 +242,6 @@ inline at::Tensor kernel_planes(const at::Tensor& planes) {
   return is_aligned_16(out) ? out : out.clone();
 }
 
-template <typename Tile, typename Epilogue>
-void launch_tile(const at::Tensor& a, const at::Tensor& w, int64_t K, const Epilogue& store) {
-  const int64_t p = a.size(0), M = a.size(1), q = w.size(0), N = w.size(1);
-  const dim3 grid(ceil_div_dev<int64_t>(M, Tile::BM), ceil_div_dev<int64_t>(N, Tile::BN));
-  const size_t smem = kStages * stage_words(p, q, Tile::BM, Tile::BN) * sizeof(uint32_t);
-  auto kernel = bipolar_gemm_kernel<Tile, Epilogue>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<grid, Tile::Threads, smem, at::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const uint32_t*>(a.data_ptr<int32_t>()), reinterpret_cast<const uint32_t*>(w.data_ptr<int32_t>()),
-      static_cast<int>(M), static_cast<int>(N), static_cast<int>(a.size(2)), static_cast<int>(K),
-      static_cast<int>(p), static_cast<int>(q), store);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 // What only the device (current under the op's CUDAGuard) and the grid can
 // refuse, checked before any kernel runs.
 inline void check_gemm_launch(const char* op, int64_t N) {
@@ -256,21 +252,68 @@ inline void check_gemm_launch(const char* op, int64_t N) {
             "columns; at most ", 65535 * SmallTile::BN, " is supported");
 }
 
-// Runs the GEMM with `store` as epilogue (after check_gemm_launch).
-template <typename Epilogue>
-void run_gemm(const at::Tensor& a_planes, const at::Tensor& w_planes, int64_t K, const Epilogue& store) {
-  const int64_t M = a_planes.size(1), p = a_planes.size(0), q = w_planes.size(0);
-  const at::Tensor a = kernel_planes(a_planes), w = kernel_planes(w_planes);
+// Tile and split-K choice for one problem.
+struct GemmPlan {
+  bool large_tile;
+  int splits;            // > 1: the epilogue must accumulate (atomicAdd) into a zeroed output
+  int slices_per_split;  // 512-bit K slices per split
+};
+
+inline GemmPlan plan_gemm(int64_t p, int64_t M, int64_t q, int64_t N, int64_t K) {
+  const auto* props = at::cuda::getCurrentDeviceProperties();
   // The large tile at 8×8 bits needs 128 KiB of smem: more than sm_86/sm_89 give
   // a block (~100 KiB); the small tile (48 KiB at most) always fits.
   const int64_t large_smem = kStages * stage_words(p, q, LargeTile::BM, LargeTile::BN) * sizeof(uint32_t);
-  const auto* props = at::cuda::getCurrentDeviceProperties();
-  const bool large_fits = large_smem <= static_cast<int64_t>(props->sharedMemPerBlockOptin);
-  if (M <= 32 || !large_fits) {
-    launch_tile<SmallTile>(a, w, K, store);
+  const bool large_tile = M > 32 && large_smem <= static_cast<int64_t>(props->sharedMemPerBlockOptin);
+  const int64_t ctas = large_tile ? ceil_div_dev<int64_t>(M, LargeTile::BM) * ceil_div_dev<int64_t>(N, LargeTile::BN)
+                                  : ceil_div_dev<int64_t>(M, SmallTile::BM) * ceil_div_dev<int64_t>(N, SmallTile::BN);
+  const int64_t slices = ceil_div_dev<int64_t>(K, kSliceWords * 32);
+  // Aim at two CTAs per SM, keeping at least 4 slices (2048 bits of K) per split.
+  const int64_t wanted = std::min(ceil_div_dev<int64_t>(2 * props->multiProcessorCount, ctas), slices / 4);
+  const int64_t per_split = ceil_div_dev<int64_t>(slices, std::max<int64_t>(wanted, 1));
+  return {large_tile, static_cast<int>(ceil_div_dev<int64_t>(slices, per_split)), static_cast<int>(per_split)};
+}
+
+template <typename Tile, typename Epilogue>
+void launch_tile(const at::Tensor& a, const at::Tensor& w, int64_t K, const GemmPlan& plan, const Epilogue& store) {
+  const int64_t p = a.size(0), M = a.size(1), q = w.size(0), N = w.size(1);
+  const dim3 grid(ceil_div_dev<int64_t>(M, Tile::BM), ceil_div_dev<int64_t>(N, Tile::BN), plan.splits);
+  const size_t smem = kStages * stage_words(p, q, Tile::BM, Tile::BN) * sizeof(uint32_t);
+  auto kernel = bipolar_gemm_kernel<Tile, Epilogue>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<grid, Tile::Threads, smem, at::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const uint32_t*>(a.data_ptr<int32_t>()), reinterpret_cast<const uint32_t*>(w.data_ptr<int32_t>()),
+      static_cast<int>(M), static_cast<int>(N), static_cast<int>(a.size(2)), static_cast<int>(K),
+      static_cast<int>(p), static_cast<int>(q), plan.slices_per_split, store);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Runs the GEMM planned by plan_gemm with `store` as epilogue (after check_gemm_launch).
+template <typename Epilogue>
+void run_gemm(const at::Tensor& a_planes, const at::Tensor& w_planes, int64_t K, const GemmPlan& plan,
+              const Epilogue& store) {
+  const at::Tensor a = kernel_planes(a_planes), w = kernel_planes(w_planes);
+  if (plan.large_tile) {
+    launch_tile<LargeTile>(a, w, K, plan, store);
   } else {
-    launch_tile<LargeTile>(a, w, K, store);
+    launch_tile<SmallTile>(a, w, K, plan, store);
   }
 }
+
+// The int32 epilogue: C itself (bipolar_gemm), or split-K partial results
+// added into a zeroed int32 buffer.
+struct StoreInt32 {
+  int32_t* out;
+  int N;
+  bool accumulate;
+  __device__ void operator()(int m, int n, int32_t c) const {
+    int32_t* dst = out + static_cast<int64_t>(m) * N + n;
+    if (accumulate) {
+      atomicAdd(dst, c);
+    } else {
+      *dst = c;
+    }
+  }
+};
 
 }  // namespace mlx_kernels::bipolar

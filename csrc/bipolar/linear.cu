@@ -1,7 +1,9 @@
 // bipolar_linear on CUDA: quantize the activations per row (planes.cu's
 // kernel), then the bit-plane tensor-core GEMM of gemm_kernel.cuh with a
 // dequantizing epilogue, x_scale[m]·w_scale[n]·C + bias[n] in x's dtype, so the
-// int32 product never reaches global memory.
+// int32 product never reaches global memory. Under split-K (decode-sized M,
+// where the grid alone cannot fill the GPU) the splits add exact int32 partial
+// results into a small M × N buffer that one elementwise pass then dequantizes.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -28,14 +30,33 @@ struct StoreDequant {
   }
 };
 
+template <typename T>
+__global__ void dequant_kernel(const int32_t* __restrict__ c, int64_t M, int N, StoreDequant<T> store) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < M * N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    store(static_cast<int>(i / N), static_cast<int>(i % N), c[i]);
+  }
+}
+
 // T is the CUDA type with the layout of out's (and bias's) dtype.
 template <typename T>
 void run_linear(const at::Tensor& x_planes, const at::Tensor& x_scale, const at::Tensor& w_planes,
                 const at::Tensor& w_scale, const at::Tensor& bias, int64_t K, at::Tensor& out) {
+  const int64_t M = out.size(0), N = out.size(1);
   const StoreDequant<T> store{static_cast<T*>(out.data_ptr()), x_scale.data_ptr<float>(), w_scale.data_ptr<float>(),
-                              bias.defined() ? static_cast<const T*>(bias.data_ptr()) : nullptr,
-                              static_cast<int>(out.size(1))};
-  run_gemm(x_planes, w_planes, K, store);
+                              bias.defined() ? static_cast<const T*>(bias.data_ptr()) : nullptr, static_cast<int>(N)};
+  const GemmPlan plan = plan_gemm(x_planes.size(0), M, w_planes.size(0), N, K);
+  if (plan.splits == 1) {
+    run_gemm(x_planes, w_planes, K, plan, store);
+    return;
+  }
+  at::Tensor c = at::zeros({M, N}, out.options().dtype(at::kInt));
+  run_gemm(x_planes, w_planes, K, plan, StoreInt32{c.data_ptr<int32_t>(), static_cast<int>(N), true});
+  constexpr int kThreads = 256;
+  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div_dev<int64_t>(M * N, kThreads), 65535));
+  dequant_kernel<T><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(c.data_ptr<int32_t>(), M,
+                                                                              static_cast<int>(N), store);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor bipolar_linear_cuda(const at::Tensor& x, const at::Tensor& w_planes, const at::Tensor& w_scale_in,
