@@ -21,6 +21,8 @@ MLX_LIBRARY(m) {
   m.def("bipolar_gemm(Tensor a_planes, Tensor w_planes, int K) -> Tensor");
   m.def("bipolar_quantize(Tensor x, int bits) -> (Tensor planes, Tensor scale)");
   m.def("bipolar_linear(Tensor x, Tensor w_planes, Tensor w_scale, int x_bits, Tensor? bias=None) -> Tensor");
+  // Internal (benchmark only): raw mma.sync throughput, kind "b1_and" | "s4" | "s8"; CUDA only.
+  m.def("bipolar_mma_peak(Tensor like, str kind, int blocks, int iterations) -> Tensor");
 
   // Tensor-Core block-sparse SpMM (SMaT)
   m.def("bsr_spmm(Tensor crow, Tensor col, Tensor blocks, Tensor b, int m, Tensor? row_perm=None) -> Tensor");

@@ -44,3 +44,48 @@ def int8_gemm(x, w_i8, w_absmax, bias=None, threshold: float = 6.0) -> torch.Ten
     if bias is not None:
         out = out + bias.cpu().double()
     return out.reshape(*x.shape[:-1], n)
+# --- bipolar ---
+
+
+def bipolar_unpack(planes: torch.Tensor, K: int) -> torch.Tensor:
+    """int64 [R, K] values Σ_b 2^b·(2·bit_b − 1) of bit-planes [bits, R, ceil(K/32)]."""
+    planes = planes.cpu().long() & 0xFFFFFFFF
+    k = torch.arange(K)
+    bits = (planes[:, :, k // 32] >> (k % 32)) & 1  # [bits, R, K]
+    weights = 2 ** torch.arange(planes.shape[0]).view(-1, 1, 1)
+    return ((2 * bits - 1) * weights).sum(0)
+
+
+def bipolar_pack(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Bit-planes int32 [bits, R, ceil(K/32)] of odd values: bit b of (v + 2^bits − 1)/2."""
+    values = values.cpu().long()
+    rows, k = values.shape
+    codes = (values + 2**bits - 1) // 2
+    words = (k + 31) // 32
+    padded = torch.zeros(rows, words * 32, dtype=torch.long)
+    planes = torch.zeros(bits, rows, words, dtype=torch.long)
+    for b in range(bits):
+        padded[:, :k] = (codes >> b) & 1
+        planes[b] = (padded.view(rows, words, 32) << torch.arange(32)).sum(-1)
+    return planes.to(torch.int64).where(planes < 2**31, planes - 2**32).to(torch.int32)
+
+
+def bipolar_gemm(a_planes: torch.Tensor, w_planes: torch.Tensor, K: int) -> torch.Tensor:
+    """Exact int64 unpack(a) @ unpack(w).T."""
+    return bipolar_unpack(a_planes, K) @ bipolar_unpack(w_planes, K).T
+
+
+def bipolar_random_values(rows: int, k: int, bits: int, device="cpu") -> torch.Tensor:
+    """Uniform random odd integers in [−(2^bits − 1), 2^bits − 1], int32."""
+    return 2 * torch.randint(0, 2**bits, (rows, k), device=device, dtype=torch.int32) - (2**bits - 1)
+
+
+def bipolar_quantize_levels(x: torch.Tensor, bits: int):
+    """The quantizer's definition in float32: scale = absmax/(2^bits − 1) per row and the nearest
+    odd level of x/scale (ties up), clamped; zero rows get scale 0 and level +1."""
+    x = x.cpu().float()
+    top = 2**bits - 1
+    scale = x.abs().amax(-1) / top if x.shape[-1] else torch.zeros(x.shape[0])
+    v = torch.where(scale[:, None] > 0, x / scale[:, None], torch.zeros_like(x))
+    level = (2 * torch.floor(v * 0.5) + 1).clamp(-top, top)
+    return level.long(), scale

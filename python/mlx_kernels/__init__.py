@@ -13,6 +13,8 @@ from ._build_config import OPS_NAMESPACE, WITH_CUDA
 from .ops import int8_mm
 from .ops import int8_gemm, int8_vectorwise_quant
 from .int8 import Int8Linear, quantize_model_int8
+from .ops import bipolar_gemm, bipolar_linear, bipolar_pack, bipolar_quantize, bipolar_unpack
+from .bipolar import BipolarLinear
 
 __version__ = "0.1.0"
 
@@ -24,4 +26,10 @@ __all__ = [
     "int8_vectorwise_quant",
     "Int8Linear",
     "quantize_model_int8",
+    "BipolarLinear",
+    "bipolar_gemm",
+    "bipolar_linear",
+    "bipolar_pack",
+    "bipolar_quantize",
+    "bipolar_unpack",
 ]

@@ -132,6 +132,17 @@ def bipolar_linear(
     return ops.bipolar_linear(x, w_planes, w_scale, x_bits, bias)
 
 
+@torch.library.register_fake(_name("bipolar_mma_peak"))
+def _bipolar_mma_peak_fake(like, kind, blocks, iterations):
+    return like.new_empty((blocks,), dtype=torch.int32)
+
+
+def bipolar_mma_peak(like: Tensor, kind: str, blocks: int, iterations: int) -> Tensor:
+    """Internal microbenchmark: ``blocks`` CTAs issuing back-to-back mma.sync of ``kind``
+    ("b1_and": m16n8k256 AND-popc, "s4": m16n8k64, "s8": m16n8k32) on like's GPU."""
+    return ops.bipolar_mma_peak(like, kind, blocks, iterations)
+
+
 # --- Tensor-Core block-sparse SpMM (SMaT) ------------------------------------
 
 
