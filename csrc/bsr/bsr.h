@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -16,6 +17,18 @@
 namespace mlx_kernels::bsr {
 
 constexpr const char* kSpmmOp = MLX_OP_NAME("bsr_spmm");
+
+// Accumulation type of bsr_spmm: fp32 for fp16/bf16 inputs, fp64 for fp32 and
+// fp64 inputs. An fp32 sum of products already differs from torch's fp32 GEMM by
+// its summation order; accumulating fp32 in fp64 makes the one rounding at the
+// store the only error, so the result is never less accurate than torch's.
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>, double,
+                                    float>;
+
+inline at::ScalarType acc_dtype(at::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
 
 // Shape, dtype and device checks of bsr_spmm (cheap on every device).
 inline void check_bsr_spmm_shapes(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& blocks,

@@ -5,8 +5,9 @@
 // column tile of C. An empty block row is one (empty) chunk, so its rows of C
 // are written as zeros. Rows with more than kChunk blocks therefore spread over
 // several CTAs instead of stalling the grid behind one long row: their partial
-// sums go with atomicAdd into an fp32 workspace (one slot per split block row,
-// slots numbered on the device) and a second kernel converts those rows to C.
+// sums go with atomicAdd into a workspace in the accumulation type (one slot
+// per split block row, slots numbered on the device) and a second kernel
+// converts those rows to C.
 // Rows that fit one chunk are stored directly. The chunk → block row map is a
 // prefix sum of chunks per block row computed on the device; each CTA finds its
 // block row by binary search, so no count ever travels back to the host (the
@@ -20,10 +21,11 @@
 // shared memory, B transposed so every MMA fragment is one 32-bit load. Each
 // k-step is one mma.sync.m16n8k16 per 8 columns, accumulating in fp32.
 //
-// SIMT path (fp32, fp64, and other block shapes): exact FMA in fp32 (fp64 for
-// fp64), one thread per column and a strided set of block rows' rows, the block
-// and its B tile staged in shared memory. fp32 stays fp32 (TF32 MMA would not
-// meet fp32 accuracy).
+// SIMT path (fp32, fp64, and other block shapes): FMA in fp64 for fp32/fp64
+// inputs (fp32 for 16-bit ones, see acc_type), one thread per column and a
+// strided set of the block row's rows, the block and its B tile staged in
+// shared memory. fp32 is never rounded to TF32 (that would not meet fp32
+// accuracy); H100's fp64 FMA rate is half its fp32 rate.
 //
 // Epilogue: stored row r of block row rb is A's row row_perm[rb·br + r] (when
 // given), so the un-permutation is the store's address; rows ≥ m are dropped.
@@ -357,12 +359,11 @@ at::Tensor bsr_spmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, co
   const int64_t max_split_rows = nblocks / (kChunk + 1);
   check_fits_int32(op, "work items", max_items);
 
-  const auto acc_dtype = b.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor workspace = at::zeros({max_split_rows * br, n}, b.options().dtype(acc_dtype));
+  at::Tensor workspace = at::zeros({max_split_rows * br, n}, b.options().dtype(acc_dtype(b.scalar_type())));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "bsr_spmm_cuda", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = acc_type<scalar_t>;
     Problem<acc_t> p{crow.data_ptr<int>(),
                      col.data_ptr<int>(),
                      chunk_end.data_ptr<int>(),

@@ -1,8 +1,8 @@
 // CPU kernel of bsr_spmm: C = A · B with A in BCSR (br × bc blocks), B dense.
 //
 // The work is the GPU kernel's: block row by block row, each block times the
-// bc rows of B it covers (its B tile), accumulated in fp32 (fp64 for fp64
-// inputs) and stored once per output row, through row_perm when the BCSR holds
+// bc rows of B it covers (its B tile), accumulated in fp32 (fp64 for fp32 and
+// fp64 inputs, see acc_type) and stored once per output row, through row_perm when the BCSR holds
 // A's rows permuted. On a CPU a multiply by zero costs as much as any other, so
 // the zero padding inside blocks (1 - fill of the stored entries) is skipped:
 // each output row gathers the non-zero (a, B row) terms of its block row and
@@ -14,7 +14,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -65,6 +64,8 @@ inline void accumulate(double* y, const double* a, const double* const* x, int64
   accumulate_terms_f64(y, a, x, terms, n);
 }
 
+constexpr int64_t kTermsPerPartial = 64;
+
 // Indices of the segments (consecutive runs of segment_bytes bytes, `segments`
 // of them from p) holding any non-zero bit. At low fill most block-row segments
 // are all zero, so a word-wide OR per segment (vectorised in the AVX2/AVX-512
@@ -106,7 +107,7 @@ std::vector<int64_t> balanced_bounds(const index_t* crow, int64_t block_rows, in
 template <typename scalar_t, typename index_t>
 void bsr_spmm_kernel(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& blocks,
                      const at::Tensor& b_acc, at::Tensor& out, int64_t m, const int64_t* perm) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = acc_type<scalar_t>;
   const int64_t br = blocks.size(1), bc = blocks.size(2), k = b_acc.size(0), n = b_acc.size(1);
   const int64_t block_rows = crow.numel() - 1;
   const index_t* crow_ptr = crow.data_ptr<index_t>();
@@ -122,7 +123,7 @@ void bsr_spmm_kernel(const at::Tensor& crow, const at::Tensor& col, const at::Te
     // Per row of the block row: its non-zero terms a and the B rows they scale.
     std::vector<std::vector<acc_t>> a_terms(br);
     std::vector<std::vector<const acc_t*>> b_rows(br);
-    std::vector<acc_t> y(n);
+    std::vector<acc_t> y(n), partial(n);
     std::vector<int64_t> segments;
     for (int64_t rb = bounds[part_begin]; rb < bounds[part_end]; ++rb) {
       const int64_t rows = std::min(br, m - rb * br);
@@ -149,8 +150,22 @@ void bsr_spmm_kernel(const at::Tensor& crow, const at::Tensor& col, const at::Te
         }
       }
       for (int64_t r = 0; r < rows; ++r) {
+        // Long rows sum kTermsPerPartial terms at a time into a partial row
+        // added to y, as a blocked GEMM does over k: the rounding error grows
+        // with the number of partials plus the partial's length, not with the
+        // row's length.
         std::fill(y.begin(), y.end(), acc_t(0));
-        accumulate(y.data(), a_terms[r].data(), b_rows[r].data(), static_cast<int64_t>(a_terms[r].size()), n);
+        const int64_t terms = static_cast<int64_t>(a_terms[r].size());
+        for (int64_t t = 0; t < terms; t += kTermsPerPartial) {
+          const int64_t count = std::min(kTermsPerPartial, terms - t);
+          if (terms <= kTermsPerPartial) {
+            accumulate(y.data(), a_terms[r].data(), b_rows[r].data(), count, n);
+            break;
+          }
+          std::fill(partial.begin(), partial.end(), acc_t(0));
+          accumulate(partial.data(), a_terms[r].data() + t, b_rows[r].data() + t, count, n);
+          for (int64_t i = 0; i < n; ++i) y[i] += partial[i];
+        }
         const int64_t stored_row = rb * br + r;
         scalar_t* c_row = out_ptr + (perm != nullptr ? perm[stored_row] : stored_row) * n;
         for (int64_t i = 0; i < n; ++i) c_row[i] = static_cast<scalar_t>(y[i]);
@@ -172,9 +187,9 @@ at::Tensor bsr_spmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, con
 
   at::Tensor out = at::empty({m, n}, b.options());
   if (m == 0 || n == 0) return out;
-  // B in the accumulation type once (a no-op for fp32/fp64), so the inner loop
-  // is a pure fused multiply-add stream.
-  const at::Tensor b_acc = b.to(at::toOpMathType(b.scalar_type())).contiguous();
+  // B in the accumulation type once (a no-op for fp64), so the inner loop is a
+  // pure fused multiply-add stream.
+  const at::Tensor b_acc = b.to(acc_dtype(b.scalar_type())).contiguous();
   const int64_t* perm = row_perm.has_value() ? row_perm->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, blocks.scalar_type(), "bsr_spmm_cpu", [&] {
     using value_t = scalar_t;

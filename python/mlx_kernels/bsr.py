@@ -129,6 +129,11 @@ class BlockSparseMatrix:
     # --- product ----------------------------------------------------------------------
 
     def __matmul__(self, b: Tensor) -> Tensor:
+        return self.matmul(b)
+
+    def matmul(self, b: Tensor) -> Tensor:
+        """A @ b for b [k, n] (or [k]), in b's dtype. Inside torch.compile call
+        ``a.matmul(b)``: dynamo does not route ``@`` on a non-tensor object."""
         vector = b.dim() == 1
         if vector:
             b = b.unsqueeze(1)
