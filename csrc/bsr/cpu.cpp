@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "bsr/bsr.h"
@@ -65,6 +66,7 @@ inline void accumulate(double* y, const double* a, const double* const* x, int64
 }
 
 constexpr int64_t kTermsPerPartial = 64;
+constexpr int64_t kMinPartWork = 1 << 18;
 
 // Indices of the segments (consecutive runs of segment_bytes bytes, `segments`
 // of them from p) holding any non-zero bit. At low fill most block-row segments
@@ -86,6 +88,20 @@ int64_t nonzero_segments(const unsigned char* p, int64_t segment_bytes, int64_t 
     count += any != 0;
   }
   return count;
+}
+
+// Bit c set when value c of the `count` (<= 64) values at p has any non-zero bit.
+template <typename scalar_t>
+uint64_t nonzero_mask(const scalar_t* p, int64_t count) {
+  using bits_t = std::conditional_t<sizeof(scalar_t) == 2, uint16_t,
+                                    std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>>;
+  uint64_t mask = 0;
+  for (int64_t c = 0; c < count; ++c) {
+    bits_t bits;
+    std::memcpy(&bits, p + c, sizeof(bits));
+    mask |= static_cast<uint64_t>(bits != 0) << c;
+  }
+  return mask;
 }
 
 // Splits block rows [0, block_rows) into `parts` contiguous ranges of about equal
@@ -116,22 +132,33 @@ void bsr_spmm_kernel(const at::Tensor& crow, const at::Tensor& col, const at::Te
   const acc_t* b_ptr = b_acc.data_ptr<acc_t>();
   scalar_t* out_ptr = out.data_ptr<scalar_t>();
 
-  const int64_t parts = std::min<int64_t>(block_rows, 8 * at::get_num_threads());
+  // Enough parts to balance the threads, but none smaller than kMinPartWork
+  // (stored entries + output values): below that, waking threads costs more
+  // than the work.
+  const int64_t work = blocks.numel() + m * n;
+  const int64_t max_parts = std::min<int64_t>(block_rows, 8 * at::get_num_threads());
+  const int64_t parts = std::clamp<int64_t>(work / kMinPartWork, 1, max_parts);
   const std::vector<int64_t> bounds = balanced_bounds(crow_ptr, block_rows, parts);
 
   at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     // Per row of the block row: its non-zero terms a and the B rows they scale.
     std::vector<std::vector<acc_t>> a_terms(br);
     std::vector<std::vector<const acc_t*>> b_rows(br);
+    std::vector<int64_t> terms(br), segments;
     std::vector<acc_t> y(n), partial(n);
-    std::vector<int64_t> segments;
     for (int64_t rb = bounds[part_begin]; rb < bounds[part_end]; ++rb) {
       const int64_t rows = std::min(br, m - rb * br);
-      for (int64_t r = 0; r < rows; ++r) a_terms[r].clear(), b_rows[r].clear();
-      // The block row's blocks are contiguous: find its non-zero block rows
-      // (segments of bc values) in one pass over memory. Columns past k (padding
-      // of the last block column) are never touched.
       const int64_t first = crow_ptr[rb], blocks_here = crow_ptr[rb + 1] - first;
+      for (int64_t r = 0; r < rows; ++r) {
+        terms[r] = 0;
+        if (static_cast<int64_t>(a_terms[r].size()) < blocks_here * bc) {
+          a_terms[r].resize(blocks_here * bc), b_rows[r].resize(blocks_here * bc);
+        }
+      }
+      // The block row's blocks are contiguous: find its non-zero block rows
+      // (segments of bc values) in one pass over memory, then visit only their
+      // non-zeros through a bit mask. Columns past k (padding of the
+      // last block column) are never touched.
       segments.resize(blocks_here * br);
       const int64_t found = nonzero_segments(reinterpret_cast<const unsigned char*>(blocks_ptr + first * br * bc),
                                              bc * static_cast<int64_t>(sizeof(scalar_t)), blocks_here * br,
@@ -141,11 +168,13 @@ void bsr_spmm_kernel(const at::Tensor& crow, const at::Tensor& col, const at::Te
         if (r >= rows) continue;
         const int64_t k0 = static_cast<int64_t>(col_ptr[j]) * bc;
         const scalar_t* a_row = blocks_ptr + (j * br + r) * bc;
-        for (int64_t c = 0; c < std::min(bc, k - k0); ++c) {
-          const acc_t a = static_cast<acc_t>(a_row[c]);
-          if (a != acc_t(0)) {
-            a_terms[r].push_back(a);
-            b_rows[r].push_back(b_ptr + (k0 + c) * n);
+        const int64_t width = std::min(bc, k - k0);
+        for (int64_t c0 = 0; c0 < width; c0 += 64) {
+          for (uint64_t mask = nonzero_mask(a_row + c0, std::min<int64_t>(64, width - c0)); mask != 0;
+               mask &= mask - 1) {
+            const int64_t c = c0 + __builtin_ctzll(mask);
+            a_terms[r][terms[r]] = static_cast<acc_t>(a_row[c]);
+            b_rows[r][terms[r]++] = b_ptr + (k0 + c) * n;
           }
         }
       }
@@ -155,10 +184,9 @@ void bsr_spmm_kernel(const at::Tensor& crow, const at::Tensor& col, const at::Te
         // with the number of partials plus the partial's length, not with the
         // row's length.
         std::fill(y.begin(), y.end(), acc_t(0));
-        const int64_t terms = static_cast<int64_t>(a_terms[r].size());
-        for (int64_t t = 0; t < terms; t += kTermsPerPartial) {
-          const int64_t count = std::min(kTermsPerPartial, terms - t);
-          if (terms <= kTermsPerPartial) {
+        for (int64_t t = 0; t < terms[r]; t += kTermsPerPartial) {
+          const int64_t count = std::min(kTermsPerPartial, terms[r] - t);
+          if (terms[r] <= kTermsPerPartial) {
             accumulate(y.data(), a_terms[r].data(), b_rows[r].data(), count, n);
             break;
           }
