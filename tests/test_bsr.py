@@ -19,7 +19,9 @@ from mlx_kernels import BlockSparseMatrix, ops
 sp = pytest.importorskip("scipy.sparse")
 scipy_io = pytest.importorskip("scipy.io")
 
-MATRICES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "matrices")
+# <repo>/../shared/data/matrices, or MLX_MATRICES (e.g. from a git worktree elsewhere).
+MATRICES = os.environ.get("MLX_MATRICES", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                                       "shared", "data", "matrices"))
 # Small/medium SuiteSparse matrices (the larger ones run in the benchmark only).
 REAL = ["cryg2500", "USpowerGrid", "add32", "bcsstk13", "ca-GrQc"]
 

@@ -61,6 +61,33 @@ inline void check_bsr_spmm_shapes(const at::Tensor& crow, const at::Tensor& col,
   }
 }
 
+// crow [rows + 1] starts at 0, never decreases and ends at `total` (the
+// number of entries it indexes, named `total_name`).
+template <typename index_t>
+void check_offsets(const char* op, const at::Tensor& crow, int64_t total, const char* total_name) {
+  const index_t* crow_ptr = crow.data_ptr<index_t>();
+  const int64_t rows = crow.numel() - 1;
+  MLX_CHECK(crow_ptr[0] == 0, op, "'crow' must start at 0, got ", int64_t(crow_ptr[0]));
+  for (int64_t r = 0; r < rows; ++r) {
+    MLX_CHECK(crow_ptr[r] <= crow_ptr[r + 1], op, "'crow' must be non-decreasing, but crow[", r,
+              "] = ", int64_t(crow_ptr[r]), " > crow[", r + 1, "] = ", int64_t(crow_ptr[r + 1]));
+  }
+  MLX_CHECK(crow_ptr[rows] == total, op, "'crow' must end at ", total_name, " = ", total, ", got ",
+            int64_t(crow_ptr[rows]));
+}
+
+// row_perm (int64, on the host) is a permutation of 0..m-1.
+inline void check_permutation(const char* op, const at::Tensor& row_perm) {
+  const int64_t m = row_perm.numel();
+  const int64_t* perm = row_perm.data_ptr<int64_t>();
+  std::vector<bool> seen(m, false);
+  for (int64_t r = 0; r < m; ++r) {
+    MLX_CHECK(perm[r] >= 0 && perm[r] < m && !seen[perm[r]], op, "'row_perm' must be a permutation of 0..m-1 (m = ",
+              m, "), but row_perm[", r, "] = ", perm[r], perm[r] >= 0 && perm[r] < m ? " repeats" : " is out of range");
+    seen[perm[r]] = true;
+  }
+}
+
 // Value checks that need the indices on the host: crow starts at 0, never
 // decreases and ends at nblocks; every col is a block column of A (A has k = b's
 // rows columns); row_perm is a permutation of 0..m-1. O(nblocks + m).
@@ -68,15 +95,8 @@ template <typename index_t>
 void check_bsr_spmm_values(const at::Tensor& crow, const at::Tensor& col, int64_t k, int64_t bc,
                            const c10::optional<at::Tensor>& row_perm) {
   constexpr const char* op = kSpmmOp;
-  const index_t* crow_ptr = crow.data_ptr<index_t>();
-  const int64_t block_rows = crow.numel() - 1, nblocks = col.numel();
-  MLX_CHECK(crow_ptr[0] == 0, op, "'crow' must start at 0, got ", int64_t(crow_ptr[0]));
-  for (int64_t r = 0; r < block_rows; ++r) {
-    MLX_CHECK(crow_ptr[r] <= crow_ptr[r + 1], op, "'crow' must be non-decreasing, but crow[", r,
-              "] = ", int64_t(crow_ptr[r]), " > crow[", r + 1, "] = ", int64_t(crow_ptr[r + 1]));
-  }
-  MLX_CHECK(crow_ptr[block_rows] == nblocks, op, "'crow' must end at nblocks = ", nblocks, ", got ",
-            int64_t(crow_ptr[block_rows]));
+  const int64_t nblocks = col.numel();
+  check_offsets<index_t>(op, crow, nblocks, "nblocks");
   const int64_t block_cols = ceil_div(k, bc);
   const index_t* col_ptr = col.data_ptr<index_t>();
   for (int64_t j = 0; j < nblocks; ++j) {
@@ -84,17 +104,7 @@ void check_bsr_spmm_values(const at::Tensor& crow, const at::Tensor& col, int64_
               " is out of range: b has k = ", k, " rows, so A has ceil(k / bc) = ", block_cols,
               " block columns of width bc = ", bc, " (b's rows must equal A's columns)");
   }
-  if (row_perm.has_value()) {
-    const int64_t m = row_perm->numel();
-    const int64_t* perm = row_perm->data_ptr<int64_t>();
-    std::vector<bool> seen(m, false);
-    for (int64_t r = 0; r < m; ++r) {
-      MLX_CHECK(perm[r] >= 0 && perm[r] < m && !seen[perm[r]], op,
-                "'row_perm' must be a permutation of 0..m-1 (m = ", m, "), but row_perm[", r, "] = ", perm[r],
-                perm[r] >= 0 && perm[r] < m ? " repeats" : " is out of range");
-      seen[perm[r]] = true;
-    }
-  }
+  if (row_perm.has_value()) check_permutation(op, *row_perm);
 }
 
 }  // namespace mlx_kernels::bsr

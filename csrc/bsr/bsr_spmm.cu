@@ -154,7 +154,8 @@ __device__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t 
   }
 }
 
-// 8 consecutive values of B's row `row` from column `column` (zeros outside B).
+// 8 consecutive values of B's row `row` from column `column` (zeros outside B);
+// v must be 16-byte aligned.
 template <typename T>
 __device__ void load_b8(const T* b, int64_t row, int64_t column, int64_t k, int64_t n, bool vector_ok,
                         T (&v)[8]) {
@@ -174,6 +175,7 @@ __global__ void __launch_bounds__(kThreads) bsr_spmm_mma_kernel(Problem<float> p
   static_assert(BC == 8 || BC == 16, "blocks are 16 × 16 or 16 × 8");
   constexpr int kBlocksPerStep = kMmaK / BC;
   constexpr int kBlocksPerStage = kStageSteps * kBlocksPerStep;
+  static_assert(kStageSteps * kMmaRows * 2 == kThreads, "one 8-value piece of A per thread and stage");
   __shared__ __align__(16) T a_tile[kStageSteps][kMmaRows][kMmaK + kPad];
   __shared__ __align__(16) T b_tile[kStageSteps][kCtaN][kMmaK + kPad];  // transposed: [column][k]
 
@@ -202,7 +204,7 @@ __global__ void __launch_bounds__(kThreads) bsr_spmm_mma_kernel(Problem<float> p
       const int k_in_stage = piece / (kCtaN / 8), column8 = (piece % (kCtaN / 8)) * 8;
       const int j = stage_first + k_in_stage / BC;
       const int64_t b_row = j < chunk.last ? static_cast<int64_t>(p.col[j]) * BC + k_in_stage % BC : -1;
-      T v[8];
+      alignas(16) T v[8];
       load_b8(b, b_row, n0 + column8, p.k, p.n, b_vector_ok, v);
       const int step = k_in_stage / kMmaK, kk = k_in_stage % kMmaK;
 #pragma unroll

@@ -51,16 +51,9 @@ constexpr int64_t kWindow = 32;
 // CSR structure checks: crow [m + 1] from 0, non-decreasing, to nnz; col in [0, k).
 template <typename index_t>
 void check_csr(const char* op, const at::Tensor& crow, const at::Tensor& col, int64_t k) {
-  const index_t* crow_ptr = crow.data_ptr<index_t>();
   const index_t* col_ptr = col.data_ptr<index_t>();
-  const int64_t m = crow.numel() - 1, nnz = col.numel();
-  MLX_CHECK(crow_ptr[0] == 0, op, "'crow' must start at 0, got ", int64_t(crow_ptr[0]));
-  for (int64_t r = 0; r < m; ++r) {
-    MLX_CHECK(crow_ptr[r] <= crow_ptr[r + 1], op, "'crow' must be non-decreasing, but crow[", r, "] = ",
-              int64_t(crow_ptr[r]), " > crow[", r + 1, "] = ", int64_t(crow_ptr[r + 1]));
-  }
-  MLX_CHECK(crow_ptr[m] == nnz, op, "'crow' must end at nnz = col.numel() = ", nnz, ", got ",
-            int64_t(crow_ptr[m]));
+  const int64_t nnz = col.numel();
+  check_offsets<index_t>(op, crow, nnz, "nnz = col.numel()");
   for (int64_t i = 0; i < nnz; ++i) {
     MLX_CHECK(col_ptr[i] >= 0 && col_ptr[i] < k, op, "'col'[", i, "] = ", int64_t(col_ptr[i]),
               " is out of range [0, k = ", k, ")");
@@ -259,18 +252,12 @@ void block_row_columns(const index_t* crow, const index_t* col, const int64_t* p
   columns.erase(std::unique(columns.begin(), columns.end()), columns.end());
 }
 
-void check_permutation(const char* op, const at::Tensor& perm, int64_t m) {
+void check_row_perm(const char* op, const at::Tensor& perm, int64_t m) {
   check_dtype(op, "row_perm", perm, {at::kLong});
   check_dim(op, "row_perm", perm, 1);
   check_size(op, "row_perm", perm, 0, m, "one entry per row of A (crow.numel() - 1)");
   MLX_CHECK(perm.device().is_cpu(), op, "'row_perm' must be on the CPU, got ", perm.device());
-  const int64_t* p = perm.data_ptr<int64_t>();
-  std::vector<bool> seen(m, false);
-  for (int64_t r = 0; r < m; ++r) {
-    MLX_CHECK(p[r] >= 0 && p[r] < m && !seen[p[r]], op, "'row_perm' must be a permutation of 0..m-1 (m = ", m,
-              "), but row_perm[", r, "] = ", p[r], p[r] >= 0 && p[r] < m ? " repeats" : " is out of range");
-    seen[p[r]] = true;
-  }
+  check_permutation(op, perm.contiguous());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bsr_from_csr_cpu(const at::Tensor& crow_in, const at::Tensor& col_in,
@@ -286,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bsr_from_csr_cpu(const at::Tensor
   const int64_t m = crow.numel() - 1, block_rows = ceil_div(m, br);
   at::Tensor row_perm;
   if (row_perm_in.has_value()) {
-    check_permutation(op, *row_perm_in, m);
+    check_row_perm(op, *row_perm_in, m);
     row_perm = row_perm_in->contiguous();
   }
   const int64_t* perm = row_perm.defined() ? row_perm.data_ptr<int64_t>() : nullptr;
