@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) bsr_spmm_mma_kernel(Problem<float> p
   }
 }
 
-// --- SIMT kernel (exact fp32/fp64 FMA, any block up to 64 × 64) --------------------
+// --- SIMT kernel (fp64 FMA for fp32/fp64 inputs, any block up to 64 × 64) ----------
 
 constexpr int kSimtCtaN = 32;               // one column per lane
 constexpr int kSimtWarps = kThreads / 32;   // warp w takes block rows w, w + 4, ...
