@@ -10,8 +10,9 @@
 // converts those rows to C.
 // Rows that fit one chunk are stored directly. The chunk → block row map is a
 // prefix sum of chunks per block row computed on the device; each CTA finds its
-// block row by binary search, so no count ever travels back to the host (the
-// grid is sized by an upper bound and surplus CTAs exit).
+// block row by binary search, so no count has to travel back to the host: the
+// grid is sized by an upper bound and surplus CTAs exit (only a workspace bound
+// over 64 MiB is replaced by the exact split-row count, at the cost of a sync).
 //
 // Tensor-core path (fp16/bf16, br = 16, bc = 16 or 8): 4 warps, each owning 16
 // columns of the CTA's 64. A stage stages 4 k-steps of 16: the A rows of the
@@ -41,6 +42,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "bsr/bsr.h"
@@ -52,6 +54,7 @@ namespace {
 
 constexpr int kChunk = 32;   // blocks per CTA at most
 constexpr int kThreads = 128;
+constexpr int64_t kWorkspaceSyncBytes = int64_t{64} << 20;
 
 // --- work split and epilogue (shared by both kernels) -------------------------------
 
@@ -356,12 +359,17 @@ at::Tensor bsr_spmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, co
   const at::Tensor split = blocks_per_row.gt(kChunk);
   const at::Tensor split_slot = split.cumsum(0, at::kInt) - 1;
   // Σ ceil(len / kChunk) over rows (≥ 1 each) ≤ block_rows + nblocks / kChunk;
-  // a split row holds more than kChunk blocks.
+  // a split row holds more than kChunk blocks. The workspace is sized by that
+  // bound without a host sync while it is small; past kWorkspaceSyncBytes the
+  // exact count is worth one sync.
   const int64_t max_items = block_rows + nblocks / kChunk;
-  const int64_t max_split_rows = nblocks / (kChunk + 1);
   check_fits_int32(op, "work items", max_items);
-
-  at::Tensor workspace = at::zeros({max_split_rows * br, n}, b.options().dtype(acc_dtype(b.scalar_type())));
+  const auto workspace_dtype = acc_dtype(b.scalar_type());
+  int64_t split_rows = std::min<int64_t>(block_rows, nblocks / (kChunk + 1));
+  if (split_rows * br * n * at::elementSize(workspace_dtype) > kWorkspaceSyncBytes) {
+    split_rows = split.sum().item<int64_t>();
+  }
+  at::Tensor workspace = at::zeros({split_rows * br, n}, b.options().dtype(workspace_dtype));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "bsr_spmm_cuda", [&] {
@@ -377,7 +385,7 @@ at::Tensor bsr_spmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, co
                      static_cast<int>(bc)};
     if (block_rows == 0) return;
     launch<scalar_t, acc_t>(p, blocks, b, out, max_items, stream);
-    if (max_split_rows > 0) {
+    if (split_rows > 0) {
       store_split_rows_kernel<scalar_t, acc_t><<<static_cast<unsigned>(block_rows), 256, 0, stream>>>(
           p, reinterpret_cast<scalar_t*>(out.data_ptr()));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
