@@ -26,6 +26,9 @@ MLX_LIBRARY(m) {
 
   // Tensor-Core block-sparse SpMM (SMaT)
   m.def("bsr_spmm(Tensor crow, Tensor col, Tensor blocks, Tensor b, int m, Tensor? row_perm=None) -> Tensor");
+  // Internal (CPU) helpers of BlockSparseMatrix: SMaT row reordering and CSR -> BCSR.
+  m.def("bsr_reorder_rows(Tensor crow, Tensor col, int k, int block_rows, int block_cols) -> Tensor");
+  m.def("bsr_from_csr(Tensor crow, Tensor col, Tensor values, int k, int block_rows, int block_cols, Tensor? row_perm=None) -> (Tensor bcrow, Tensor bcol, Tensor blocks)");
 
   // Atomic row-wise SpGEMM (SMASH)
   m.def("spgemm_csr(Tensor a_crow, Tensor a_col, Tensor a_val, Tensor b_crow, Tensor b_col, Tensor b_val, int n) -> (Tensor c_crow, Tensor c_col, Tensor c_val)");

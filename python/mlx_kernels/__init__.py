@@ -15,6 +15,8 @@ from .ops import int8_gemm, int8_vectorwise_quant
 from .int8 import Int8Linear, quantize_model_int8
 from .ops import bipolar_gemm, bipolar_linear, bipolar_pack, bipolar_quantize, bipolar_unpack
 from .bipolar import BipolarLinear
+from .bsr import BlockSparseMatrix
+from .ops import bsr_spmm, int8_mm
 
 __version__ = "0.1.0"
 
@@ -32,4 +34,6 @@ __all__ = [
     "bipolar_pack",
     "bipolar_quantize",
     "bipolar_unpack",
+    "BlockSparseMatrix",
+    "bsr_spmm",
 ]

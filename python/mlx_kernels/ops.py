@@ -158,6 +158,35 @@ def bsr_spmm(
     return ops.bsr_spmm(crow, col, blocks, b, m, row_perm)
 
 
+@torch.library.register_fake(_name("bsr_reorder_rows"))
+def _bsr_reorder_rows_fake(crow, col, k, block_rows, block_cols):
+    return crow.new_empty((crow.shape[0] - 1,), dtype=torch.int64)
+
+
+def bsr_reorder_rows(crow: Tensor, col: Tensor, k: int, block_rows: int, block_cols: int) -> Tensor:
+    """SMaT row reordering of a CSR pattern [m, k]: perm with stored row r = A's row perm[r]."""
+    return ops.bsr_reorder_rows(crow, col, k, block_rows, block_cols)
+
+
+@torch.library.register_fake(_name("bsr_from_csr"))
+def _bsr_from_csr_fake(crow, col, values, k, block_rows, block_cols, row_perm=None):
+    nblocks = torch.library.get_ctx().new_dynamic_size()
+    m = crow.shape[0] - 1
+    return (
+        crow.new_empty(((m + block_rows - 1) // block_rows + 1,)),
+        col.new_empty((nblocks,)),
+        values.new_empty((nblocks, block_rows, block_cols)),
+    )
+
+
+def bsr_from_csr(
+    crow: Tensor, col: Tensor, values: Tensor, k: int, block_rows: int, block_cols: int,
+    row_perm: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """CSR [m, k] -> BCSR (crow, col, blocks) with stored row r = A's row row_perm[r]."""
+    return ops.bsr_from_csr(crow, col, values, k, block_rows, block_cols, row_perm)
+
+
 # --- Atomic row-wise SpGEMM (SMASH) ------------------------------------------
 
 

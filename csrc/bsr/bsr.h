@@ -1,0 +1,110 @@
+// Tensor-Core block-sparse SpMM family (SMaT): argument checks shared by the
+// CPU and CUDA implementations.
+//
+// A is stored in BCSR with torch's sparse_bsr conventions: block row rb holds
+// blocks crow[rb] .. crow[rb+1]-1, block j sits at block column col[j] and its
+// values are blocks[j] (br × bc, zero-padded past row m / column k).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <type_traits>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/cpu_utils.h"
+
+namespace mlx_kernels::bsr {
+
+constexpr const char* kSpmmOp = MLX_OP_NAME("bsr_spmm");
+
+// Accumulation type of bsr_spmm: fp32 for fp16/bf16 inputs, fp64 for fp32 and
+// fp64 inputs. An fp32 sum of products already differs from torch's fp32 GEMM by
+// its summation order; accumulating fp32 in fp64 makes the one rounding at the
+// store the only error, so the result is never less accurate than torch's.
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>, double,
+                                    float>;
+
+inline at::ScalarType acc_dtype(at::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Shape, dtype and device checks of bsr_spmm (cheap on every device).
+inline void check_bsr_spmm_shapes(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& blocks,
+                                  const at::Tensor& b, int64_t m, const c10::optional<at::Tensor>& row_perm) {
+  constexpr const char* op = kSpmmOp;
+  const at::Tensor* perm = row_perm.has_value() ? &*row_perm : nullptr;
+  check_same_device(op, {{"crow", &crow}, {"col", &col}, {"blocks", &blocks}, {"b", &b}, {"row_perm", perm}});
+  check_dtype(op, "crow", crow, {at::kInt, at::kLong});
+  check_dtype(op, "col", col, {at::kInt, at::kLong});
+  MLX_CHECK(crow.scalar_type() == col.scalar_type(), op, "'crow' and 'col' must have one index dtype, got ",
+            dtype_name(crow.scalar_type()), " and ", dtype_name(col.scalar_type()));
+  check_dtype(op, "blocks", blocks, {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble});
+  check_dtype(op, "b", b, {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble});
+  MLX_CHECK(blocks.scalar_type() == b.scalar_type(), op, "'blocks' and 'b' must have one dtype, got ",
+            dtype_name(blocks.scalar_type()), " and ", dtype_name(b.scalar_type()));
+  check_dim(op, "crow", crow, 1);
+  check_dim(op, "col", col, 1);
+  check_dim(op, "blocks", blocks, 3);
+  check_dim(op, "b", b, 2);
+  MLX_CHECK(m >= 0, op, "'m' must be >= 0, got ", m);
+  MLX_CHECK(blocks.size(1) > 0 && blocks.size(2) > 0, op,
+            "'blocks' must be [nblocks, br, bc] with br, bc >= 1, got shape ", blocks.sizes());
+  const int64_t block_rows = ceil_div(m, blocks.size(1));
+  check_size(op, "crow", crow, 0, block_rows + 1, "ceil(m / br) + 1 with m and br = blocks.shape[1]");
+  check_size(op, "col", col, 0, blocks.size(0), "one column index per block (blocks.shape[0])");
+  if (perm != nullptr) {
+    check_dtype(op, "row_perm", *perm, {at::kLong});
+    check_dim(op, "row_perm", *perm, 1);
+    check_size(op, "row_perm", *perm, 0, m, "one entry per row of A (m)");
+  }
+}
+
+// crow [rows + 1] starts at 0, never decreases and ends at `total` (the
+// number of entries it indexes, named `total_name`).
+template <typename index_t>
+void check_offsets(const char* op, const at::Tensor& crow, int64_t total, const char* total_name) {
+  const index_t* crow_ptr = crow.data_ptr<index_t>();
+  const int64_t rows = crow.numel() - 1;
+  MLX_CHECK(crow_ptr[0] == 0, op, "'crow' must start at 0, got ", int64_t(crow_ptr[0]));
+  for (int64_t r = 0; r < rows; ++r) {
+    MLX_CHECK(crow_ptr[r] <= crow_ptr[r + 1], op, "'crow' must be non-decreasing, but crow[", r,
+              "] = ", int64_t(crow_ptr[r]), " > crow[", r + 1, "] = ", int64_t(crow_ptr[r + 1]));
+  }
+  MLX_CHECK(crow_ptr[rows] == total, op, "'crow' must end at ", total_name, " = ", total, ", got ",
+            int64_t(crow_ptr[rows]));
+}
+
+// row_perm (int64, on the host) is a permutation of 0..m-1.
+inline void check_permutation(const char* op, const at::Tensor& row_perm) {
+  const int64_t m = row_perm.numel();
+  const int64_t* perm = row_perm.data_ptr<int64_t>();
+  std::vector<bool> seen(m, false);
+  for (int64_t r = 0; r < m; ++r) {
+    MLX_CHECK(perm[r] >= 0 && perm[r] < m && !seen[perm[r]], op, "'row_perm' must be a permutation of 0..m-1 (m = ",
+              m, "), but row_perm[", r, "] = ", perm[r], perm[r] >= 0 && perm[r] < m ? " repeats" : " is out of range");
+    seen[perm[r]] = true;
+  }
+}
+
+// Value checks that need the indices on the host: crow starts at 0, never
+// decreases and ends at nblocks; every col is a block column of A (A has k = b's
+// rows columns); row_perm is a permutation of 0..m-1. O(nblocks + m).
+template <typename index_t>
+void check_bsr_spmm_values(const at::Tensor& crow, const at::Tensor& col, int64_t k, int64_t bc,
+                           const c10::optional<at::Tensor>& row_perm) {
+  constexpr const char* op = kSpmmOp;
+  const int64_t nblocks = col.numel();
+  check_offsets<index_t>(op, crow, nblocks, "nblocks");
+  const int64_t block_cols = ceil_div(k, bc);
+  const index_t* col_ptr = col.data_ptr<index_t>();
+  for (int64_t j = 0; j < nblocks; ++j) {
+    MLX_CHECK(col_ptr[j] >= 0 && col_ptr[j] < block_cols, op, "'col'[", j, "] = ", int64_t(col_ptr[j]),
+              " is out of range: b has k = ", k, " rows, so A has ceil(k / bc) = ", block_cols,
+              " block columns of width bc = ", bc, " (b's rows must equal A's columns)");
+  }
+  if (row_perm.has_value()) check_permutation(op, *row_perm);
+}
+
+}  // namespace mlx_kernels::bsr

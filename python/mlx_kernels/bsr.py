@@ -1,0 +1,149 @@
+"""Block-sparse matrices for tensor-core SpMM (SMaT).
+
+``BlockSparseMatrix`` holds a sparse A [m, k] in BCSR (torch sparse_bsr
+conventions: ``crow``, ``col``, ``blocks`` [nblocks, br, bc]) plus an optional
+row permutation: with ``reorder=True`` the rows of A are first regrouped so rows
+with similar column patterns share block rows (fewer, denser blocks), and
+``a @ b`` undoes the permutation inside the kernel's output store.
+
+Construction (reordering and blocking) runs on the CPU in C++; the result is
+moved back to the input's device.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import ops
+
+Block = Tuple[int, int]
+
+
+class BlockSparseMatrix:
+    """A [m, k] in BCSR with br × bc dense blocks; ``a @ b`` = A @ b."""
+
+    def __init__(self, crow: Tensor, col: Tensor, blocks: Tensor, shape: Tuple[int, int],
+                 row_perm: Optional[Tensor] = None, nnz: Optional[int] = None):
+        m, k = shape
+        self.crow, self.col, self.blocks = crow, col, blocks
+        self.shape = (int(m), int(k))
+        self.row_perm = row_perm
+        # Stored non-zeros of the source matrix (defaults to the non-zero block entries).
+        self.nnz = int(nnz) if nnz is not None else int(torch.count_nonzero(blocks))
+
+    # --- constructors -----------------------------------------------------------------
+
+    @classmethod
+    def from_csr(cls, a: Tensor, block: Block = (16, 16), reorder: bool = True) -> "BlockSparseMatrix":
+        """From a torch ``sparse_csr`` tensor [m, k]; values keep their dtype."""
+        if a.layout != torch.sparse_csr:
+            raise ValueError(f"BlockSparseMatrix.from_csr: expected a sparse_csr tensor, got layout {a.layout}")
+        if a.dim() != 2:
+            raise ValueError(f"BlockSparseMatrix.from_csr: expected a 2-D matrix, got shape {tuple(a.shape)}")
+        return cls._from_csr_parts(a.crow_indices(), a.col_indices(), a.values(), tuple(a.shape), block, reorder,
+                                   a.device)
+
+    @classmethod
+    def from_dense(cls, a: Tensor, block: Block = (16, 16), reorder: bool = True) -> "BlockSparseMatrix":
+        """From a dense [m, k] tensor; its zeros are not stored."""
+        if a.dim() != 2:
+            raise ValueError(f"BlockSparseMatrix.from_dense: expected a 2-D matrix, got shape {tuple(a.shape)}")
+        csr = a.detach().cpu().to_sparse_csr()
+        return cls._from_csr_parts(csr.crow_indices(), csr.col_indices(), csr.values(), tuple(a.shape), block,
+                                   reorder, a.device)
+
+    @classmethod
+    def from_scipy(cls, a, block: Block = (16, 16), reorder: bool = True) -> "BlockSparseMatrix":
+        """From any scipy.sparse matrix/array (duplicates summed); values keep their dtype."""
+        csr = a.tocsr()
+        crow = torch.from_numpy(csr.indptr.astype("int64"))
+        col = torch.from_numpy(csr.indices.astype("int64"))
+        values = torch.from_numpy(csr.data.copy())
+        return cls._from_csr_parts(crow, col, values, csr.shape, block, reorder, torch.device("cpu"))
+
+    @classmethod
+    def _from_csr_parts(cls, crow: Tensor, col: Tensor, values: Tensor, shape, block: Block, reorder: bool,
+                        device: torch.device) -> "BlockSparseMatrix":
+        br, bc = (int(block[0]), int(block[1]))
+        if br < 1 or bc < 1:
+            raise ValueError(f"BlockSparseMatrix: block shape must be positive, got {block}")
+        m, k = int(shape[0]), int(shape[1])
+        crow, col, values = crow.cpu().to(torch.int64), col.cpu().to(torch.int64), values.cpu()
+        perm = ops.bsr_reorder_rows(crow, col, k, br, bc) if reorder else None
+        if perm is not None and torch.equal(perm, torch.arange(m)):
+            perm = None  # the original order was already the best one: no gather at all
+        bcrow, bcol, blocks = ops.bsr_from_csr(crow, col, values, k, br, bc, perm)
+        nnz = int(torch.count_nonzero(values))
+        return cls(bcrow.to(device), bcol.to(device), blocks.to(device), (m, k),
+                   None if perm is None else perm.to(device), nnz)
+
+    # --- properties -------------------------------------------------------------------
+
+    @property
+    def block(self) -> Block:
+        return (int(self.blocks.shape[1]), int(self.blocks.shape[2]))
+
+    @property
+    def nblocks(self) -> int:
+        return int(self.blocks.shape[0])
+
+    @property
+    def fill(self) -> float:
+        """Non-zeros over stored block entries (1.0 = every stored entry is used)."""
+        stored = self.blocks.numel()
+        return self.nnz / stored if stored else 1.0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.blocks.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.blocks.device
+
+    def to(self, device) -> "BlockSparseMatrix":
+        """A copy on ``device`` (indices, blocks and permutation move together)."""
+        perm = None if self.row_perm is None else self.row_perm.to(device)
+        return BlockSparseMatrix(self.crow.to(device), self.col.to(device), self.blocks.to(device), self.shape,
+                                 perm, self.nnz)
+
+    def to_dense(self) -> Tensor:
+        """A as a dense [m, k] tensor in the blocks' dtype, in A's original row order."""
+        m, k = self.shape
+        br, bc = self.block
+        block_rows, block_cols = -(-m // br), -(-k // bc)
+        counts = self.crow[1:] - self.crow[:-1]
+        block_row_of = torch.repeat_interleave(torch.arange(block_rows, device=self.device), counts)
+        tiles = self.blocks.new_zeros((block_rows, block_cols, br, bc))
+        tiles[block_row_of, self.col.long()] = self.blocks
+        stored = tiles.permute(0, 2, 1, 3).reshape(block_rows * br, block_cols * bc)[:m, :k]
+        if self.row_perm is None:
+            return stored
+        dense = torch.empty_like(stored)
+        dense[self.row_perm] = stored
+        return dense
+
+    # --- product ----------------------------------------------------------------------
+
+    def __matmul__(self, b: Tensor) -> Tensor:
+        return self.matmul(b)
+
+    def matmul(self, b: Tensor) -> Tensor:
+        """A @ b for b [k, n] (or [k]), in b's dtype. Inside torch.compile call
+        ``a.matmul(b)``: dynamo does not route ``@`` on a non-tensor object."""
+        vector = b.dim() == 1
+        if vector:
+            b = b.unsqueeze(1)
+        if b.dim() != 2 or b.shape[0] != self.shape[1]:
+            raise ValueError(f"BlockSparseMatrix @ b: A is {self.shape}, so b must be [{self.shape[1]}, n] "
+                             f"(or [{self.shape[1]}]), got shape {tuple(b.shape)}")
+        out = ops.bsr_spmm(self.crow, self.col, self.blocks, b, self.shape[0], self.row_perm)
+        return out.squeeze(1) if vector else out
+
+    def __repr__(self) -> str:
+        return (f"BlockSparseMatrix(shape={self.shape}, block={self.block}, nblocks={self.nblocks}, "
+                f"fill={self.fill:.3f}, reordered={self.row_perm is not None}, dtype={self.dtype}, "
+                f"device={self.device})")

@@ -1,0 +1,316 @@
+"""bsr family: bsr_spmm and BlockSparseMatrix against the float64 oracle, scipy
+and real SuiteSparse matrices; SMaT row reordering; internal CPU ops."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mlx_kernels
+import oracles
+from conftest import assert_close_to_oracle, requires_cuda
+from mlx_kernels import BlockSparseMatrix, ops
+
+sp = pytest.importorskip("scipy.sparse")
+scipy_io = pytest.importorskip("scipy.io")
+
+# <repo>/../shared/data/matrices, or MLX_MATRICES (e.g. from a git worktree elsewhere).
+MATRICES = os.environ.get("MLX_MATRICES", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                                       "shared", "data", "matrices"))
+# Small/medium SuiteSparse matrices (the larger ones run in the benchmark only).
+REAL = ["cryg2500", "USpowerGrid", "add32", "bcsstk13", "ca-GrQc"]
+
+
+def random_sparse(m, k, density, dtype=torch.float32, device="cpu"):
+    a = torch.randn(m, k, dtype=torch.float64)
+    return (a * (torch.rand(m, k) < density)).to(dtype).to(device)
+
+
+def block_structured(m, k, block, block_density, entry_density, shuffle_rows=False, seed=0):
+    """A matrix whose non-zeros fall in a random subset of aligned blocks (then,
+    optionally, with its rows shuffled so only a reordering recovers the blocks)."""
+    g = torch.Generator().manual_seed(seed)
+    br, bc = block
+    mask = torch.rand(-(-m // br), -(-k // bc), generator=g) < block_density
+    mask = mask.repeat_interleave(br, 0).repeat_interleave(bc, 1)[:m, :k]
+    a = torch.randn(m, k, generator=g) * mask * (torch.rand(m, k, generator=g) < entry_density)
+    if shuffle_rows:
+        a = a[torch.randperm(m, generator=g)]
+    return a
+
+
+def reference_same_dtype(a_dense, b):
+    """Plain torch computing the same product in the same dtype (the tolerance rule's reference)."""
+    return (a_dense.cpu() @ b.cpu()).to(b.dtype)
+
+
+def check_product(a: BlockSparseMatrix, a_dense, b):
+    out = a @ b
+    assert out.shape == (a.shape[0], b.shape[1]) and out.dtype == b.dtype and out.device == b.device
+    oracle = oracles.bsr_spmm(a.crow, a.col, a.blocks, b, a.shape[0], a.row_perm)
+    torch.testing.assert_close(oracle, a_dense.cpu().double() @ b.cpu().double())  # the oracle reads A right
+    assert_close_to_oracle(out.cpu(), oracle, reference_same_dtype(a_dense, b), atol=1e-12)
+    return out
+
+
+# --- bsr_spmm against the float64 oracle --------------------------------------------
+
+
+@pytest.mark.parametrize("block", [(16, 16), (16, 8), (8, 4), (3, 5), (1, 1)])
+@pytest.mark.parametrize("reorder", [False, True])
+@pytest.mark.parametrize(
+    "m,k,n,density",
+    [(0, 5, 7, 0.5), (5, 0, 7, 0.5), (5, 7, 0, 0.5), (1, 1, 1, 1.0), (37, 45, 7, 0.2), (100, 64, 33, 0.05),
+     (64, 200, 128, 0.01), (50, 30, 9, 1.0), (70, 90, 40, 0.0)],
+)
+def test_bsr_spmm_matches_oracle(device, block, reorder, m, k, n, density):
+    a_dense = random_sparse(m, k, density)
+    a = BlockSparseMatrix.from_dense(a_dense, block=block, reorder=reorder).to(device)
+    b = torch.randn(k, n, device=device)
+    check_product(a, a_dense, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("block", [(16, 16), (16, 8), (4, 8)])
+def test_bsr_spmm_dtypes(device, dtype, block):
+    a_dense = random_sparse(83, 150, 0.15, dtype)
+    a = BlockSparseMatrix.from_dense(a_dense, block=block).to(device)
+    assert a.dtype == dtype
+    b = torch.randn(150, 70, dtype=dtype, device=device)
+    check_product(a, a_dense, b)
+
+
+def test_bsr_spmm_int32_indices_and_noncontiguous(device):
+    a_dense = random_sparse(40, 50, 0.3)
+    a = BlockSparseMatrix.from_dense(a_dense, block=(16, 8), reorder=True).to(device)
+    b = torch.randn(24, 50, device=device).t()  # a transposed view
+    blocks = a.blocks.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other strides
+    out = mlx_kernels.bsr_spmm(a.crow.int(), a.col.int(), blocks, b, 40, a.row_perm)
+    torch.testing.assert_close(out.cpu().double(), a_dense.double() @ b.cpu().double(), rtol=1e-5, atol=1e-5)
+
+
+def test_bsr_spmm_never_reads_padding_columns_past_k():
+    # Garbage in the padding columns of the last block column must not matter:
+    # the kernel stops at b's row k instead of reading past it.
+    a_dense = random_sparse(20, 21, 0.5)
+    a = BlockSparseMatrix.from_dense(a_dense, block=(16, 16), reorder=False)
+    blocks = a.blocks.clone()
+    last_block_col = a.col == a.col.max()
+    blocks[last_block_col, :, 5:] = float("nan")
+    b = torch.randn(21, 3)
+    out = mlx_kernels.bsr_spmm(a.crow, a.col, blocks, b, 20)
+    torch.testing.assert_close(out.double(), a_dense.double() @ b.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_bsr_spmm_empty_rows_and_all_empty(device):
+    a_dense = random_sparse(80, 64, 0.3)
+    a_dense[16:48] = 0  # two empty block rows
+    a_dense[70:] = 0  # a partly empty last block row
+    b = torch.randn(64, 10, device=device)
+    for reorder in (False, True):
+        check_product(BlockSparseMatrix.from_dense(a_dense, reorder=reorder).to(device), a_dense, b)
+    empty = BlockSparseMatrix.from_dense(torch.zeros(50, 64), reorder=True).to(device)
+    assert empty.nblocks == 0
+    assert (empty @ b).abs().max().item() == 0
+
+
+def test_bsr_spmm_long_block_rows(device):
+    # Block rows far longer than one CUDA chunk (32 blocks) next to short ones.
+    a_dense = random_sparse(64, 16 * 120, 0.02)
+    a_dense[:16] = torch.randn(16, 16 * 120)  # 120 dense blocks in the first block row
+    a = BlockSparseMatrix.from_dense(a_dense, reorder=False).to(device)
+    check_product(a, a_dense, torch.randn(16 * 120, 100, device=device))
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(0, 60), k=st.integers(0, 60), n=st.integers(0, 20), br=st.integers(1, 17),
+       bc=st.integers(1, 17), density=st.sampled_from([0.0, 0.05, 0.3, 1.0]), reorder=st.booleans())
+def test_bsr_spmm_property_cpu(m, k, n, br, bc, density, reorder):
+    a_dense = random_sparse(m, k, density)
+    a = BlockSparseMatrix.from_dense(a_dense, block=(br, bc), reorder=reorder)
+    torch.testing.assert_close(a.to_dense(), a_dense)
+    check_product(a, a_dense, torch.randn(k, n))
+
+
+# --- against scipy --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("density", [0.002, 0.02, 0.2])
+@pytest.mark.parametrize("block", [(16, 16), (16, 8)])
+def test_bsr_matches_scipy_random(device, density, block):
+    a_sp = sp.random(300, 257, density=density, format="csr", dtype=np.float64, random_state=1)
+    b = np.random.default_rng(0).standard_normal((257, 32))
+    expected = a_sp @ b
+    for reorder in (False, True):
+        a = BlockSparseMatrix.from_scipy(a_sp, block=block, reorder=reorder).to(device)
+        assert a.dtype == torch.float64 and a.nnz == a_sp.nnz
+        out = (a @ torch.from_numpy(b).to(device)).cpu().numpy()
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("block_density,entry_density", [(0.05, 1.0), (0.1, 0.5), (0.3, 0.1)])
+def test_bsr_matches_scipy_block_structured(device, block_density, entry_density):
+    a_dense = block_structured(200, 160, (16, 16), block_density, entry_density, shuffle_rows=True)
+    a_sp = sp.csr_matrix(a_dense.numpy())
+    b = torch.randn(160, 48)
+    expected = a_sp @ b.numpy()
+    for block in ((16, 16), (16, 8)):
+        a = BlockSparseMatrix.from_scipy(a_sp, block=block).to(device)
+        assert a.dtype == torch.float32
+        out = (a @ b.to(device)).cpu()
+        assert_close_to_oracle(out, a_dense.double() @ b.double(), a_dense @ b)
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def real_matrix(name):
+    path = os.path.join(MATRICES, name + ".mtx")
+    if not os.path.exists(path):
+        pytest.skip(f"SuiteSparse matrix {path} not present")
+    return sp.csr_matrix(scipy_io.mmread(path))
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_bsr_real_matrices(device, name):
+    a_sp = real_matrix(name)
+    b64 = np.random.default_rng(0).standard_normal((a_sp.shape[1], 16))
+    expected = a_sp @ b64
+    scale = np.abs(expected).max() + 1e-300
+    plain = BlockSparseMatrix.from_scipy(a_sp, reorder=False)
+    reordered = BlockSparseMatrix.from_scipy(a_sp, reorder=True)
+    assert reordered.nblocks <= plain.nblocks and reordered.nnz == plain.nnz == a_sp.count_nonzero()
+    for a in (plain, reordered):
+        out64 = (a.to(device) @ torch.from_numpy(b64).to(device)).cpu().numpy()
+        np.testing.assert_allclose(out64 / scale, expected / scale, rtol=0, atol=1e-13)
+    # fp32 under the tolerance rule; plain torch = torch.sparse CSR in fp32.
+    a32 = a_sp.astype(np.float32)
+    b32 = torch.from_numpy(b64).float()
+    a_torch = torch.sparse_csr_tensor(torch.from_numpy(a32.indptr).long(), torch.from_numpy(a32.indices).long(),
+                                      torch.from_numpy(a32.data), size=a32.shape)
+    reference = a_torch @ b32
+    oracle = torch.from_numpy(a_sp.astype(np.float32).astype(np.float64) @ b32.double().numpy())
+    out32 = BlockSparseMatrix.from_scipy(a32, reorder=True).to(device) @ b32.to(device)
+    assert_close_to_oracle(out32.cpu(), oracle, reference)
+
+
+# --- BlockSparseMatrix ---------------------------------------------------------------
+
+
+def test_block_sparse_matrix_api(device):
+    a_dense = random_sparse(45, 70, 0.1, torch.bfloat16)
+    a = BlockSparseMatrix.from_dense(a_dense.to(device), block=(16, 8))
+    assert a.shape == (45, 70) and a.block == (16, 8) and a.device.type == device and a.dtype == torch.bfloat16
+    assert a.nnz == int((a_dense != 0).sum())
+    assert a.fill == pytest.approx(a.nnz / (a.nblocks * 16 * 8))
+    torch.testing.assert_close(a.to_dense().cpu(), a_dense, rtol=0, atol=0)
+    moved = a.to("cpu")
+    assert moved.device.type == "cpu" and moved.nblocks == a.nblocks
+    v = torch.randn(70, dtype=torch.bfloat16, device=device)
+    assert (a @ v).shape == (45,)
+    with pytest.raises(ValueError, match="b must be"):
+        a @ torch.randn(71, 3, dtype=torch.bfloat16, device=device)
+    assert "BlockSparseMatrix" in repr(a)
+
+
+def test_from_csr_matches_from_dense(device):
+    a_dense = random_sparse(60, 33, 0.2, torch.float16)
+    csr = a_dense.to_sparse_csr()
+    csr32 = torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape)
+    for source in (csr, csr32):
+        a = BlockSparseMatrix.from_csr(source.to(device), block=(16, 16), reorder=True)
+        assert a.dtype == torch.float16
+        torch.testing.assert_close(a.to_dense().cpu(), a_dense, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="sparse_csr"):
+        BlockSparseMatrix.from_csr(a_dense)
+
+
+def test_from_scipy_sums_duplicates_and_keeps_dtype():
+    coo = sp.coo_matrix((np.array([1.0, 2.0, 3.0], dtype=np.float32), (np.array([0, 0, 5]), np.array([1, 1, 4]))),
+                        shape=(7, 9))
+    a = BlockSparseMatrix.from_scipy(coo, block=(4, 4))
+    assert a.dtype == torch.float32
+    np.testing.assert_array_equal(a.to_dense().numpy(), coo.toarray())
+
+
+def test_torch_compile_through_matmul(device):
+    a_dense = random_sparse(50, 40, 0.2)
+    a = BlockSparseMatrix.from_dense(a_dense, reorder=True).to(device)
+
+    @torch.compile(fullgraph=True)
+    def scaled_product(b):
+        return a.matmul(b) * 2.0
+
+    b = torch.randn(40, 12, device=device)
+    torch.testing.assert_close(scaled_product(b).cpu().double(), 2 * a_dense.double() @ b.cpu().double(),
+                               rtol=1e-5, atol=1e-5)
+
+
+# --- SMaT row reordering -------------------------------------------------------------
+
+
+def blocks_needed(a_dense, perm, block):
+    return BlockSparseMatrix.from_dense(a_dense[perm], block=block, reorder=False).nblocks
+
+
+@pytest.mark.parametrize("block", [(16, 16), (16, 8)])
+def test_reordering_recovers_shuffled_blocks(block):
+    a_dense = block_structured(512, 512, block, 0.05, 0.6, shuffle_rows=True)
+    csr = a_dense.to_sparse_csr()
+    perm = ops.bsr_reorder_rows(csr.crow_indices(), csr.col_indices(), 512, *block)
+    assert torch.equal(perm.sort().values, torch.arange(512))
+    before = blocks_needed(a_dense, torch.arange(512), block)
+    after = blocks_needed(a_dense, perm, block)
+    assert after * 2 <= before, (before, after)
+    a = BlockSparseMatrix.from_dense(a_dense, block=block, reorder=True)
+    assert a.nblocks == after and a.fill > BlockSparseMatrix.from_dense(a_dense, block=block, reorder=False).fill
+
+
+def test_reordering_never_worse_than_original_order():
+    # A banded matrix is already in its best order: the heuristic keeps it.
+    a_dense = torch.zeros(300, 300)
+    for offset in range(-3, 4):
+        a_dense += torch.diag(torch.ones(300 - abs(offset)), offset)
+    a = BlockSparseMatrix.from_dense(a_dense, reorder=True)
+    assert a.nblocks <= BlockSparseMatrix.from_dense(a_dense, reorder=False).nblocks
+
+
+def test_reorder_and_from_csr_ops_check_inputs():
+    crow, col = torch.tensor([0, 1, 2]), torch.tensor([0, 5])
+    with pytest.raises(RuntimeError, match=r"bsr_reorder_rows.*'col'\[1\] = 5 is out of range"):
+        ops.bsr_reorder_rows(crow, col, 4, 16, 16)
+    with pytest.raises(RuntimeError, match=r"bsr_from_csr.*'crow' must end at nnz"):
+        ops.bsr_from_csr(torch.tensor([0, 1, 3]), col, torch.ones(2), 8, 16, 16)
+    with pytest.raises(RuntimeError, match=r"bsr_from_csr.*'row_perm' must be a permutation"):
+        ops.bsr_from_csr(crow, col, torch.ones(2), 8, 16, 16, torch.tensor([0, 0]))
+    with pytest.raises(RuntimeError, match=r"bsr_from_csr.*block shape"):
+        ops.bsr_from_csr(crow, col, torch.ones(2), 8, 0, 16)
+
+
+def test_internal_ops_opcheck():
+    csr = random_sparse(40, 30, 0.2).to_sparse_csr()
+    crow, col, values = csr.crow_indices(), csr.col_indices(), csr.values()
+    perm = torch.randperm(40)
+    torch.library.opcheck(torch.ops.mlx.bsr_reorder_rows, (crow, col, 30, 16, 8))
+    torch.library.opcheck(torch.ops.mlx.bsr_from_csr, (crow, col, values, 30, 16, 8, perm))
+    torch.library.opcheck(torch.ops.mlx.bsr_from_csr, (crow.int(), col.int(), values.half(), 30, 4, 4))
+
+
+# --- CUDA against CPU ----------------------------------------------------------------
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("block", [(16, 16), (16, 8), (32, 32), (8, 8)])
+@pytest.mark.parametrize("n", [1, 32, 77, 128, 512])
+def test_bsr_spmm_cuda_matches_cpu(dtype, block, n):
+    a_dense = block_structured(700, 900, (16, 16), 0.1, 0.4, shuffle_rows=True).to(dtype)
+    a_dense[:16] = torch.randn(16, 900).to(dtype)  # one long (split) block row
+    a = BlockSparseMatrix.from_dense(a_dense, block=block, reorder=True)
+    b = torch.randn(900, n, dtype=dtype)
+    out = (a.to("cuda") @ b.cuda()).cpu()
+    assert_close_to_oracle(out, oracles.bsr_spmm(a.crow, a.col, a.blocks, b, 700, a.row_perm),
+                           reference_same_dtype(a_dense, b))
