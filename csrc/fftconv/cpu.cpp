@@ -58,8 +58,6 @@ struct Simd {
 // reads outside them; the inverse matrix is the conjugate. The hot loops see
 // only the plain-pointer StageView: GCC does not inline ordinary (non
 // always_inline) helpers such as std::vector accessors into the per-ISA clones.
-constexpr int kMaxStages = 8;  // 16^7 > any N whose index fits the tensors here
-
 template <typename T>
 struct StageView {
   int64_t rows, radix, stride;

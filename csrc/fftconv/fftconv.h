@@ -27,12 +27,19 @@
 
 #include "common/checks.h"
 
+#if defined(__CUDACC__)
+#define MLX_FFTCONV_HOST_DEVICE __host__ __device__
+#else
+#define MLX_FFTCONV_HOST_DEVICE
+#endif
+
 namespace mlx_kernels::fftconv {
 
 constexpr int64_t kRadix = 16;       // DFT matrix size of every full Monarch stage
 constexpr int64_t kFreqBlocks = 16;  // spectrum blocks (outputs of the last stage)
 constexpr int64_t kDenseKeep = kFreqBlocks / 2;
 constexpr int64_t kMinFFTSize = 16;
+constexpr int kMaxStages = 8;  // N up to 16^7·8 = 2^31
 
 // The FFT size used for sequence length L: the smallest power of two >= 2L
 // (>= 16), so the circular convolution of the zero-padded signals is the causal
@@ -75,7 +82,7 @@ inline std::vector<Stage> monarch_stages(int64_t N) {
 // order the rule min(f, N - f) < K·N/16 reads: column pos % 16 in [0, K) or
 // [16 - K, 16), except position 16 - K itself (frequency (16 - K)·N/16, whose
 // mirror K·N/16 is not kept).
-inline bool position_kept(int64_t pos, int64_t keep_blocks) {
+MLX_FFTCONV_HOST_DEVICE inline bool position_kept(int64_t pos, int64_t keep_blocks) {
   if (keep_blocks >= kDenseKeep) return true;
   const int64_t column = pos % kFreqBlocks;
   return (column < keep_blocks || column >= kFreqBlocks - keep_blocks) && pos != kFreqBlocks - keep_blocks;
