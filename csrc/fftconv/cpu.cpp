@@ -17,7 +17,9 @@
 //   4. inverse column stages in reverse order (conj twiddles, then conj DFT);
 //      the last one writes only the rows that hold outputs t < L;
 //   5. store y = real/imag parts · postgate.
-// The kernel spectrum is the same forward transform of k (imaginary part 0).
+// The kernel spectrum is the same forward transform, two heads at a time
+// (z = k[h] + i·k[h+1]), separated by Hermitian symmetry:
+// K_h[f] = (Z[f] + conj(Z[-f]))/2, K_{h+1}[f] = (Z[f] - conj(Z[-f]))/(2i).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -76,7 +78,19 @@ template <typename T>
 struct Plan {
   std::vector<std::vector<T>> tables;  // storage behind view's pointers
   PlanView<T> view;
+  std::vector<int64_t> mirror;         // Monarch position of -f for the position of f
 };
+
+// Monarch position of natural frequency f: its mixed-radix digits (first stage
+// least significant) times the strides at which the stages write them.
+int64_t monarch_position(int64_t f, const std::vector<Stage>& stages) {
+  int64_t pos = 0;
+  for (const Stage& s : stages) {
+    pos += (f % s.radix) * s.stride;
+    f /= s.radix;
+  }
+  return pos;
+}
 
 // exp(-2πi·num/den), computed in double from the exact integer phase.
 inline std::pair<double, double> unit_root(int64_t num, int64_t den) {
@@ -92,6 +106,8 @@ std::shared_ptr<const Plan<T>> make_plan(int64_t N) {
   plan->view.N = N;
   plan->view.num_stages = static_cast<int64_t>(stages.size());
   plan->tables.reserve(5 * stages.size());
+  plan->mirror.resize(N);
+  for (int64_t f = 0; f < N; ++f) plan->mirror[monarch_position(f, stages)] = monarch_position((N - f) % N, stages);
   for (size_t i = 0; i < stages.size(); ++i) {
     const Stage& s = stages[i];
     std::vector<T> fr(kRadix * s.radix, T(0)), fi(kRadix * s.radix, T(0)), ifi(kRadix * s.radix, T(0));
@@ -335,20 +351,29 @@ void spectrum_cpu(const at::Tensor& k, int64_t N, int64_t keep_blocks, at::Tenso
   const int64_t H = k.size(0), Lk = k.size(1);
   const T* k_ptr = k.data_ptr<T>();
   T* out = k_f.data_ptr<T>();
-  const T scale = T(1) / static_cast<T>(N);
-  at::parallel_for(0, H, 1, [&](int64_t begin, int64_t end) {
+  const T half_scale = T(0.5) / static_cast<T>(N);
+  const int64_t* mirror = plan->mirror.data();
+  at::parallel_for(0, ceil_div(H, 2), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> re(N), im(N);
-    for (int64_t h = begin; h < end; ++h) {
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t h = 2 * pair;
+      const bool has_second = h + 1 < H;
       std::fill(re.begin(), re.end(), T(0));
       std::fill(im.begin(), im.end(), T(0));
       std::copy(k_ptr + h * Lk, k_ptr + (h + 1) * Lk, re.begin());
+      if (has_second) std::copy(k_ptr + (h + 1) * Lk, k_ptr + (h + 2) * Lk, im.begin());
       forward(plan->view, re.data(), im.data(), Lk);
-      T* spec_re = out + h * 2 * N;
-      T* spec_im = spec_re + N;
+      T* first = out + h * 2 * N;
+      T* second = first + 2 * N;
       for (int64_t pos = 0; pos < N; ++pos) {
-        const T mask = position_kept(pos, keep_blocks) ? scale : T(0);
-        spec_re[pos] = re[pos] * mask;
-        spec_im[pos] = im[pos] * mask;
+        const T mask = position_kept(pos, keep_blocks) ? half_scale : T(0);
+        const T zr = re[pos], zi = im[pos], mr = re[mirror[pos]], mi = -im[mirror[pos]];
+        first[pos] = (zr + mr) * mask;
+        first[N + pos] = (zi + mi) * mask;
+        if (has_second) {
+          second[pos] = (zi - mi) * mask;
+          second[N + pos] = (mr - zr) * mask;
+        }
       }
     }
   });
