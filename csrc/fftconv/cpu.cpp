@@ -163,15 +163,15 @@ MLX_ALWAYS_INLINE void twiddle(T* xr, T* xi, const T* wr, const T* wi) {
 // One column stage on one [radix, stride] block, in place: the complex matmul
 // out[i, m] = Σ_{j < rows_in} A[i, j]·x[j, m] for i < rows_out, with A = F
 // (forward, twiddles after) or conj(F) (inverse, conj twiddles before; F is
-// symmetric so conj(F)ᵀ = conj(F)). Register blocking: one vector of m times 4
-// output rows of accumulators, each input vector loaded once per block.
-template <typename T, bool kInverse>
-MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride, const T* a_re, const T* a_im,
-                                    const T* tw_re, const T* tw_im, int64_t rows_in, int64_t rows_out) {
+// symmetric so conj(F)ᵀ = conj(F)). Register blocking: one vector of m times
+// kBlock output rows of accumulators, each input vector loaded once per block.
+template <typename T, bool kInverse, int64_t kBlock>
+MLX_ALWAYS_INLINE void column_stage_blocked(T* re, T* im, int64_t radix, int64_t stride, const T* a_re,
+                                            const T* a_im, const T* tw_re, const T* tw_im, int64_t rows_in,
+                                            int64_t rows_out) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int64_t W = S::kLanes;
-  constexpr int64_t kBlock = 4;
   V out_re[kRadix], out_im[kRadix];
   for (int64_t m0 = 0; m0 < stride; m0 += W) {
     if (kInverse) {
@@ -201,6 +201,17 @@ MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride,
         twiddle<T, false>(re + i * stride + m0, im + i * stride + m0, tw_re + i * stride + m0, tw_im + i * stride + m0);
       }
     }
+  }
+}
+
+// Blocks of 4 output rows; 2 for the radix-2 stage, which has only 2.
+template <typename T, bool kInverse>
+MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride, const T* a_re, const T* a_im,
+                                    const T* tw_re, const T* tw_im, int64_t rows_in, int64_t rows_out) {
+  if (radix == 2) {
+    column_stage_blocked<T, kInverse, 2>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
+  } else {
+    column_stage_blocked<T, kInverse, 4>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
   }
 }
 
