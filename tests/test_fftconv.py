@@ -113,6 +113,15 @@ def test_fft_conv_is_linear_and_causal():
     torch.testing.assert_close(mlx_kernels.fft_conv(2 * u, k), 2 * y, rtol=1e-5, atol=1e-5)
 
 
+def test_fft_conv_matches_scipy_peer():
+    scipy_signal = pytest.importorskip("scipy.signal")
+    u, k, _, _ = make_inputs(2, 3, 777, 300, torch.float32, gates=False)
+    expected = torch.stack([
+        torch.stack([torch.from_numpy(scipy_signal.fftconvolve(u[b, h].double().numpy(), k[h].double().numpy())[:777])
+                     for h in range(3)]) for b in range(2)])
+    assert_close_to_oracle(mlx_kernels.fft_conv(u, k), expected, torch_reference(u, k), atol=1e-6)
+
+
 @settings(max_examples=20, deadline=None)
 @given(B=st.integers(1, 4), H=st.integers(1, 3), L=st.integers(1, 700), frac=st.floats(0.0, 1.0),
        gates=st.booleans())
