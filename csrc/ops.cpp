@@ -35,6 +35,10 @@ MLX_LIBRARY(m) {
 
   // FFT-as-matmul convolution (FlashFFTConv)
   m.def("fft_conv(Tensor u, Tensor k, Tensor? pregate=None, Tensor? postgate=None) -> Tensor");
+  // Internal: the kernel spectrum k_f [H, 2, N] (Monarch order, /N, kept blocks
+  // only) and the convolution with a given spectrum (FFTConv's cache, freq_keep).
+  m.def("fft_conv_spectrum(Tensor k, int seqlen, int keep_blocks) -> Tensor");
+  m.def("fft_conv_spectral(Tensor u, Tensor k_f, int keep_blocks, Tensor? pregate=None, Tensor? postgate=None) -> Tensor");
 
   // Shared-prefix attention (Hydragen)
   m.def("attention_with_lse(Tensor q, Tensor k, Tensor v, bool causal=False, float? scale=None) -> (Tensor out, Tensor lse)");

@@ -112,3 +112,38 @@ def bsr_to_dense(crow, col, blocks, m, k, row_perm=None) -> torch.Tensor:
 def bsr_spmm(crow, col, blocks, b, m, row_perm=None) -> torch.Tensor:
     """A @ b in float64 with A given in BCSR."""
     return bsr_to_dense(crow, col, blocks, m, b.shape[0], row_perm) @ b.cpu().double()
+# --- fftconv ---
+
+
+def fft_conv(u: torch.Tensor, k: torch.Tensor, pregate=None, postgate=None) -> torch.Tensor:
+    """Direct causal convolution in float64: y[b,h,t] = Σ_{s ≤ min(t, Lk-1)} k[h,s]·v[b,h,t-s]."""
+    v = u.detach().cpu().double()
+    if pregate is not None:
+        v = v * pregate.detach().cpu().double()
+    kd = k.detach().cpu().double()
+    y = torch.zeros_like(v)
+    for s in range(kd.shape[1]):
+        y[..., s:] += kd[:, s, None] * v[..., : v.shape[-1] - s]
+    if postgate is not None:
+        y = y * postgate.detach().cpu().double()
+    return y
+
+
+def fft_conv_spectral(u: torch.Tensor, k: torch.Tensor, pregate=None, postgate=None, keep_blocks: int = 8,
+                      dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The same convolution through torch.fft at FFT size N = fft_size_for(L), in ``dtype``,
+    with the spectrum truncated to min(f, N - f) < keep_blocks·N/16 when keep_blocks < 8."""
+    import mlx_kernels
+
+    v = u.detach().cpu().to(dtype)
+    if pregate is not None:
+        v = v * pregate.detach().cpu().to(dtype)
+    n = mlx_kernels.fft_size_for(v.shape[-1])
+    spectrum = torch.fft.fft(v, n=n) * torch.fft.fft(k.detach().cpu().to(dtype), n=n)
+    if keep_blocks < 8:
+        f = torch.arange(n)
+        spectrum = spectrum * (torch.minimum(f, n - f) < keep_blocks * (n // 16))
+    y = torch.fft.ifft(spectrum).real[..., : v.shape[-1]]
+    if postgate is not None:
+        y = y * postgate.detach().cpu().to(dtype)
+    return y

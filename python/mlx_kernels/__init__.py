@@ -17,6 +17,8 @@ from .ops import bipolar_gemm, bipolar_linear, bipolar_pack, bipolar_quantize, b
 from .bipolar import BipolarLinear
 from .bsr import BlockSparseMatrix
 from .ops import bsr_spmm, int8_mm
+from .ops import fft_conv, fft_size_for
+from .fftconv import FFTConv
 
 __version__ = "0.1.0"
 
@@ -36,4 +38,7 @@ __all__ = [
     "bipolar_unpack",
     "BlockSparseMatrix",
     "bsr_spmm",
+    "fft_conv",
+    "fft_size_for",
+    "FFTConv",
 ]

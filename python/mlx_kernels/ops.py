@@ -210,9 +210,19 @@ def spgemm_csr(
 # --- FFT-as-matmul convolution (FlashFFTConv) --------------------------------
 
 
+def fft_size_for(seqlen: int) -> int:
+    """FFT size of fft_conv for sequence length L: the smallest power of two >= max(16, 2L)."""
+    n = 16
+    while n < 2 * seqlen:
+        n *= 2
+    return n
+
+
 @torch.library.register_fake(_name("fft_conv"))
 def _fft_conv_fake(u, k, pregate=None, postgate=None):
-    return torch.empty_like(u)
+    torch._check(u.dim() == 3, lambda: "fft_conv: u must be 3-D [B, H, L]")
+    torch._check(k.dim() == 2 and k.shape[0] == u.shape[1], lambda: "fft_conv: k must be [H, Lk]")
+    return torch.empty_like(u, memory_format=torch.contiguous_format)
 
 
 def fft_conv(
@@ -220,6 +230,31 @@ def fft_conv(
 ) -> Tensor:
     """Causal long convolution of u [B, H, L] with k [H, Lk], optional gates."""
     return ops.fft_conv(u, k, pregate, postgate)
+
+
+@torch.library.register_fake(_name("fft_conv_spectrum"))
+def _fft_conv_spectrum_fake(k, seqlen, keep_blocks):
+    torch._check(k.dim() == 2, lambda: "fft_conv_spectrum: k must be [H, Lk]")
+    return k.new_empty((k.shape[0], 2, fft_size_for(seqlen)))
+
+
+def fft_conv_spectrum(k: Tensor, seqlen: int, keep_blocks: int = 8) -> Tensor:
+    """Internal: k's spectrum [H, 2, N] (Monarch order, scaled by 1/N, kept frequency blocks only)."""
+    return ops.fft_conv_spectrum(k, seqlen, keep_blocks)
+
+
+@torch.library.register_fake(_name("fft_conv_spectral"))
+def _fft_conv_spectral_fake(u, k_f, keep_blocks, pregate=None, postgate=None):
+    torch._check(u.dim() == 3, lambda: "fft_conv_spectral: u must be 3-D [B, H, L]")
+    return torch.empty_like(u, memory_format=torch.contiguous_format)
+
+
+def fft_conv_spectral(
+    u: Tensor, k_f: Tensor, keep_blocks: int = 8, pregate: Optional[Tensor] = None,
+    postgate: Optional[Tensor] = None,
+) -> Tensor:
+    """Internal: fft_conv with a precomputed spectrum from :func:`fft_conv_spectrum`."""
+    return ops.fft_conv_spectral(u, k_f, keep_blocks, pregate, postgate)
 
 
 # --- Shared-prefix attention (Hydragen) --------------------------------------

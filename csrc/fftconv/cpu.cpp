@@ -1,0 +1,490 @@
+// CPU kernels of the FFT-as-matmul convolution family: the Monarch FFT of
+// fftconv.h written as batched small complex matmuls, the twin of the CUDA
+// kernels.
+//
+// One task = one head h and a pair of batch rows (b, b+1): both rows share the
+// kernel spectrum, so they travel as one complex signal v[b] + i·v[b+1]
+// (conv(k, x + iy) = conv(k, x) + i·conv(k, y) for real k): half the FFTs.
+// Per task, in a thread-local SoA buffer of N complex points:
+//   1. load: v = u·pregate into [0, L), zeros up to what stage 0 reads;
+//   2. forward column stages: out[f, m] = Σ_j F[f, j]·x[j, m] over every
+//      [radix, stride] block, vectorized along the stride (m), then twiddles;
+//      stage 0 reads only the ceil(L / stride) rows that hold data;
+//   3. the last stage (16-point DFTs on contiguous rows), the multiply by the
+//      kernel spectrum (pre-scaled by 1/N, zero outside the kept blocks) and
+//      the first inverse stage fused per row, in registers; frequency blocks
+//      outside keep_blocks are neither computed nor read;
+//   4. inverse column stages in reverse order (conj twiddles, then conj DFT);
+//      the last one writes only the rows that hold outputs t < L;
+//   5. store y = real/imag parts · postgate.
+// The kernel spectrum is the same forward transform, two heads at a time
+// (z = k[h] + i·k[h+1]), separated by Hermitian symmetry:
+// K_h[f] = (Z[f] + conj(Z[-f]))/2, K_{h+1}[f] = (Z[f] - conj(Z[-f]))/(2i).
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <numbers>
+
+#include "common/cpu_isa_clones.h"
+#include "common/cpu_utils.h"
+#include "common/registration.h"
+#include "fftconv/fftconv.h"
+
+namespace mlx_kernels::fftconv {
+namespace {
+
+#define MLX_ALWAYS_INLINE __attribute__((always_inline)) inline
+
+// 64-byte vectors (one AVX-512 register; two AVX2 or four SSE registers in the
+// other clones) of float or double, with unaligned loads and stores.
+template <typename T>
+struct Simd {
+  typedef T V __attribute__((vector_size(64)));
+  static constexpr int64_t kLanes = 64 / sizeof(T);
+  MLX_ALWAYS_INLINE static V load(const T* p) {
+    V v;
+    __builtin_memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  MLX_ALWAYS_INLINE static void store(T* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
+};
+
+// Per-size constants of every stage, in T. DFT matrices are stored [16, radix]
+// (rows past the radix are zero) so a register block of 4 output rows never
+// reads outside them; the inverse matrix is the conjugate. The hot loops see
+// only the plain-pointer StageView: GCC does not inline ordinary (non
+// always_inline) helpers such as std::vector accessors into the per-ISA clones.
+template <typename T>
+struct StageView {
+  int64_t rows, radix, stride;
+  const T *dft_re, *dft_im, *idft_im;  // [f·radix + j] = W_radix^{±f·j}
+  const T *tw_re, *tw_im;              // [f·stride + m] = W_{radix·stride}^{f·m}
+};
+
+template <typename T>
+struct PlanView {
+  int64_t N;
+  int64_t num_stages;
+  StageView<T> stage[kMaxStages];
+};
+
+template <typename T>
+struct Plan {
+  std::vector<std::vector<T>> tables;  // storage behind view's pointers
+  PlanView<T> view;
+  std::vector<int64_t> mirror;         // Monarch position of -f for the position of f
+};
+
+// Monarch position of natural frequency f: its mixed-radix digits (first stage
+// least significant) times the strides at which the stages write them.
+int64_t monarch_position(int64_t f, const std::vector<Stage>& stages) {
+  int64_t pos = 0;
+  for (const Stage& s : stages) {
+    pos += (f % s.radix) * s.stride;
+    f /= s.radix;
+  }
+  return pos;
+}
+
+// exp(-2πi·num/den), computed in double from the exact integer phase.
+inline std::pair<double, double> unit_root(int64_t num, int64_t den) {
+  const double angle = -2.0 * std::numbers::pi * static_cast<double>(num % den) / static_cast<double>(den);
+  return {std::cos(angle), std::sin(angle)};
+}
+
+template <typename T>
+std::shared_ptr<const Plan<T>> make_plan(int64_t N) {
+  auto plan = std::make_shared<Plan<T>>();
+  const std::vector<Stage> stages = monarch_stages(N);
+  TORCH_INTERNAL_ASSERT(static_cast<int64_t>(stages.size()) <= kMaxStages);
+  plan->view.N = N;
+  plan->view.num_stages = static_cast<int64_t>(stages.size());
+  plan->tables.reserve(5 * stages.size());
+  plan->mirror.resize(N);
+  for (int64_t f = 0; f < N; ++f) plan->mirror[monarch_position(f, stages)] = monarch_position((N - f) % N, stages);
+  for (size_t i = 0; i < stages.size(); ++i) {
+    const Stage& s = stages[i];
+    std::vector<T> fr(kRadix * s.radix, T(0)), fi(kRadix * s.radix, T(0)), ifi(kRadix * s.radix, T(0));
+    for (int64_t f = 0; f < s.radix; ++f) {
+      for (int64_t j = 0; j < s.radix; ++j) {
+        auto [c, sn] = unit_root(f * j, s.radix);
+        fr[f * s.radix + j] = static_cast<T>(c);
+        fi[f * s.radix + j] = static_cast<T>(sn);
+        ifi[f * s.radix + j] = static_cast<T>(-sn);
+      }
+    }
+    std::vector<T> tr(s.radix * s.stride), ti(s.radix * s.stride);
+    for (int64_t f = 0; f < s.radix; ++f) {
+      for (int64_t m = 0; m < s.stride; ++m) {
+        auto [c, sn] = unit_root(f * m, s.radix * s.stride);
+        tr[f * s.stride + m] = static_cast<T>(c);
+        ti[f * s.stride + m] = static_cast<T>(sn);
+      }
+    }
+    StageView<T>& v = plan->view.stage[i];
+    v.rows = s.rows;
+    v.radix = s.radix;
+    v.stride = s.stride;
+    for (auto [table, ptr] : {std::pair{&fr, &v.dft_re}, std::pair{&fi, &v.dft_im}, std::pair{&ifi, &v.idft_im},
+                              std::pair{&tr, &v.tw_re}, std::pair{&ti, &v.tw_im}}) {
+      plan->tables.push_back(std::move(*table));
+      *ptr = plan->tables.back().data();
+    }
+  }
+  return plan;
+}
+
+// Plans are cached per (N, T): building one costs O(N) sin/cos.
+template <typename T>
+std::shared_ptr<const Plan<T>> get_plan(int64_t N) {
+  static std::mutex mutex;
+  static std::map<int64_t, std::shared_ptr<const Plan<T>>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& slot = cache[N];
+  if (!slot) slot = make_plan<T>(N);
+  return slot;
+}
+
+// x <- x·w (conj(w) when kConj) on one vector of points.
+template <typename T, bool kConj>
+MLX_ALWAYS_INLINE void twiddle(T* xr, T* xi, const T* wr, const T* wi) {
+  using S = Simd<T>;
+  const auto a = S::load(xr), b = S::load(xi), c = S::load(wr), d = kConj ? -S::load(wi) : S::load(wi);
+  S::store(xr, a * c - b * d);
+  S::store(xi, a * d + b * c);
+}
+
+// One column stage on one [radix, stride] block, in place: the complex matmul
+// out[i, m] = Σ_{j < rows_in} A[i, j]·x[j, m] for i < rows_out, with A = F
+// (forward, twiddles after) or conj(F) (inverse, conj twiddles before; F is
+// symmetric so conj(F)ᵀ = conj(F)). Register blocking: one vector of m times
+// kBlock output rows of accumulators, each input vector loaded once per block.
+template <typename T, bool kInverse, int64_t kBlock>
+MLX_ALWAYS_INLINE void column_stage_blocked(T* re, T* im, int64_t radix, int64_t stride, const T* a_re,
+                                            const T* a_im, const T* tw_re, const T* tw_im, int64_t rows_in,
+                                            int64_t rows_out) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int64_t W = S::kLanes;
+  V out_re[kRadix], out_im[kRadix];
+  for (int64_t m0 = 0; m0 < stride; m0 += W) {
+    if (kInverse) {
+      for (int64_t j = 0; j < rows_in; ++j) {
+        twiddle<T, true>(re + j * stride + m0, im + j * stride + m0, tw_re + j * stride + m0, tw_im + j * stride + m0);
+      }
+    }
+    for (int64_t i0 = 0; i0 < rows_out; i0 += kBlock) {
+      V acc_re[kBlock] = {}, acc_im[kBlock] = {};
+      for (int64_t j = 0; j < rows_in; ++j) {
+        const V xr = S::load(re + j * stride + m0), xi = S::load(im + j * stride + m0);
+        for (int64_t b = 0; b < kBlock; ++b) {
+          const T ar = a_re[(i0 + b) * radix + j], ai = a_im[(i0 + b) * radix + j];
+          acc_re[b] += ar * xr - ai * xi;
+          acc_im[b] += ar * xi + ai * xr;
+        }
+      }
+      for (int64_t b = 0; b < kBlock; ++b) {
+        out_re[i0 + b] = acc_re[b];
+        out_im[i0 + b] = acc_im[b];
+      }
+    }
+    for (int64_t i = 0; i < rows_out; ++i) {
+      S::store(re + i * stride + m0, out_re[i]);
+      S::store(im + i * stride + m0, out_im[i]);
+      if (!kInverse) {
+        twiddle<T, false>(re + i * stride + m0, im + i * stride + m0, tw_re + i * stride + m0, tw_im + i * stride + m0);
+      }
+    }
+  }
+}
+
+// Blocks of 4 output rows; 2 for the radix-2 stage, which has only 2.
+template <typename T, bool kInverse>
+MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride, const T* a_re, const T* a_im,
+                                    const T* tw_re, const T* tw_im, int64_t rows_in, int64_t rows_out) {
+  if (radix == 2) {
+    column_stage_blocked<T, kInverse, 2>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
+  } else {
+    column_stage_blocked<T, kInverse, 4>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
+  }
+}
+
+// The last stage's 16-point DFT of one contiguous row, X[f] = Σ_j x[j]·F[j, f],
+// vectorized along f.
+template <typename T>
+MLX_ALWAYS_INLINE void row_dft(const T* xr, const T* xi, const T* dft_re, const T* dft_im,
+                               typename Simd<T>::V (&fr)[kRadix / Simd<T>::kLanes],
+                               typename Simd<T>::V (&fi)[kRadix / Simd<T>::kLanes]) {
+  using S = Simd<T>;
+  constexpr int64_t C = kRadix / S::kLanes;
+  for (int64_t c = 0; c < C; ++c) fr[c] = fi[c] = typename S::V{};
+  for (int64_t j = 0; j < kRadix; ++j) {
+    const T a = xr[j], b = xi[j];
+    for (int64_t c = 0; c < C; ++c) {
+      const auto wr = S::load(dft_re + j * kRadix + c * S::kLanes), wi = S::load(dft_im + j * kRadix + c * S::kLanes);
+      fr[c] += a * wr - b * wi;
+      fi[c] += a * wi + b * wr;
+    }
+  }
+}
+
+// z += Y[f]·conj(F[f, :]), one term of the inverse row DFT, vectorized along n.
+template <typename T>
+MLX_ALWAYS_INLINE void inverse_row_term(T yr, T yi, const T* w_re, const T* w_im,
+                                        typename Simd<T>::V (&zr)[kRadix / Simd<T>::kLanes],
+                                        typename Simd<T>::V (&zi)[kRadix / Simd<T>::kLanes]) {
+  using S = Simd<T>;
+  for (int64_t c = 0; c < kRadix / S::kLanes; ++c) {
+    const auto wr = S::load(w_re + c * S::kLanes), wi = S::load(w_im + c * S::kLanes);
+    zr[c] += yr * wr - yi * wi;
+    zi[c] += yr * wi + yi * wr;
+  }
+}
+
+// The kept output columns of the last stage: [0, K) and [16 - K, 16).
+struct KeptBlocks {
+  int64_t low_end, high_begin;
+};
+
+// Last stage, spectrum multiply and first inverse stage, fused per 16-point
+// row: X = x·F, Y = X·spectrum, y = Y·conj(F) summed over the kept columns f
+// only (the spectrum is zero elsewhere), written back in place.
+template <typename T>
+MLX_ALWAYS_INLINE void last_stage_convolve(T* re, T* im, int64_t rows, const T* dft_re, const T* dft_im,
+                                           const T* idft_im, KeptBlocks kept, const T* spec_re, const T* spec_im) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int64_t W = S::kLanes, C = kRadix / W;
+  for (int64_t p = 0; p < rows; ++p) {
+    T* xr = re + p * kRadix;
+    T* xi = im + p * kRadix;
+    V fr[C], fi[C];
+    row_dft(xr, xi, dft_re, dft_im, fr, fi);
+    alignas(64) T yr[kRadix], yi[kRadix];
+    for (int64_t c = 0; c < C; ++c) {
+      const V sr = S::load(spec_re + p * kRadix + c * W), si = S::load(spec_im + p * kRadix + c * W);
+      S::store(yr + c * W, fr[c] * sr - fi[c] * si);
+      S::store(yi + c * W, fr[c] * si + fi[c] * sr);
+    }
+    V zr[C] = {}, zi[C] = {};
+    for (int64_t f = 0; f < kept.low_end; ++f) inverse_row_term(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
+    for (int64_t f = kept.high_begin; f < kRadix; ++f) inverse_row_term(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
+    for (int64_t c = 0; c < C; ++c) {
+      S::store(xr + c * W, zr[c]);
+      S::store(xi + c * W, zi[c]);
+    }
+  }
+}
+
+template <typename T>
+MLX_ALWAYS_INLINE int64_t rows_holding(int64_t L, int64_t stride) {
+  return (L + stride - 1) / stride;
+}
+
+template <typename T>
+MLX_ALWAYS_INLINE void forward_column_stages(const PlanView<T>& plan, T* re, T* im, int64_t L) {
+  for (int64_t s = 0; s + 1 < plan.num_stages; ++s) {
+    const StageView<T>& st = plan.stage[s];
+    const int64_t rows_in = s == 0 ? rows_holding<T>(L, st.stride) : st.radix;
+    for (int64_t p = 0; p < st.rows; ++p) {
+      const int64_t offset = p * st.radix * st.stride;
+      column_stage<T, false>(re + offset, im + offset, st.radix, st.stride, st.dft_re, st.dft_im, st.tw_re,
+                             st.tw_im, rows_in, st.radix);
+    }
+  }
+}
+
+// Steps 2-4 of the header on one task's buffer.
+template <typename T>
+MLX_ALWAYS_INLINE void convolve_buffer(const PlanView<T>& plan, T* re, T* im, int64_t L, const T* spec_re,
+                                       const T* spec_im, KeptBlocks kept) {
+  forward_column_stages(plan, re, im, L);
+  const StageView<T>& last = plan.stage[plan.num_stages - 1];
+  last_stage_convolve(re, im, last.rows, last.dft_re, last.dft_im, last.idft_im, kept, spec_re, spec_im);
+  for (int64_t s = plan.num_stages - 1; s-- > 0;) {
+    const StageView<T>& st = plan.stage[s];
+    const int64_t rows_out = s == 0 ? rows_holding<T>(L, st.stride) : st.radix;
+    for (int64_t p = 0; p < st.rows; ++p) {
+      const int64_t offset = p * st.radix * st.stride;
+      column_stage<T, true>(re + offset, im + offset, st.radix, st.stride, st.dft_re, st.idft_im, st.tw_re,
+                            st.tw_im, st.radix, rows_out);
+    }
+  }
+}
+
+// The forward transform alone (the kernel spectrum): in place, Monarch order.
+template <typename T>
+MLX_ALWAYS_INLINE void forward_buffer(const PlanView<T>& plan, T* re, T* im, int64_t L) {
+  using S = Simd<T>;
+  constexpr int64_t W = S::kLanes, C = kRadix / W;
+  forward_column_stages(plan, re, im, L);
+  const StageView<T>& last = plan.stage[plan.num_stages - 1];
+  for (int64_t p = 0; p < last.rows; ++p) {
+    typename S::V fr[C], fi[C];
+    row_dft(re + p * kRadix, im + p * kRadix, last.dft_re, last.dft_im, fr, fi);
+    for (int64_t c = 0; c < C; ++c) {
+      S::store(re + p * kRadix + c * W, fr[c]);
+      S::store(im + p * kRadix + c * W, fi[c]);
+    }
+  }
+}
+
+// Compiled per ISA (see MLX_CPU_ISA_CLONES); the templates above inline into each clone.
+#define MLX_FFTCONV_CLONES(T)                                                                                    \
+  MLX_CPU_ISA_CLONES void convolve(const PlanView<T>& plan, T* re, T* im, int64_t L, const T* spec_re,             \
+                                     const T* spec_im, KeptBlocks kept) {                                        \
+    convolve_buffer(plan, re, im, L, spec_re, spec_im, kept);                                                    \
+  }                                                                                                              \
+  MLX_CPU_ISA_CLONES void forward(const PlanView<T>& plan, T* re, T* im, int64_t L) { forward_buffer(plan, re, im, L); }
+MLX_FFTCONV_CLONES(float)
+MLX_FFTCONV_CLONES(double)
+#undef MLX_FFTCONV_CLONES
+
+// Points stage 0 reads: whole rows of its [radix, stride] view that hold data.
+template <typename T>
+int64_t loaded_length(const PlanView<T>& plan, int64_t L) {
+  const int64_t stride = plan.stage[0].stride;
+  return plan.num_stages == 1 ? plan.N : ceil_div(L, stride) * stride;
+}
+
+// ---- the kernel spectrum ---------------------------------------------------
+
+// k_f [H, 2, N] in Monarch order: FFT_N(k zero-padded) / N, zero outside the kept band.
+template <typename T>
+void spectrum_cpu(const at::Tensor& k, int64_t N, int64_t keep_blocks, at::Tensor& k_f) {
+  const auto plan = get_plan<T>(N);
+  const int64_t H = k.size(0), Lk = k.size(1);
+  const T* k_ptr = k.data_ptr<T>();
+  T* out = k_f.data_ptr<T>();
+  const T half_scale = T(0.5) / static_cast<T>(N);
+  const int64_t* mirror = plan->mirror.data();
+  at::parallel_for(0, ceil_div(H, 2), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> re(N), im(N);
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t h = 2 * pair;
+      const bool has_second = h + 1 < H;
+      std::fill(re.begin(), re.end(), T(0));
+      std::fill(im.begin(), im.end(), T(0));
+      std::copy(k_ptr + h * Lk, k_ptr + (h + 1) * Lk, re.begin());
+      if (has_second) std::copy(k_ptr + (h + 1) * Lk, k_ptr + (h + 2) * Lk, im.begin());
+      forward(plan->view, re.data(), im.data(), Lk);
+      T* first = out + h * 2 * N;
+      T* second = first + 2 * N;
+      for (int64_t pos = 0; pos < N; ++pos) {
+        const T mask = position_kept(pos, keep_blocks) ? half_scale : T(0);
+        const T zr = re[pos], zi = im[pos], mr = re[mirror[pos]], mi = -im[mirror[pos]];
+        first[pos] = (zr + mr) * mask;
+        first[N + pos] = (zi + mi) * mask;
+        if (has_second) {
+          second[pos] = (zi - mi) * mask;
+          second[N + pos] = (mr - zr) * mask;
+        }
+      }
+    }
+  });
+}
+
+at::Tensor fft_conv_spectrum_cpu(const at::Tensor& k_in, int64_t seqlen, int64_t keep_blocks) {
+  check_spectrum_args(k_in, seqlen, keep_blocks, /*allow_double=*/true);
+  const at::Tensor k = k_in.contiguous();
+  const int64_t N = fft_size_for(seqlen);
+  at::Tensor k_f = at::empty({k.size(0), 2, N}, k.options());
+  if (k.numel() == 0) return k_f.zero_();
+  if (k.scalar_type() == at::kDouble) {
+    spectrum_cpu<double>(k, N, keep_blocks, k_f);
+  } else {
+    spectrum_cpu<float>(k, N, keep_blocks, k_f);
+  }
+  return k_f;
+}
+
+// ---- the convolution -------------------------------------------------------
+
+template <typename scalar_t, typename T>
+void spectral_cpu(const at::Tensor& u, const at::Tensor& k_f, int64_t keep_blocks, const scalar_t* pre,
+                  const scalar_t* post, at::Tensor& y) {
+  const int64_t B = u.size(0), H = u.size(1), L = u.size(2), N = k_f.size(2);
+  const auto plan = get_plan<T>(N);
+  const int64_t pairs = ceil_div(B, 2), load_len = loaded_length(plan->view, L);
+  const KeptBlocks kept{keep_blocks, kFreqBlocks - keep_blocks};
+  const scalar_t* u_ptr = u.data_ptr<scalar_t>();
+  const T* spec = k_f.data_ptr<T>();
+  scalar_t* y_ptr = y.data_ptr<scalar_t>();
+  at::parallel_for(0, H * pairs, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> re(N), im(N);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t h = task / pairs, b0 = 2 * (task % pairs);
+      const bool has_second = b0 + 1 < B;
+      const int64_t row0 = (b0 * H + h) * L, row1 = ((b0 + 1) * H + h) * L;
+      for (int64_t t = 0; t < L; ++t) {
+        const T g0 = pre ? static_cast<T>(pre[row0 + t]) : T(1);
+        re[t] = static_cast<T>(u_ptr[row0 + t]) * g0;
+        if (has_second) {
+          const T g1 = pre ? static_cast<T>(pre[row1 + t]) : T(1);
+          im[t] = static_cast<T>(u_ptr[row1 + t]) * g1;
+        } else {
+          im[t] = T(0);
+        }
+      }
+      std::fill(re.begin() + L, re.begin() + load_len, T(0));
+      std::fill(im.begin() + L, im.begin() + load_len, T(0));
+      convolve(plan->view, re.data(), im.data(), L, spec + h * 2 * N, spec + h * 2 * N + N, kept);
+      for (int64_t t = 0; t < L; ++t) {
+        const T g0 = post ? static_cast<T>(post[row0 + t]) : T(1);
+        y_ptr[row0 + t] = static_cast<scalar_t>(re[t] * g0);
+        if (has_second) {
+          const T g1 = post ? static_cast<T>(post[row1 + t]) : T(1);
+          y_ptr[row1 + t] = static_cast<scalar_t>(im[t] * g1);
+        }
+      }
+    }
+  });
+}
+
+at::Tensor spectral_dispatch(const at::Tensor& u_in, const at::Tensor& k_f_in, int64_t keep_blocks,
+                             const std::optional<at::Tensor>& pregate, const std::optional<at::Tensor>& postgate) {
+  const at::Tensor u = u_in.contiguous();
+  // The spectrum's precision follows u: float64 u computes in float64.
+  const at::Tensor k_f = k_f_in.to(u.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
+  const at::Tensor pre = pregate ? pregate->contiguous() : at::Tensor();
+  const at::Tensor post = postgate ? postgate->contiguous() : at::Tensor();
+  at::Tensor y = at::empty_like(u);
+  if (u.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "fft_conv_cpu", [&] {
+    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    spectral_cpu<scalar_t, T>(u, k_f, keep_blocks, pre.defined() ? pre.data_ptr<scalar_t>() : nullptr,
+                              post.defined() ? post.data_ptr<scalar_t>() : nullptr, y);
+  });
+  return y;
+}
+
+at::Tensor fft_conv_spectral_cpu(const at::Tensor& u, const at::Tensor& k_f, int64_t keep_blocks,
+                                 const std::optional<at::Tensor>& pregate, const std::optional<at::Tensor>& postgate) {
+  check_spectral_args(u, k_f, keep_blocks, pregate, postgate, /*allow_double=*/true);
+  return spectral_dispatch(u, k_f, keep_blocks, pregate, postgate);
+}
+
+at::Tensor fft_conv_cpu(const at::Tensor& u, const at::Tensor& k, const std::optional<at::Tensor>& pregate,
+                        const std::optional<at::Tensor>& postgate) {
+  check_fft_conv_args(u, k, pregate, postgate, /*allow_double=*/true);
+  if (u.numel() == 0) return at::empty_like(u, at::MemoryFormat::Contiguous);
+  const at::Tensor k_f = fft_conv_spectrum_cpu(u.scalar_type() == at::kDouble ? k.to(at::kDouble) : k, u.size(2),
+                                               kDenseKeep);
+  return spectral_dispatch(u, k_f, kDenseKeep, pregate, postgate);
+}
+
+}  // namespace
+
+MLX_LIBRARY_IMPL(CPU, m) {
+  m.impl("fft_conv", &fft_conv_cpu);
+  m.impl("fft_conv_spectrum", &fft_conv_spectrum_cpu);
+  m.impl("fft_conv_spectral", &fft_conv_spectral_cpu);
+}
+
+}  // namespace mlx_kernels::fftconv

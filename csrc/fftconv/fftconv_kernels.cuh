@@ -1,0 +1,519 @@
+// Device code of the FFT-as-matmul convolution, shared by the CUDA translation
+// units (fftconv.cu: fp32 and the spectrum, fftconv_half.cu: the fp16/bf16
+// tensor-core instantiations). The algorithm is described in fftconv.cu.
+#pragma once
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "common/cpu_utils.h"
+#include "common/cuda_utils.cuh"
+#include "fftconv/fftconv.h"
+
+namespace mlx_kernels::fftconv::detail {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int64_t kMaxBlock = 16384;                  // points per CTA in shared memory
+constexpr int64_t kScratchFloats = int64_t{1} << 28;  // 1 GiB of two-pass scratch
+
+struct DeviceStages {
+  int num;
+  int radix[kMaxStages];
+  int stride[kMaxStages];
+};
+
+// Where a task's real signal rows live: pairs of batch rows for the convolution
+// (row1 < 0 when B is odd and this is the last pair), one row of k per task for
+// the spectrum.
+struct SignalLayout {
+  int64_t B, H, L;
+  bool paired;
+  __device__ void rows(int64_t task, int64_t& row0, int64_t& row1, int64_t& head) const {
+    if (!paired) {
+      row0 = task * L;
+      row1 = -1;
+      head = task;
+      return;
+    }
+    const int64_t pairs = (B + 1) / 2;
+    head = task / pairs;
+    const int64_t b0 = 2 * (task % pairs);
+    row0 = (b0 * H + head) * L;
+    row1 = b0 + 1 < B ? ((b0 + 1) * H + head) * L : -1;
+  }
+};
+
+template <typename scalar_t>
+struct Signal {
+  const scalar_t* x;         // u [B, H, L] or k [H, Lk]
+  const scalar_t* pregate;   // nullable
+  const scalar_t* postgate;  // nullable
+  scalar_t* y;               // output (convolution), nullptr for the spectrum
+  SignalLayout layout;
+};
+
+// exp(-2πi·num/den) from the exact integer phase.
+__device__ __forceinline__ float2 unit_root(int64_t num, int64_t den) {
+  float s, c;
+  sincospif(-2.0f * static_cast<float>(num % den) / static_cast<float>(den), &s, &c);
+  return make_float2(c, s);
+}
+
+__device__ __forceinline__ float2 cmul(float2 a, float2 b) {
+  return make_float2(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
+}
+__device__ __forceinline__ float2 cmul_conj(float2 a, float2 b) {  // a·conj(b)
+  return make_float2(a.x * b.x + a.y * b.y, a.y * b.x - a.x * b.y);
+}
+
+// W_radix^q from the table of 16th roots of unity.
+__device__ __forceinline__ float2 dft_coefficient(const float2* w16, int q, int radix) {
+  return w16[(q % radix) * (static_cast<int>(kRadix) / radix)];
+}
+
+// ---- one column of a column stage, FFMA ------------------------------------
+// x[j·stride] for j < radix (the points of one DFT input, in registers):
+// forward out[f] = tw^{f·m}·Σ_{j < rows_in} W^{f·j}·x[j]; inverse
+// out[j] = Σ_f conj(W^{f·j})·conj(tw^{f·m})·x[f] for j < rows_out.
+template <bool kInverse, typename Load, typename Store>
+__device__ __forceinline__ void column_ffma(const float2* w16, int radix, int64_t stride, int64_t m, int rows_in,
+                                            int rows_out, Load load, Store store) {
+  float2 in[kRadix];
+#pragma unroll
+  for (int j = 0; j < kRadix; ++j) {
+    in[j] = make_float2(0.f, 0.f);
+    if (j < rows_in) {
+      in[j] = load(j);
+      if (kInverse) in[j] = cmul_conj(in[j], unit_root(j * m, radix * stride));
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kRadix; ++i) {
+    if (i >= rows_out) break;
+    float2 acc = make_float2(0.f, 0.f);
+#pragma unroll
+    for (int j = 0; j < kRadix; ++j) {
+      if (j >= rows_in) break;
+      const float2 w = dft_coefficient(w16, i * j, radix);
+      acc = kInverse ? make_float2(acc.x + in[j].x * w.x + in[j].y * w.y, acc.y + in[j].y * w.x - in[j].x * w.y)
+                     : make_float2(acc.x + in[j].x * w.x - in[j].y * w.y, acc.y + in[j].x * w.y + in[j].y * w.x);
+    }
+    if (!kInverse) acc = cmul(acc, unit_root(i * m, radix * stride));
+    store(i, acc);
+  }
+}
+
+// A column stage over a block of M points in shared memory (every thread a column).
+template <bool kInverse>
+__device__ void shared_stage_ffma(float* re, float* im, int64_t M, int radix, int64_t stride, int rows_in,
+                                  int rows_out, const float2* w16) {
+  const int64_t columns = M / radix;
+  for (int64_t c = threadIdx.x; c < columns; c += blockDim.x) {
+    const int64_t base = (c / stride) * radix * stride + c % stride;
+    column_ffma<kInverse>(
+        w16, radix, stride, c % stride, rows_in, rows_out,
+        [&](int j) { return make_float2(re[base + j * stride], im[base + j * stride]); },
+        [&](int i, float2 v) {
+          re[base + i * stride] = v.x;
+          im[base + i * stride] = v.y;
+        });
+  }
+}
+
+// ---- radix-16 column stage on tensor cores ----------------------------------
+
+template <typename mma_t>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+// d += a·b, m16n8k16, fp32 accumulators.
+template <typename mma_t>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if constexpr (std::is_same_v<mma_t, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+}
+
+// The A fragments of scale·F16 (real, imaginary, negated imaginary), F16[r, c] = W16^{r·c}.
+// Fragment register i holds rows g (+8 for i odd) and columns 2t, 2t+1 (+8 for i >= 2).
+template <typename mma_t>
+__device__ __forceinline__ void dft16_fragments(const float2* w16, float scale, uint32_t (&fr)[4], uint32_t (&fi)[4],
+                                                uint32_t (&nfi)[4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + (i % 2) * 8, col = 2 * t + (i / 2) * 8;
+    const float2 w0 = w16[(row * col) % 16], w1 = w16[(row * (col + 1)) % 16];
+    fr[i] = pack2<mma_t>(scale * w0.x, scale * w1.x);
+    fi[i] = pack2<mma_t>(scale * w0.y, scale * w1.y);
+    nfi[i] = pack2<mma_t>(-scale * w0.y, -scale * w1.y);
+  }
+}
+
+// A radix-16 column stage over a block of M points in shared memory: each warp
+// takes 16×8 tiles (16 DFT inputs j × 8 consecutive columns m) of the
+// [blocks, 16, stride] view. Needs stride % 8 == 0.
+template <typename mma_t, bool kInverse>
+__device__ void shared_stage_mma(float* re, float* im, int64_t M, int64_t stride, float scale, const float2* w16) {
+  uint32_t fr[4], fi[4], nfi[4];
+  dft16_fragments<mma_t>(w16, scale, fr, fi, nfi);
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t span = kRadix * stride, tiles = M / (kRadix * 8);
+  for (int64_t tile = threadIdx.x / 32; tile < tiles; tile += kWarps) {
+    const int64_t block = tile / (stride / 8), m = (tile % (stride / 8)) * 8 + g;
+    float* xr = re + block * span + m;
+    float* xi = im + block * span + m;
+    // B fragment: rows (k = j) 2t, 2t+1 and 2t+8, 2t+9 of column m.
+    uint32_t br[2], bi[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float2 v[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int j = 2 * t + half * 8 + e;
+        v[e] = make_float2(xr[j * stride], xi[j * stride]);
+        if (kInverse) v[e] = cmul_conj(v[e], unit_root(j * m, span));
+      }
+      br[half] = pack2<mma_t>(v[0].x, v[1].x);
+      bi[half] = pack2<mma_t>(v[0].y, v[1].y);
+    }
+    float yr[4] = {0.f, 0.f, 0.f, 0.f}, yi[4] = {0.f, 0.f, 0.f, 0.f};
+    // Forward: Yr = Fr·Xr - Fi·Xi, Yi = Fi·Xr + Fr·Xi; inverse with conj(F).
+    mma_16816<mma_t>(yr, fr, br);
+    mma_16816<mma_t>(yr, kInverse ? fi : nfi, bi);
+    mma_16816<mma_t>(yi, kInverse ? nfi : fi, br);
+    mma_16816<mma_t>(yi, fr, bi);
+    __syncwarp();  // every lane's B reads are done before any lane writes the tile
+    // C fragment: rows (f) g and g+8, columns 2t, 2t+1 of the tile.
+    const int64_t m_out0 = (tile % (stride / 8)) * 8 + 2 * t;
+    float* outr = re + block * span + m_out0;
+    float* outi = im + block * span + m_out0;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int f = g + (e / 2) * 8, dm = e % 2;
+      float2 v = make_float2(yr[e], yi[e]);
+      if (!kInverse) v = cmul(v, unit_root(f * (m_out0 + dm), span));
+      outr[f * stride + dm] = v.x;
+      outi[f * stride + dm] = v.y;
+    }
+  }
+}
+
+// ---- the last stage, fused with the spectrum multiply ------------------------
+// Per 16-point row: X = x·F16 over the kept columns, Y = X·spectrum·scale, the
+// inverse row DFT y = Y·conj(F16) over the kept columns (the spectrum is zero
+// elsewhere), in place. Spectrum mode: X·mask/N goes to spec_out instead.
+template <bool kSpectrum>
+__device__ void last_stage(float* re, float* im, int64_t M, int64_t block_offset, const float* spec_re,
+                           const float* spec_im, float* out_re, float* out_im, int keep_blocks, float scale,
+                           const float2* w16) {
+  const int keep = static_cast<int>(keep_blocks);
+  for (int64_t row = threadIdx.x; row < M / kRadix; row += blockDim.x) {
+    float2 x[kRadix], y[kRadix];
+#pragma unroll
+    for (int j = 0; j < kRadix; ++j) {
+      x[j] = make_float2(re[row * kRadix + j], im[row * kRadix + j]);
+      y[j] = make_float2(0.f, 0.f);
+    }
+#pragma unroll
+    for (int f = 0; f < kRadix; ++f) {
+      if (f >= keep && f < kRadix - keep) continue;
+      float2 acc = make_float2(0.f, 0.f);
+#pragma unroll
+      for (int j = 0; j < kRadix; ++j) acc = make_float2(acc.x + x[j].x * w16[(f * j) % 16].x - x[j].y * w16[(f * j) % 16].y,
+                                                         acc.y + x[j].x * w16[(f * j) % 16].y + x[j].y * w16[(f * j) % 16].x);
+      const int64_t pos = block_offset + row * kRadix + f;
+      if (kSpectrum) {
+        const float mask = position_kept(pos, keep_blocks) ? scale : 0.f;
+        out_re[pos] = acc.x * mask;
+        out_im[pos] = acc.y * mask;
+        continue;
+      }
+      const float2 spec = make_float2(spec_re[pos] * scale, spec_im[pos] * scale);
+      const float2 prod = cmul(acc, spec);
+#pragma unroll
+      for (int n = 0; n < kRadix; ++n) {
+        const float2 w = w16[(f * n) % 16];
+        y[n] = make_float2(y[n].x + prod.x * w.x + prod.y * w.y, y[n].y + prod.y * w.x - prod.x * w.y);
+      }
+    }
+    if (!kSpectrum) {
+#pragma unroll
+      for (int n = 0; n < kRadix; ++n) {
+        re[row * kRadix + n] = y[n].x;
+        im[row * kRadix + n] = y[n].y;
+      }
+    }
+  }
+}
+
+// ---- the fused kernel ------------------------------------------------------
+
+template <typename scalar_t>
+struct FusedArgs {
+  Signal<scalar_t> signal;
+  float* scratch;            // [chunk tasks, 2, N] (two-pass) or nullptr
+  const float* spectrum;     // [H, 2, N] (convolution)
+  float* spectrum_out;       // [H, 2, N] (spectrum mode)
+  int64_t N, task_begin, block_len;
+  int first_stage, keep_blocks;
+  DeviceStages stages;
+};
+
+__device__ __forceinline__ void init_roots(float2* w16) {
+  if (threadIdx.x < kRadix) w16[threadIdx.x] = unit_root(threadIdx.x, kRadix);
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ float to_float(scalar_t v) {
+  return static_cast<float>(v);
+}
+
+// kFromScratch: the block comes from (and goes back to) the two-pass scratch;
+// otherwise from u·pregate and to y·postgate. kSpectrum: forward only, to spectrum_out.
+template <typename scalar_t, typename mma_t, bool kTensorCores, bool kFromScratch, bool kSpectrum>
+__global__ void __launch_bounds__(kThreads) fused_kernel(const FusedArgs<scalar_t> a) {
+  extern __shared__ float smem[];
+  __shared__ float2 w16[kRadix];
+  const int64_t M = a.block_len, blocks_per_task = a.N / M;
+  const int64_t local_task = blockIdx.x / blocks_per_task, block = blockIdx.x % blocks_per_task;
+  const int64_t task = a.task_begin + local_task, block_offset = block * M;
+  float* re = smem;
+  float* im = smem + M;
+  init_roots(w16);
+
+  int64_t row0, row1, head;
+  a.signal.layout.rows(task, row0, row1, head);
+  const int64_t L = a.signal.layout.L;
+  float* scratch_re = kFromScratch ? a.scratch + local_task * 2 * a.N + block_offset : nullptr;
+  float* scratch_im = kFromScratch ? scratch_re + a.N : nullptr;
+  for (int64_t n = threadIdx.x; n < M; n += blockDim.x) {
+    if (kFromScratch) {
+      re[n] = scratch_re[n];
+      im[n] = scratch_im[n];
+    } else {
+      float v0 = 0.f, v1 = 0.f;
+      if (n < L) {
+        const scalar_t* pre = a.signal.pregate;
+        v0 = to_float(a.signal.x[row0 + n]) * (pre ? to_float(pre[row0 + n]) : 1.f);
+        if (row1 >= 0) v1 = to_float(a.signal.x[row1 + n]) * (pre ? to_float(pre[row1 + n]) : 1.f);
+      }
+      re[n] = v0;
+      im[n] = v1;
+    }
+  }
+  __syncthreads();
+
+  const DeviceStages& st = a.stages;
+  const int last = st.num - 1;
+  float tc_scale_fix = 1.f;
+  for (int s = a.first_stage; s < last; ++s) {
+    const int rows_in = (s == 0 && !kFromScratch) ? static_cast<int>((L + st.stride[s] - 1) / st.stride[s]) : st.radix[s];
+    bool on_tensor_cores = false;
+    if constexpr (kTensorCores) {
+      on_tensor_cores = st.radix[s] == kRadix && st.stride[s] % 8 == 0;
+      if (on_tensor_cores) {
+        shared_stage_mma<mma_t, false>(re, im, M, st.stride[s], 0.25f, w16);
+        tc_scale_fix *= 4.f;
+      }
+    }
+    if (!on_tensor_cores) shared_stage_ffma<false>(re, im, M, st.radix[s], st.stride[s], rows_in, st.radix[s], w16);
+    __syncthreads();
+  }
+
+  if (kSpectrum) {
+    float* out_re = a.spectrum_out + head * 2 * a.N;
+    last_stage<true>(re, im, M, block_offset, nullptr, nullptr, out_re, out_re + a.N, a.keep_blocks,
+                     1.f / static_cast<float>(a.N), w16);
+    return;
+  }
+  const float* spec_re = a.spectrum + head * 2 * a.N;
+  last_stage<false>(re, im, M, block_offset, spec_re, spec_re + a.N, nullptr, nullptr, a.keep_blocks, tc_scale_fix,
+                    w16);
+  __syncthreads();
+
+  for (int s = last - 1; s >= a.first_stage; --s) {
+    const int rows_out = (s == 0 && !kFromScratch) ? static_cast<int>((L + st.stride[s] - 1) / st.stride[s]) : st.radix[s];
+    bool on_tensor_cores = false;
+    if constexpr (kTensorCores) {
+      on_tensor_cores = st.radix[s] == kRadix && st.stride[s] % 8 == 0;
+      if (on_tensor_cores) shared_stage_mma<mma_t, true>(re, im, M, st.stride[s], 1.f, w16);
+    }
+    if (!on_tensor_cores) shared_stage_ffma<true>(re, im, M, st.radix[s], st.stride[s], st.radix[s], rows_out, w16);
+    __syncthreads();
+  }
+
+  for (int64_t n = threadIdx.x; n < M; n += blockDim.x) {
+    if (kFromScratch) {
+      scratch_re[n] = re[n];
+      scratch_im[n] = im[n];
+    } else if (n < L) {
+      const scalar_t* post = a.signal.postgate;
+      a.signal.y[row0 + n] = static_cast<scalar_t>(re[n] * (post ? to_float(post[row0 + n]) : 1.f));
+      if (row1 >= 0) a.signal.y[row1 + n] = static_cast<scalar_t>(im[n] * (post ? to_float(post[row1 + n]) : 1.f));
+    }
+  }
+}
+
+// ---- two-pass column stages through global memory ---------------------------
+
+// One stage s of the leading (> 16K-point) stages on the scratch, one thread per
+// column. Stage 0 reads u·pregate (forward) or writes y·postgate (inverse).
+template <typename scalar_t, bool kInverse>
+__global__ void __launch_bounds__(kThreads) global_stage_kernel(const Signal<scalar_t> signal, float* scratch,
+                                                                int64_t N, int64_t tasks, int64_t task_begin,
+                                                                int stage, int radix, int64_t stride) {
+  __shared__ float2 w16[kRadix];
+  init_roots(w16);
+  __syncthreads();
+  const int64_t columns = N / radix;
+  const int64_t L = signal.layout.L;
+  for (int64_t idx = blockIdx.x * int64_t{kThreads} + threadIdx.x; idx < tasks * columns;
+       idx += int64_t{gridDim.x} * kThreads) {
+    const int64_t local_task = idx / columns, c = idx % columns;
+    const int64_t base = (c / stride) * radix * stride + c % stride;
+    float* xr = scratch + local_task * 2 * N + base;
+    float* xi = xr + N;
+    int64_t row0, row1, head;
+    signal.layout.rows(task_begin + local_task, row0, row1, head);
+    // Stage 0 has one block (base = m): point j of the column is time j·stride + m.
+    const int rows_holding = static_cast<int>(std::min<int64_t>(radix, (L - base + stride - 1) / stride));
+    if (!kInverse) {
+      const scalar_t* pre = signal.pregate;
+      column_ffma<false>(
+          w16, radix, stride, c % stride, stage == 0 ? std::max(rows_holding, 0) : radix, radix,
+          [&](int j) {
+            if (stage != 0) return make_float2(xr[j * stride], xi[j * stride]);
+            const int64_t t = base + j * stride;
+            const float v0 = to_float(signal.x[row0 + t]) * (pre ? to_float(pre[row0 + t]) : 1.f);
+            const float v1 = row1 >= 0 ? to_float(signal.x[row1 + t]) * (pre ? to_float(pre[row1 + t]) : 1.f) : 0.f;
+            return make_float2(v0, v1);
+          },
+          [&](int i, float2 v) {
+            xr[i * stride] = v.x;
+            xi[i * stride] = v.y;
+          });
+    } else {
+      const scalar_t* post = signal.postgate;
+      column_ffma<true>(
+          w16, radix, stride, c % stride, radix, stage == 0 ? std::max(rows_holding, 0) : radix,
+          [&](int j) { return make_float2(xr[j * stride], xi[j * stride]); },
+          [&](int i, float2 v) {
+            if (stage != 0) {
+              xr[i * stride] = v.x;
+              xi[i * stride] = v.y;
+              return;
+            }
+            const int64_t t = base + i * stride;
+            signal.y[row0 + t] = static_cast<scalar_t>(v.x * (post ? to_float(post[row0 + t]) : 1.f));
+            if (row1 >= 0) signal.y[row1 + t] = static_cast<scalar_t>(v.y * (post ? to_float(post[row1 + t]) : 1.f));
+          });
+    }
+  }
+}
+
+// ---- host side ---------------------------------------------------------------
+
+struct HostPlan {
+  DeviceStages stages;
+  std::vector<Stage> host;
+  int first_fused;  // first stage whose blocks fit in shared memory
+  int64_t block_len;
+};
+
+inline HostPlan host_plan(int64_t N) {
+  HostPlan p;
+  p.host = monarch_stages(N);
+  TORCH_CHECK(static_cast<int>(p.host.size()) <= kMaxStages, "fft_conv: FFT size ", N, " is too large");
+  p.stages.num = static_cast<int>(p.host.size());
+  p.first_fused = -1;
+  for (int s = 0; s < p.stages.num; ++s) {
+    p.stages.radix[s] = static_cast<int>(p.host[s].radix);
+    p.stages.stride[s] = static_cast<int>(p.host[s].stride);
+    if (p.first_fused < 0 && p.host[s].radix * p.host[s].stride <= kMaxBlock) p.first_fused = s;
+  }
+  p.block_len = p.host[p.first_fused].radix * p.host[p.first_fused].stride;
+  return p;
+}
+
+template <typename scalar_t, typename mma_t, bool kTensorCores, bool kFromScratch, bool kSpectrum>
+void launch_fused(const FusedArgs<scalar_t>& args, int64_t tasks, cudaStream_t stream) {
+  auto kernel = fused_kernel<scalar_t, mma_t, kTensorCores, kFromScratch, kSpectrum>;
+  const size_t smem = 2 * args.block_len * sizeof(float);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  const int64_t grid = tasks * (args.N / args.block_len);
+  TORCH_CHECK(grid <= std::numeric_limits<int32_t>::max(), "fft_conv: too many CTAs (", grid, ")");
+  kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, bool kInverse>
+void launch_global_stage(const Signal<scalar_t>& signal, float* scratch, int64_t N, int64_t tasks, int64_t task_begin,
+                         const HostPlan& plan, int s, cudaStream_t stream) {
+  const int64_t work = tasks * (N / plan.host[s].radix);
+  const int64_t grid = std::min<int64_t>(ceil_div(work, kThreads), int64_t{1} << 20);
+  global_stage_kernel<scalar_t, kInverse><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(
+      signal, scratch, N, tasks, task_begin, s, static_cast<int>(plan.host[s].radix), plan.host[s].stride);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Runs the convolution (kSpectrum = false) or the spectrum (true) for all tasks.
+template <typename scalar_t, typename mma_t, bool kTensorCores, bool kSpectrum>
+void run_tasks(const Signal<scalar_t>& signal, int64_t tasks, int64_t N, const float* spectrum, float* spectrum_out,
+               int64_t keep_blocks, const at::TensorOptions& options) {
+  const HostPlan plan = host_plan(N);
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  FusedArgs<scalar_t> args{signal, nullptr, spectrum, spectrum_out, N, 0, plan.block_len, plan.first_fused,
+                           static_cast<int>(keep_blocks), plan.stages};
+  if (plan.first_fused == 0) {
+    launch_fused<scalar_t, mma_t, kTensorCores, false, kSpectrum>(args, tasks, stream);
+    return;
+  }
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(tasks, kScratchFloats / (2 * N)));
+  at::Tensor scratch = at::empty({chunk, 2, N}, options.dtype(at::kFloat));
+  args.scratch = scratch.data_ptr<float>();
+  for (int64_t begin = 0; begin < tasks; begin += chunk) {
+    const int64_t count = std::min(chunk, tasks - begin);
+    args.task_begin = begin;
+    for (int s = 0; s < plan.first_fused; ++s) {
+      launch_global_stage<scalar_t, false>(signal, args.scratch, N, count, begin, plan, s, stream);
+    }
+    launch_fused<scalar_t, mma_t, kTensorCores, true, kSpectrum>(args, count, stream);
+    if constexpr (!kSpectrum) {
+      for (int s = plan.first_fused - 1; s >= 0; --s) {
+        launch_global_stage<scalar_t, true>(signal, args.scratch, N, count, begin, plan, s, stream);
+      }
+    }
+  }
+}
+
+
+// The fp16/bf16 tensor-core convolutions, instantiated in fftconv_half.cu.
+void convolve_half(const Signal<at::Half>& signal, int64_t tasks, int64_t N, const float* spectrum,
+                   int64_t keep_blocks, const at::TensorOptions& options);
+void convolve_bfloat16(const Signal<at::BFloat16>& signal, int64_t tasks, int64_t N, const float* spectrum,
+                       int64_t keep_blocks, const at::TensorOptions& options);
+
+}  // namespace mlx_kernels::fftconv::detail

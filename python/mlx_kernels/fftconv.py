@@ -1,0 +1,207 @@
+"""FFT-as-matmul long convolution (FlashFFTConv): the ``FFTConv`` module and autograd.
+
+``fft_conv(u, k, pregate, postgate)`` is the causal convolution
+``y[b, h, t] = Σ_{s ≤ min(t, Lk-1)} k[h, s]·v[b, h, t-s]``, ``v = u·pregate``, then
+``y·postgate``, computed as FFTs of size ``N = fft_size_for(L)`` (the smallest power of
+two ≥ max(16, 2L)) written as Monarch matmuls.
+
+Frequency-sparse kernels: the spectrum of size N is cut into 16 blocks of N/16
+frequencies (the last Monarch stage's output columns). ``keep_blocks = K < 8`` keeps the
+frequencies f with ``min(f, N - f) < K·N/16`` — the K lowest blocks of positive and of
+negative frequencies (Hermitian, so the output stays real) — and zeroes the rest, whose
+matmul columns the kernels skip. In formulas::
+
+    y = (ifft_N(mask · fft_N(pad(v)) · fft_N(pad(k))).real)[:L] · postgate
+
+``FFTConv(freq_keep=φ)`` uses ``K = ceil(8·φ)`` (φ = 1 or None: the exact convolution).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import ops as _ops
+from .ops import fft_size_for
+
+FREQ_BLOCKS = 16
+DENSE_KEEP_BLOCKS = FREQ_BLOCKS // 2
+
+
+def keep_blocks_for(freq_keep: Optional[float]) -> int:
+    """Frequency blocks kept per side for a kept fraction of the spectrum (8 = all)."""
+    if freq_keep is None:
+        return DENSE_KEEP_BLOCKS
+    if not 0.0 < freq_keep <= 1.0:
+        raise ValueError(f"FFTConv: freq_keep must be in (0, 1], got {freq_keep}")
+    return max(1, min(DENSE_KEEP_BLOCKS, math.ceil(DENSE_KEEP_BLOCKS * freq_keep - 1e-9)))
+
+
+# --- autograd ------------------------------------------------------------------
+#
+# y = c·postgate, c = k ∗ v (causal), v = u·pregate. With g_c = dy·postgate:
+#   d postgate = dy·c
+#   d v[s] = Σ_t g_c[t]·k[t-s]            = flip(conv(flip(g_c), k))  (a correlation)
+#   d u = d v·pregate,  d pregate = d v·u
+#   d k[j] = Σ_b Σ_t g_c[b, t]·v[b, t-j]  = Σ_b flip(conv(v, flip(g_c)))[j], j < Lk
+# every one of them an fft_conv call (the last with the flipped gradient as a
+# length-L kernel per (b, h)), computed in float32 (float64 for float64 inputs).
+
+
+def _needs_grad(ctx, count: int):
+    """ctx.needs_input_grad padded to the op's arity (defaulted arguments are not listed)."""
+    needs = tuple(ctx.needs_input_grad)
+    return needs + (False,) * (count - len(needs))
+
+
+def _compute_dtype(u: Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _correlate_with_signal(v: Tensor, g: Tensor, lk: int) -> Tensor:
+    """d k [H, Lk] = Σ_b Σ_t g[b, h, t]·v[b, h, t-j]: conv of v with flip(g) per (b, h)."""
+    b, h, length = v.shape
+    rows = _ops.fft_conv(v.reshape(1, b * h, length), g.flip(-1).reshape(b * h, length))
+    return rows.reshape(b, h, length)[..., length - lk:].flip(-1).sum(0)
+
+
+def _fft_conv_setup_context(ctx, inputs, output):
+    u, k, pregate, postgate = inputs
+    ctx.save_for_backward(u, k, pregate, postgate)
+
+
+def _fft_conv_backward(ctx, grad):
+    u, k, pregate, postgate = ctx.saved_tensors
+    ctx_inputs = len(ctx.needs_input_grad)
+    need_u, need_k, need_pre, need_post = _needs_grad(ctx, 4)
+    cd = _compute_dtype(u)
+    uc, kc, gc = u.to(cd), k.to(cd), grad.to(cd)
+    prec = pregate.to(cd) if pregate is not None else None
+    grad_u = grad_k = grad_pre = grad_post = None
+    if need_post:
+        grad_post = (gc * _ops.fft_conv(uc, kc, prec, None)).to(postgate.dtype)
+    if postgate is not None:
+        gc = gc * postgate.to(cd)
+    if need_u or need_pre:
+        grad_v = _ops.fft_conv(gc.flip(-1), kc).flip(-1)
+        if need_u:
+            grad_u = (grad_v * prec if prec is not None else grad_v).to(u.dtype)
+        if need_pre:
+            grad_pre = (grad_v * uc).to(pregate.dtype)
+    if need_k:
+        v = uc * prec if prec is not None else uc
+        grad_k = _correlate_with_signal(v, gc, k.shape[1]).to(k.dtype)
+    return (grad_u, grad_k, grad_pre, grad_post)[:ctx_inputs]
+
+
+torch.library.register_autograd(
+    _ops._name("fft_conv"), _fft_conv_backward, setup_context=_fft_conv_setup_context
+)
+
+
+def _fft_conv_spectral_setup_context(ctx, inputs, output):
+    u, k_f, keep_blocks, pregate, postgate = inputs
+    ctx.keep_blocks = keep_blocks
+    ctx.save_for_backward(u, k_f, pregate, postgate)
+
+
+def _fft_conv_spectral_backward(ctx, grad):
+    # The truncated convolution is a circular one with the masked kernel
+    # k_m = ifft(mask·fft(k)); its adjoint on v is still flip ∘ conv ∘ flip with
+    # the same k_m, so d u and the gates reuse the same spectrum. The spectrum
+    # itself is not differentiated (see FFTConv).
+    u, k_f, pregate, postgate = ctx.saved_tensors
+    ctx_inputs = len(ctx.needs_input_grad)
+    need_u, _, _, need_pre, need_post = _needs_grad(ctx, 5)
+    keep = ctx.keep_blocks
+    cd = _compute_dtype(u)
+    uc, gc = u.to(cd), grad.to(cd)
+    prec = pregate.to(cd) if pregate is not None else None
+    grad_u = grad_pre = grad_post = None
+    if need_post:
+        grad_post = (gc * _ops.fft_conv_spectral(uc, k_f, keep, prec, None)).to(postgate.dtype)
+    if postgate is not None:
+        gc = gc * postgate.to(cd)
+    if need_u or need_pre:
+        grad_v = _ops.fft_conv_spectral(gc.flip(-1), k_f, keep).flip(-1)
+        if need_u:
+            grad_u = (grad_v * prec if prec is not None else grad_v).to(u.dtype)
+        if need_pre:
+            grad_pre = (grad_v * uc).to(pregate.dtype)
+    return (grad_u, None, None, grad_pre, grad_post)[:ctx_inputs]
+
+
+torch.library.register_autograd(
+    _ops._name("fft_conv_spectral"), _fft_conv_spectral_backward, setup_context=_fft_conv_spectral_setup_context
+)
+
+
+# --- the module ----------------------------------------------------------------
+
+
+class FFTConv(nn.Module):
+    """Causal long convolution ``y = (k ∗ (u·pregate))·postgate`` per channel.
+
+    Args:
+        seqlen: the sequence length L the module is built for (u is [B, H, seqlen]).
+        dtype: the dtype the convolution runs in: u and the gates are cast to it and
+            the output comes in it (float16, bfloat16, float32; float64 on CPU).
+        freq_keep: None (exact) or the kept fraction φ ∈ (0, 1] of the spectrum: the
+            kernel's spectrum keeps ``ceil(8φ)`` of the 8 frequency blocks per side
+            (see the module docstring) and the matmuls of the dropped blocks are skipped.
+
+    ``forward(u [B, H, L], k [H, Lk] float32, pregate=None, postgate=None)``. The kernel's
+    spectrum is cached per (k, L) and recomputed when k changes (its storage, version
+    counter, shape or device). When k requires grad (training the kernel) the dense
+    path runs ``fft_conv`` with autograd for u, k and both gates; the frequency-sparse
+    path differentiates u and the gates only (the truncated spectrum is a constant), so
+    pass ``k.detach()`` there.
+    """
+
+    def __init__(self, seqlen: int, dtype: torch.dtype = torch.float32, freq_keep: Optional[float] = None):
+        super().__init__()
+        if seqlen < 1:
+            raise ValueError(f"FFTConv: seqlen must be >= 1, got {seqlen}")
+        self.seqlen = seqlen
+        self.dtype = dtype
+        self.freq_keep = freq_keep
+        self.keep_blocks = keep_blocks_for(freq_keep)
+        self._cache_key = None
+        self._cache_spectrum: Optional[Tensor] = None
+
+    @property
+    def fft_size(self) -> int:
+        return fft_size_for(self.seqlen)
+
+    def extra_repr(self) -> str:
+        return f"seqlen={self.seqlen}, dtype={self.dtype}, freq_keep={self.freq_keep}, fft_size={self.fft_size}"
+
+    def spectrum(self, k: Tensor, seqlen: int) -> Tensor:
+        """k's spectrum for sequence length ``seqlen``, cached until k changes."""
+        if torch.compiler.is_compiling():
+            return _ops.fft_conv_spectrum(k, seqlen, self.keep_blocks)
+        key = (k.data_ptr(), k._version, tuple(k.shape), k.dtype, k.device, seqlen)
+        if key != self._cache_key:
+            self._cache_spectrum = _ops.fft_conv_spectrum(k.detach(), seqlen, self.keep_blocks)
+            self._cache_key = key
+        return self._cache_spectrum
+
+    def forward(self, u: Tensor, k: Tensor, pregate: Optional[Tensor] = None,
+                postgate: Optional[Tensor] = None) -> Tensor:
+        if u.dim() != 3 or u.shape[-1] != self.seqlen:
+            raise ValueError(f"FFTConv: u must be [B, H, {self.seqlen}], got shape {tuple(u.shape)}")
+        u = u.to(self.dtype)
+        pregate = pregate.to(self.dtype) if pregate is not None else None
+        postgate = postgate.to(self.dtype) if postgate is not None else None
+        k_needs_grad = k.requires_grad and torch.is_grad_enabled()
+        if self.keep_blocks == DENSE_KEEP_BLOCKS and k_needs_grad:
+            return _ops.fft_conv(u, k, pregate, postgate)
+        if k_needs_grad:
+            raise ValueError(
+                "FFTConv: freq_keep does not propagate gradients to k (the truncated spectrum is a "
+                "constant); pass k.detach(), or use freq_keep=None to train k"
+            )
+        return _ops.fft_conv_spectral(u, self.spectrum(k, u.shape[-1]), self.keep_blocks, pregate, postgate)
