@@ -11,18 +11,20 @@ def int8_mm(a_i8: torch.Tensor, b_i8: torch.Tensor) -> torch.Tensor:
 
 
 # --- attention ---
+# Each function computes in float64 by default; dtype=<q's dtype> gives "plain
+# torch in the same dtype", the reference of the tolerance rule.
 
 
 def _masked_softmax_attention(q, k, v, visible, scale):
-    """q [Sq, Hq, D], k/v [Sk, Hkv, D], visible bool [Sq, Sk] -> out [Sq, Hq, D], lse [Hq, Sq] (float64).
+    """q [Sq, Hq, D], k/v [Sk, Hkv, D], visible bool [Sq, Sk] -> out [Sq, Hq, D], lse [Hq, Sq].
     A query that sees no key gets out 0 and lse -inf."""
     group = q.shape[1] // max(k.shape[1], 1)
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
     scores = torch.einsum("qhd,khd->hqk", q, k) * scale
     scores = scores.masked_fill(~visible, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)
-    probs = torch.exp(scores - lse[..., None]).nan_to_num(0.0)
+    lse = torch.logsumexp(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1)
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     return torch.einsum("hqk,khd->qhd", probs, v), lse
 
 
@@ -33,10 +35,14 @@ def _causal_visible(seq_q, key_len, seq_k):
     return (j < key_len) & (j <= key_len - seq_q + i)
 
 
-def attention_with_lse(q, k, v, causal=False, scale=None, key_lens=None):
-    """Plain softmax attention per sequence in float64: (out [B, Sq, Hq, D], lse [B, Hq, Sq])."""
-    q, k, v = (t.detach().cpu().double() for t in (q, k, v))
-    batch, seq_q, heads_q, head_dim = q.shape
+def _on_cpu(dtype, *tensors):
+    return [t.detach().cpu().to(dtype) for t in tensors]
+
+
+def attention_with_lse(q, k, v, causal=False, scale=None, key_lens=None, dtype=torch.float64):
+    """Plain softmax attention per sequence: (out [B, Sq, Hq, D], lse [B, Hq, Sq])."""
+    q, k, v = _on_cpu(dtype, q, k, v)
+    batch, seq_q, _, head_dim = q.shape
     seq_k = k.shape[1]
     scale = head_dim**-0.5 if scale is None else scale
     outs, lses = [], []
@@ -52,10 +58,10 @@ def attention_with_lse(q, k, v, causal=False, scale=None, key_lens=None):
     return torch.stack(outs), torch.stack(lses)
 
 
-def shared_prefix_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens=None, scale=None):
-    """Each sequence attends over [prefix; its own suffix] with the prefix copied (no sharing), in float64."""
-    q = q.detach().cpu().double()
-    prefix_k, prefix_v, suffix_k, suffix_v = (t.detach().cpu().double() for t in (prefix_k, prefix_v, suffix_k, suffix_v))
+def shared_prefix_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens=None, scale=None,
+                            dtype=torch.float64):
+    """Each sequence attends over [prefix; its own suffix] with the prefix copied (no sharing)."""
+    q, prefix_k, prefix_v, suffix_k, suffix_v = _on_cpu(dtype, q, prefix_k, prefix_v, suffix_k, suffix_v)
     batch, seq_q, _, head_dim = q.shape
     prefix_len, seq_s = prefix_k.shape[0], suffix_k.shape[1]
     scale = head_dim**-0.5 if scale is None else scale
@@ -72,8 +78,7 @@ def shared_prefix_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_le
 
 def merge_attention_states(out_a, lse_a, out_b, lse_b):
     """Softmax merge in float64: weights exp(lse_x - lse); an empty (-inf) side weighs 0."""
-    out_a, out_b = out_a.detach().cpu().double(), out_b.detach().cpu().double()
-    lse_a, lse_b = lse_a.detach().cpu().double(), lse_b.detach().cpu().double()
+    out_a, out_b, lse_a, lse_b = _on_cpu(torch.float64, out_a, out_b, lse_a, lse_b)
     lse = torch.logaddexp(lse_a, lse_b)
     w_a = torch.exp(lse_a - lse).nan_to_num(0.0).transpose(1, 2)[..., None]
     w_b = torch.exp(lse_b - lse).nan_to_num(0.0).transpose(1, 2)[..., None]

@@ -18,6 +18,7 @@
 #include <optional>
 #include <tuple>
 
+#include "attention/softmax_math.h"
 #include "common/checks.h"
 
 namespace mlx_kernels::attention {
@@ -52,17 +53,10 @@ struct AttentionParams {
   bool out_fp32 = false;
   float scale = 1.0f;
 
-  int64_t group() const { return heads_q / heads_kv; }
+  MLX_HOST_DEVICE int64_t group() const { return heads_q / heads_kv; }
   // Rows of one (batch, KV head): every query position × the group's query heads.
-  int64_t rows() const { return seq_q * group(); }
+  MLX_HOST_DEVICE int64_t rows() const { return seq_q * group(); }
 };
-
-// Keys visible to query position i of a sequence whose keys are [0, key_len).
-inline int64_t visible_keys(int64_t key_len, int64_t seq_q, int64_t i, bool causal) {
-  if (!causal) return key_len;
-  const int64_t last = key_len - seq_q + i + 1;
-  return last < 0 ? 0 : (last > key_len ? key_len : last);
-}
 
 inline float softmax_scale(std::optional<double> scale, int64_t head_dim) {
   if (scale.has_value()) return static_cast<float>(*scale);
@@ -202,7 +196,7 @@ inline AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, con
   return p;
 }
 
-// The ops, composed from a backend's run_pass(const AttentionParams&, at::ScalarType).
+// The ops, composed from a backend's run_pass(op, const AttentionParams&, at::ScalarType).
 
 template <typename RunPass>
 std::tuple<at::Tensor, at::Tensor> attention_with_lse_impl(const char* op, const at::Tensor& q_in,
@@ -222,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor> attention_with_lse_impl(const char* op, const
     p.key_lens = lens.data_ptr<int32_t>();
   }
   check_kernel_sizes(op, p);
-  run_pass(p, q.scalar_type());
+  run_pass(op, p, q.scalar_type());
   return {out, lse};
 }
 
@@ -252,7 +246,7 @@ at::Tensor shared_prefix_attention_impl(const at::Tensor& q_in, const at::Tensor
     AttentionParams p = make_params(all_queries, prefix_k.unsqueeze(0), prefix_v.unsqueeze(0), prefix_out,
                                     prefix_lse, /*causal=*/false, scale);
     check_kernel_sizes(op, p);
-    run_pass(p, q.scalar_type());
+    run_pass(op, p, q.scalar_type());
   }
 
   // Suffix pass: per sequence, ragged and causal, merging the prefix state in
@@ -272,7 +266,7 @@ at::Tensor shared_prefix_attention_impl(const at::Tensor& q_in, const at::Tensor
     p.prev_lse_head_stride = batch * seq_q;
   }
   check_kernel_sizes(op, p);
-  run_pass(p, q.scalar_type());
+  run_pass(op, p, q.scalar_type());
   return out;
 }
 

@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "attention/attention.h"
-#include "attention/merge_math.h"
+#include "attention/softmax_math.h"
 #include "common/cpu_utils.h"
 #include "common/registration.h"
 
@@ -162,34 +162,26 @@ void attention_pass(const AttentionParams& p) {
       // Epilogue: normalize, LSE, merge the previous state in, store.
       for (int64_t r = 0; r < tile_rows; ++r) {
         const int64_t i = (row0 + r) / group, head = h * group + (row0 + r) % group;
-        const float sum = buf.row_sum[r];
-        float lse = sum > 0.0f ? buf.row_max[r] + std::log(sum) : kNegInf;
-        float w_prev = 0.0f, w_this = sum > 0.0f ? 1.0f / sum : 0.0f;
+        const float* prev_lse =
+            p.prev_lse ? p.prev_lse + b * p.prev_lse_batch_stride + head * p.prev_lse_head_stride + i : nullptr;
+        const RowEpilogue e = finish_row(buf.row_max[r], buf.row_sum[r], prev_lse);
         const int64_t out_offset = b * p.out_batch_stride + i * p.out_seq_stride + head * head_dim;
-        const float* prev = nullptr;
-        if (p.prev_out != nullptr) {
-          prev = p.prev_out + out_offset;
-          float w_new;
-          lse = merge_weights(p.prev_lse[b * p.prev_lse_batch_stride + head * p.prev_lse_head_stride + i], lse,
-                              &w_prev, &w_new);
-          w_this *= w_new;
-        }
         const float* acc = buf.acc.data() + r * head_dim;
         for (int64_t d = 0; d < head_dim; ++d) {
-          const float value = acc[d] * w_this + (prev ? w_prev * prev[d] : 0.0f);
+          const float value = e.w_this * acc[d] + (prev_lse ? e.w_prev * p.prev_out[out_offset + d] : 0.0f);
           if (p.out_fp32) {
             static_cast<float*>(p.out)[out_offset + d] = value;
           } else {
             static_cast<T*>(p.out)[out_offset + d] = static_cast<T>(value);
           }
         }
-        p.lse[b * p.lse_batch_stride + head * p.lse_head_stride + i] = lse;
+        p.lse[b * p.lse_batch_stride + head * p.lse_head_stride + i] = e.lse;
       }
     }
   });
 }
 
-void run_pass_cpu(const AttentionParams& p, at::ScalarType dtype) {
+void run_pass_cpu(const char* /*op*/, const AttentionParams& p, at::ScalarType dtype) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "attention_pass_cpu",
                                   [&] { attention_pass<scalar_t>(p); });
 }

@@ -11,6 +11,8 @@ import torch  # noqa: F401  (loads libtorch, whose symbols the extension resolve
 from . import _C  # noqa: F401  (registers the ops)
 from ._build_config import OPS_NAMESPACE, WITH_CUDA
 from .ops import int8_mm
+from .attention import (attention_with_lse, hierarchical_shared_prefix_attention, merge_attention_states,
+                        shared_prefix_attention)
 
 __version__ = "0.1.0"
 
@@ -18,4 +20,8 @@ __all__ = [
     "OPS_NAMESPACE",
     "WITH_CUDA",
     "int8_mm",
+    "attention_with_lse",
+    "merge_attention_states",
+    "shared_prefix_attention",
+    "hierarchical_shared_prefix_attention",
 ]
