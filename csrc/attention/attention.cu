@@ -26,6 +26,7 @@ constexpr int kMaxReferenceDim = 256;
 constexpr int kDimsPerLane = kMaxReferenceDim / 32;
 constexpr int kReferenceWarps = 4;
 constexpr int kMaxGridYZ = 65535;
+constexpr int64_t kBlocksPerSm = 2;  // tensor-core blocks resident per SM the prefix split aims to fill
 
 // Calls fn(static_cast<T*>(nullptr)) with T the CUDA type of dtype (fp16, bf16
 // or fp32: the dtypes the checks let through).
@@ -148,14 +149,6 @@ std::tuple<at::Tensor, at::Tensor> attention_with_lse_ragged_cuda(const at::Tens
   return attention_with_lse_impl(op, q, k, v, key_lens, causal, scale, run_pass_cuda);
 }
 
-at::Tensor shared_prefix_attention_cuda(const at::Tensor& q, const at::Tensor& prefix_k, const at::Tensor& prefix_v,
-                                        const at::Tensor& suffix_k, const at::Tensor& suffix_v,
-                                        const std::optional<at::Tensor>& suffix_lens, std::optional<double> scale) {
-  const c10::cuda::CUDAGuard guard(q.device());
-  check_cuda_head_dim(MLX_OP_NAME("shared_prefix_attention"), q.size(-1));
-  return shared_prefix_attention_impl(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens, scale, run_pass_cuda);
-}
-
 // merge_attention_states: one thread per output element; out [B, S, H, D], lse [B, H, S].
 template <typename T>
 __global__ void merge_states_kernel(const T* out_a, const float* lse_a, const T* out_b, const float* lse_b, T* out,
@@ -200,6 +193,19 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_states_cuda(const at::Tensor&
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, lse};
+}
+
+at::Tensor shared_prefix_attention_cuda(const at::Tensor& q, const at::Tensor& prefix_k, const at::Tensor& prefix_v,
+                                        const at::Tensor& suffix_k, const at::Tensor& suffix_v,
+                                        const std::optional<at::Tensor>& suffix_lens, std::optional<double> scale) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  check_cuda_head_dim(MLX_OP_NAME("shared_prefix_attention"), q.size(-1));
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const auto choose_splits = [sms](int64_t rows, int64_t heads_kv, int64_t prefix_len) {
+    return prefix_splits(ceil_div_dev<int64_t>(rows, kFlashTileRows) * heads_kv, kBlocksPerSm * sms, prefix_len);
+  };
+  return shared_prefix_attention_impl(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens, scale, run_pass_cuda,
+                                      merge_attention_states_cuda, choose_splits);
 }
 
 }  // namespace

@@ -14,9 +14,12 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "attention/softmax_math.h"
 #include "common/checks.h"
@@ -220,34 +223,87 @@ std::tuple<at::Tensor, at::Tensor> attention_with_lse_impl(const char* op, const
   return {out, lse};
 }
 
-template <typename RunPass>
+// How many key ranges the prefix pass is split into so that about `slots`
+// tiles run at once when it has only `tiles` (row tiles × KV heads) of its own;
+// each range keeps at least kMinKeysPerSplit keys so the merges stay cheap.
+constexpr int64_t kMinKeysPerSplit = 256;
+constexpr int64_t kMaxSplits = 16;
+
+inline int64_t prefix_splits(int64_t tiles, int64_t slots, int64_t prefix_len) {
+  const int64_t wanted = (slots + tiles - 1) / tiles;
+  return std::max<int64_t>(1, std::min({wanted, prefix_len / kMinKeysPerSplit, kMaxSplits}));
+}
+
+// The prefix pass of shared_prefix_attention: all B·Sq queries, viewed as one
+// sequence [1, B·Sq, Hq, D], against the one prefix copy, non-causal. Returns
+// fp32 out [1, B·Sq, Hq, D] and lse [1, Hq, B·Sq].
+//
+// With few sequences and KV heads the query-row tiles alone would leave the
+// machine idle, so the prefix is split into `splits` key ranges (flash-decoding
+// style). Split s is simply batch entry s of the same pass: queries with batch
+// stride 0, K/V starting at the split's first key, key_lens[s] = its length;
+// the partial states are then merged by LSE.
+template <typename RunPass, typename MergeStates>
+std::pair<at::Tensor, at::Tensor> prefix_pass(const char* op, const at::Tensor& all_queries, const at::Tensor& prefix_k,
+                                              const at::Tensor& prefix_v, float scale, int64_t splits,
+                                              RunPass run_pass, MergeStates merge_states) {
+  const int64_t prefix_len = prefix_k.size(0), rows = all_queries.size(1);
+  const int64_t heads_q = all_queries.size(2), head_dim = all_queries.size(3);
+  const int64_t split_len = (prefix_len + splits - 1) / splits;
+  splits = (prefix_len + split_len - 1) / split_len;
+  const auto fp32 = all_queries.options().dtype(at::kFloat);
+  at::Tensor out = at::empty({splits, rows, heads_q, head_dim}, fp32);
+  at::Tensor lse = at::empty({splits, heads_q, rows}, fp32);
+  AttentionParams p = make_params(all_queries, prefix_k.unsqueeze(0), prefix_v.unsqueeze(0), out, lse,
+                                  /*causal=*/false, scale);
+  at::Tensor split_lens;
+  if (splits > 1) {
+    std::vector<int32_t> lens(splits, static_cast<int32_t>(split_len));
+    lens.back() = static_cast<int32_t>(prefix_len - (splits - 1) * split_len);
+    split_lens = at::tensor(lens, at::TensorOptions().dtype(at::kInt)).to(all_queries.device());
+    p.batch = splits;
+    p.q_batch_stride = 0;
+    p.seq_k = split_len;
+    p.kv_batch_stride = split_len * prefix_k.stride(0);
+    p.key_lens = split_lens.data_ptr<int32_t>();
+  }
+  check_kernel_sizes(op, p);
+  run_pass(op, p, all_queries.scalar_type());
+  at::Tensor merged_out = out.narrow(0, 0, 1), merged_lse = lse.narrow(0, 0, 1);
+  for (int64_t s = 1; s < splits; ++s) {
+    std::tie(merged_out, merged_lse) = merge_states(merged_out, merged_lse, out.narrow(0, s, 1), lse.narrow(0, s, 1));
+  }
+  return {merged_out, merged_lse};
+}
+
+// choose_splits(rows, heads_kv, prefix_len) -> how many key ranges the prefix pass uses
+// (the backend knows its tile height and how many tiles it runs at once).
+template <typename RunPass, typename MergeStates, typename ChooseSplits>
 at::Tensor shared_prefix_attention_impl(const at::Tensor& q_in, const at::Tensor& prefix_k_in,
                                         const at::Tensor& prefix_v_in, const at::Tensor& suffix_k_in,
                                         const at::Tensor& suffix_v_in, const std::optional<at::Tensor>& suffix_lens,
-                                        std::optional<double> scale_in, RunPass run_pass) {
+                                        std::optional<double> scale_in, RunPass run_pass, MergeStates merge_states,
+                                        ChooseSplits choose_splits) {
   constexpr const char* op = MLX_OP_NAME("shared_prefix_attention");
   check_shared_prefix_args(q_in, prefix_k_in, prefix_v_in, suffix_k_in, suffix_v_in, suffix_lens);
   const at::Tensor q = q_in.contiguous();
   const at::Tensor prefix_k = prefix_k_in.contiguous(), prefix_v = prefix_v_in.contiguous();
   const at::Tensor suffix_k = suffix_k_in.contiguous(), suffix_v = suffix_v_in.contiguous();
   const int64_t batch = q.size(0), seq_q = q.size(1), heads_q = q.size(2), head_dim = q.size(3);
+  const int64_t prefix_len = prefix_k.size(0);
   const float scale = softmax_scale(scale_in, head_dim);
   at::Tensor out = at::empty(q.sizes(), q.options());
   if (out.numel() == 0) return out;
-  const auto fp32 = q.options().dtype(at::kFloat);
 
-  // Prefix pass: all B·Sq queries as one sequence against the one prefix copy.
+  // Prefix pass (Hydragen): all B·Sq queries against the one prefix copy.
   at::Tensor prefix_out, prefix_lse;
-  const bool has_prefix = prefix_k.size(0) > 0;
-  if (has_prefix) {
-    const at::Tensor all_queries = q.view({1, batch * seq_q, heads_q, head_dim});
-    prefix_out = at::empty({1, batch * seq_q, heads_q, head_dim}, fp32);
-    prefix_lse = at::empty({1, heads_q, batch * seq_q}, fp32);
-    AttentionParams p = make_params(all_queries, prefix_k.unsqueeze(0), prefix_v.unsqueeze(0), prefix_out,
-                                    prefix_lse, /*causal=*/false, scale);
-    check_kernel_sizes(op, p);
-    run_pass(op, p, q.scalar_type());
+  if (prefix_len > 0) {
+    const int64_t rows = batch * seq_q * (heads_q / prefix_k.size(1));
+    std::tie(prefix_out, prefix_lse) =
+        prefix_pass(op, q.view({1, batch * seq_q, heads_q, head_dim}), prefix_k, prefix_v, scale,
+                    choose_splits(rows, prefix_k.size(1), prefix_len), run_pass, merge_states);
   }
+  const auto fp32 = q.options().dtype(at::kFloat);
 
   // Suffix pass: per sequence, ragged and causal, merging the prefix state in
   // its epilogue. prefix_out [1, B·Sq, Hq, D] has out's strides; prefix_lse
@@ -259,7 +315,7 @@ at::Tensor shared_prefix_attention_impl(const at::Tensor& q_in, const at::Tensor
     lens = suffix_lens->contiguous();
     p.key_lens = lens.data_ptr<int32_t>();
   }
-  if (has_prefix) {
+  if (prefix_len > 0) {
     p.prev_out = prefix_out.data_ptr<float>();
     p.prev_lse = prefix_lse.data_ptr<float>();
     p.prev_lse_batch_stride = seq_q;

@@ -200,12 +200,6 @@ std::tuple<at::Tensor, at::Tensor> attention_with_lse_ragged_cpu(const at::Tenso
                                  run_pass_cpu);
 }
 
-at::Tensor shared_prefix_attention_cpu(const at::Tensor& q, const at::Tensor& prefix_k, const at::Tensor& prefix_v,
-                                       const at::Tensor& suffix_k, const at::Tensor& suffix_v,
-                                       const std::optional<at::Tensor>& suffix_lens, std::optional<double> scale) {
-  return shared_prefix_attention_impl(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens, scale, run_pass_cpu);
-}
-
 // merge_attention_states: one (b, s, h) row of head_dim values per step.
 template <typename T>
 void merge_rows(const T* out_a, const float* lse_a, const T* out_b, const float* lse_b, T* out, float* lse,
@@ -237,6 +231,16 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_states_cpu(const at::Tensor& 
                lse.numel());
   });
   return {out, lse};
+}
+
+at::Tensor shared_prefix_attention_cpu(const at::Tensor& q, const at::Tensor& prefix_k, const at::Tensor& prefix_v,
+                                       const at::Tensor& suffix_k, const at::Tensor& suffix_v,
+                                       const std::optional<at::Tensor>& suffix_lens, std::optional<double> scale) {
+  const auto choose_splits = [](int64_t rows, int64_t heads_kv, int64_t prefix_len) {
+    return prefix_splits(ceil_div(rows, kTileRows) * heads_kv, at::get_num_threads(), prefix_len);
+  };
+  return shared_prefix_attention_impl(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens, scale, run_pass_cpu,
+                                      merge_attention_states_cpu, choose_splits);
 }
 
 }  // namespace

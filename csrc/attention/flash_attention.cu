@@ -36,7 +36,8 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kTileRows = 16 * kWarps;  // one mma M (16 rows) per warp
+constexpr int kTileRows = kFlashTileRows;  // one mma M (16 rows) per warp
+static_assert(kTileRows == 16 * kWarps);
 constexpr int kTileKeys = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;

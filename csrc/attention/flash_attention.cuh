@@ -8,6 +8,9 @@
 
 namespace mlx_kernels::attention {
 
+// Query rows per thread block of the tensor-core kernel.
+constexpr int kFlashTileRows = 64;
+
 // True when the mma.sync kernel handles this pass: fp16/bf16, head_dim 64 or
 // 128, 16-byte aligned rows (cp.async).
 bool flash_attention_supports(const AttentionParams& p, at::ScalarType dtype);
