@@ -81,6 +81,25 @@ inline void check_heads(const char* op, int64_t heads_q, int64_t heads_kv, const
             kv_arg, "' (", heads_kv, ") for grouped-query attention");
 }
 
+inline void check_same_shape(const char* op, const char* arg_a, const at::Tensor& a, const char* arg_b,
+                             const at::Tensor& b) {
+  MLX_CHECK(a.sizes() == b.sizes(), op, "arguments '", arg_a, "' and '", arg_b, "' must have one shape, got ",
+            a.sizes(), " and ", b.sizes());
+}
+
+// Per-sequence key counts: int32 [batch], each in [0, max_len]. The range check
+// is one reduction (a device sync on CUDA), cheap next to attention.
+inline void check_lens(const char* op, const char* arg, const at::Tensor& lens, int64_t batch, int64_t max_len) {
+  check_dtype(op, arg, lens, {at::kInt});
+  check_dim(op, arg, lens, 1);
+  check_size(op, arg, lens, 0, batch, "the batch size of 'q'");
+  if (lens.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(lens);
+  const int64_t min_len = lo.item<int64_t>(), max_seen = hi.item<int64_t>();
+  MLX_CHECK(min_len >= 0 && max_seen <= max_len, op, "argument '", arg, "' must lie in [0, ", max_len,
+            "] (the number of keys), got values in [", min_len, ", ", max_seen, "]");
+}
+
 // Index math inside the kernels is int32 per (batch, KV head) slice.
 inline void check_kernel_sizes(const char* op, const AttentionParams& p) {
   check_fits_int32(op, "query rows per KV head (seq_q × heads_q / heads_kv)", p.rows());
@@ -97,25 +116,11 @@ inline void check_attention_args(const char* op, const at::Tensor& q, const at::
   check_dim(op, "q", q, 4);
   check_dim(op, "k", k, 4);
   check_dim(op, "v", v, 4);
-  MLX_CHECK(v.sizes() == k.sizes(), op, "arguments 'k' and 'v' must have one shape, got ", k.sizes(), " and ",
-            v.sizes());
+  check_same_shape(op, "k", k, "v", v);
   check_size(op, "k", k, 0, q.size(0), "the batch size of 'q'");
   check_size(op, "k", k, 3, q.size(3), "the head_dim of 'q'");
   check_heads(op, q.size(2), k.size(2), "k");
-  if (key_lens != nullptr) {
-    check_dtype(op, "key_lens", *key_lens, {at::kInt});
-    check_dim(op, "key_lens", *key_lens, 1);
-    check_size(op, "key_lens", *key_lens, 0, q.size(0), "the batch size of 'q'");
-  }
-}
-
-// 0 <= lens[b] <= max_len: one reduction (a device sync on CUDA), cheap next to attention.
-inline void check_lens_range(const char* op, const char* arg, const at::Tensor& lens, int64_t max_len) {
-  if (lens.numel() == 0) return;
-  const auto [lo, hi] = at::aminmax(lens);
-  const int64_t min_len = lo.item<int64_t>(), max_seen = hi.item<int64_t>();
-  MLX_CHECK(min_len >= 0 && max_seen <= max_len, op, "argument '", arg, "' must lie in [0, ", max_len,
-            "] (the suffix length S), got values in [", min_len, ", ", max_seen, "]");
+  if (key_lens != nullptr) check_lens(op, "key_lens", *key_lens, q.size(0), k.size(1));
 }
 
 inline void check_merge_args(const at::Tensor& out_a, const at::Tensor& lse_a, const at::Tensor& out_b,
@@ -127,8 +132,7 @@ inline void check_merge_args(const at::Tensor& out_a, const at::Tensor& lse_a, c
   check_dtype(op, "lse_a", lse_a, {at::kFloat});
   check_dtype(op, "lse_b", lse_b, {at::kFloat});
   check_dim(op, "out_a", out_a, 4);
-  MLX_CHECK(out_b.sizes() == out_a.sizes(), op, "arguments 'out_a' and 'out_b' must have one shape, got ",
-            out_a.sizes(), " and ", out_b.sizes());
+  check_same_shape(op, "out_a", out_a, "out_b", out_b);
   const std::vector<int64_t> lse_shape = {out_a.size(0), out_a.size(2), out_a.size(1)};
   MLX_CHECK(lse_a.sizes() == at::IntArrayRef(lse_shape), op, "argument 'lse_a' must have shape [B, H, S] = ",
             at::IntArrayRef(lse_shape), " for out [B, S, H, D] = ", out_a.sizes(), ", got ", lse_a.sizes());
@@ -151,22 +155,15 @@ inline void check_shared_prefix_args(const at::Tensor& q, const at::Tensor& pref
   check_dim(op, "q", q, 4);
   MLX_CHECK(prefix_k.dim() == 3, op, "argument 'prefix_k' must be 3-D [P, Hkv, D] (one copy shared by every ",
             "sequence, no batch dim), got shape ", prefix_k.sizes());
-  MLX_CHECK(prefix_v.sizes() == prefix_k.sizes(), op, "arguments 'prefix_k' and 'prefix_v' must have one shape, got ",
-            prefix_k.sizes(), " and ", prefix_v.sizes());
+  check_same_shape(op, "prefix_k", prefix_k, "prefix_v", prefix_v);
   check_dim(op, "suffix_k", suffix_k, 4);
-  MLX_CHECK(suffix_v.sizes() == suffix_k.sizes(), op, "arguments 'suffix_k' and 'suffix_v' must have one shape, got ",
-            suffix_k.sizes(), " and ", suffix_v.sizes());
+  check_same_shape(op, "suffix_k", suffix_k, "suffix_v", suffix_v);
   check_size(op, "prefix_k", prefix_k, 2, q.size(3), "the head_dim of 'q'");
   check_size(op, "suffix_k", suffix_k, 3, q.size(3), "the head_dim of 'q'");
   check_size(op, "suffix_k", suffix_k, 0, q.size(0), "the batch size of 'q'");
   check_size(op, "suffix_k", suffix_k, 2, prefix_k.size(1), "the KV heads of 'prefix_k'");
   check_heads(op, q.size(2), prefix_k.size(1), "prefix_k");
-  if (lens != nullptr) {
-    check_dtype(op, "suffix_lens", *lens, {at::kInt});
-    check_dim(op, "suffix_lens", *lens, 1);
-    check_size(op, "suffix_lens", *lens, 0, q.size(0), "the batch size of 'q'");
-    check_lens_range(op, "suffix_lens", *lens, suffix_k.size(1));
-  }
+  if (lens != nullptr) check_lens(op, "suffix_lens", *lens, q.size(0), suffix_k.size(1));
 }
 
 // Params for q [B, Sq, Hq, D] against k/v [B, Sk, Hkv, D] (contiguous), writing
@@ -207,7 +204,6 @@ std::tuple<at::Tensor, at::Tensor> attention_with_lse_impl(const char* op, const
                                                            const std::optional<at::Tensor>& key_lens, bool causal,
                                                            std::optional<double> scale, RunPass run_pass) {
   check_attention_args(op, q_in, k_in, v_in, key_lens.has_value() ? &*key_lens : nullptr);
-  if (key_lens.has_value()) check_lens_range(op, "key_lens", *key_lens, k_in.size(1));
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
