@@ -84,6 +84,19 @@ def test_shared_prefix_non_contiguous(device):
                         torch.tensor([12, 0, 7], dtype=torch.int32, device=device))
 
 
+@pytest.mark.parametrize("threads", [1, 8])
+def test_shared_prefix_split_along_prefix(threads):
+    """With more CPU threads than (row tile, KV head) tasks, the prefix pass splits the prefix
+    into key ranges (1 to 7 here, the last one shorter) merged by LSE: same result."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inputs = make_inputs(2, 3, (8, 1), 2000, 5)
+        check_shared_prefix(*inputs, suffix_lens=torch.tensor([5, 0], dtype=torch.int32))
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}q{h[1]}kv")
 def test_shared_prefix_matches_sdpa_on_copied_prefix(device, heads):
     """The no-sharing baseline: SDPA over [prefix; suffix] with the prefix copied per sequence."""
