@@ -44,6 +44,10 @@ MLX_LIBRARY(m) {
   m.def("attention_with_lse(Tensor q, Tensor k, Tensor v, bool causal=False, float? scale=None) -> (Tensor out, Tensor lse)");
   m.def("merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor out, Tensor lse)");
   m.def("shared_prefix_attention(Tensor q, Tensor prefix_k, Tensor prefix_v, Tensor suffix_k, Tensor suffix_v, Tensor? suffix_lens=None, float? scale=None) -> Tensor");
+  // Internal: attention_with_lse where sequence b has only its first key_lens[b]
+  // keys (causal aligns the last query with the last of them). The suffix pass
+  // of the hierarchical (nested-prefix) helper in python/mlx_kernels/attention.py.
+  m.def("attention_with_lse_ragged(Tensor q, Tensor k, Tensor v, Tensor key_lens, bool causal=False, float? scale=None) -> (Tensor out, Tensor lse)");
 }
 
 PyMODINIT_FUNC PyInit__C(void) {

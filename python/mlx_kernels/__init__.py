@@ -19,6 +19,8 @@ from .bsr import BlockSparseMatrix
 from .ops import bsr_spmm, int8_mm
 from .ops import fft_conv, fft_size_for
 from .fftconv import FFTConv
+from .attention import (attention_with_lse, hierarchical_shared_prefix_attention, merge_attention_states,
+                        shared_prefix_attention)
 
 __version__ = "0.1.0"
 
@@ -41,4 +43,8 @@ __all__ = [
     "fft_conv",
     "fft_size_for",
     "FFTConv",
+    "attention_with_lse",
+    "merge_attention_states",
+    "shared_prefix_attention",
+    "hierarchical_shared_prefix_attention",
 ]

@@ -276,9 +276,21 @@ def attention_with_lse(
     return ops.attention_with_lse(q, k, v, causal, scale)
 
 
+@torch.library.register_fake(_name("attention_with_lse_ragged"))
+def _attention_with_lse_ragged_fake(q, k, v, key_lens, causal=False, scale=None):
+    return _attention_with_lse_fake(q, k, v, causal, scale)
+
+
+def attention_with_lse_ragged(
+    q: Tensor, k: Tensor, v: Tensor, key_lens: Tensor, causal: bool = False, scale: Optional[float] = None
+) -> Tuple[Tensor, Tensor]:
+    """attention_with_lse where sequence b sees only its first key_lens[b] keys (int32 [B])."""
+    return ops.attention_with_lse_ragged(q, k, v, key_lens, causal, scale)
+
+
 @torch.library.register_fake(_name("merge_attention_states"))
 def _merge_attention_states_fake(out_a, lse_a, out_b, lse_b):
-    return torch.empty_like(out_a), torch.empty_like(lse_a)
+    return out_a.new_empty(out_a.shape), lse_a.new_empty(lse_a.shape)
 
 
 def merge_attention_states(

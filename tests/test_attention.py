@@ -1,0 +1,339 @@
+"""Shared-prefix attention (Hydragen): attention_with_lse, merge_attention_states,
+shared_prefix_attention and the hierarchical helper, against float64 oracles
+(tolerance rule: at most 2x plain torch's error in the same dtype) and SDPA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mlx_kernels
+import oracles
+from conftest import assert_close_to_oracle, requires_cuda
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (query heads, KV heads): GQA ratios 1, 4 and 8.
+HEADS = [(2, 2), (8, 2), (8, 1)]
+
+
+def rand(*shape, dtype=torch.float32, device="cpu"):
+    return torch.randn(shape, dtype=dtype, device=device)
+
+
+def make_inputs(batch, seq_q, heads, prefix, suffix, head_dim=64, dtype=torch.float32, device="cpu"):
+    heads_q, heads_kv = heads
+    q = rand(batch, seq_q, heads_q, head_dim, dtype=dtype, device=device)
+    prefix_k, prefix_v = (rand(prefix, heads_kv, head_dim, dtype=dtype, device=device) for _ in range(2))
+    suffix_k, suffix_v = (rand(batch, suffix, heads_kv, head_dim, dtype=dtype, device=device) for _ in range(2))
+    return q, prefix_k, prefix_v, suffix_k, suffix_v
+
+
+def check_shared_prefix(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens=None, scale=None):
+    out = mlx_kernels.shared_prefix_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens, scale)
+    assert out.dtype == q.dtype and out.shape == q.shape and out.device == q.device
+    args = (q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens, scale)
+    assert_close_to_oracle(out.cpu(), oracles.shared_prefix_attention(*args),
+                           oracles.shared_prefix_attention(*args, dtype=q.dtype), atol=1e-6)
+    return out
+
+
+# --- shared_prefix_attention ---------------------------------------------------
+
+
+# The full grid (GQA ratio × Sq × P) in fp32; the 16-bit dtypes on its 4:1 slice.
+SHARED_PREFIX_GRID = [
+    (dtype, heads, seq_q, prefix)
+    for dtype in DTYPES
+    for heads in (HEADS if dtype == torch.float32 else [(8, 2)])
+    for seq_q in [1, 7, 64]
+    for prefix in ([0, 1, 100, 1024] if dtype == torch.float32 else [0, 100, 1024])
+]
+
+
+@pytest.mark.parametrize("dtype,heads,seq_q,prefix", SHARED_PREFIX_GRID,
+                         ids=[f"{str(d)[6:]}-{h[0]}q{h[1]}kv-Sq{s}-P{p}" for d, h, s, p in SHARED_PREFIX_GRID])
+def test_shared_prefix_matches_oracle(device, dtype, heads, seq_q, prefix):
+    batch, suffix = 3, 20
+    inputs = make_inputs(batch, seq_q, heads, prefix, suffix, dtype=dtype, device=device)
+    # Ragged: one empty suffix, one shorter than Sq (its first queries see only the prefix), one full.
+    lens = torch.tensor([0, 5, suffix], dtype=torch.int32, device=device)
+    out = check_shared_prefix(*inputs, suffix_lens=lens)
+    if prefix == 0:  # sequence 0 sees no key at all: zeros, not NaN
+        assert (out[0] == 0).all()
+
+
+@pytest.mark.parametrize("head_dim", [128, 40, 1])
+def test_shared_prefix_head_dims(device, head_dim):
+    inputs = make_inputs(2, 3, (4, 2), 37, 11, head_dim=head_dim, dtype=torch.bfloat16, device=device)
+    check_shared_prefix(*inputs, suffix_lens=torch.tensor([11, 2], dtype=torch.int32, device=device), scale=0.7)
+
+
+def test_shared_prefix_default_lens_and_empty(device):
+    inputs = make_inputs(2, 4, (4, 4), 9, 6, device=device)
+    check_shared_prefix(*inputs)  # suffix_lens=None: every sequence uses all S suffix keys
+    check_shared_prefix(*make_inputs(2, 4, (4, 4), 9, 0, device=device))  # S = 0: prefix only
+    for empty in (make_inputs(0, 4, (4, 2), 9, 6, device=device), make_inputs(2, 0, (4, 2), 9, 6, device=device)):
+        out = mlx_kernels.shared_prefix_attention(*empty)
+        assert out.shape == empty[0].shape
+
+
+def test_shared_prefix_non_contiguous(device):
+    q, prefix_k, prefix_v, suffix_k, suffix_v = make_inputs(3, 5, (4, 2), 33, 12, device=device)
+    q = q.transpose(0, 1).contiguous().transpose(0, 1)  # [B, Sq] strides swapped
+    prefix_k = torch.cat([prefix_k, prefix_k], dim=-1)[..., ::2]  # strided head_dim
+    suffix_v = suffix_v.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+    assert not (q.is_contiguous() or prefix_k.is_contiguous() or suffix_v.is_contiguous())
+    check_shared_prefix(q, prefix_k, prefix_v, suffix_k, suffix_v,
+                        torch.tensor([12, 0, 7], dtype=torch.int32, device=device))
+
+
+@pytest.mark.parametrize("threads", [1, 8])
+def test_shared_prefix_split_along_prefix(threads):
+    """With more CPU threads than (row tile, KV head) tasks, the prefix pass splits the prefix
+    into key ranges (1 to 7 here, the last one shorter) merged by LSE: same result."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inputs = make_inputs(2, 3, (8, 1), 2000, 5)
+        check_shared_prefix(*inputs, suffix_lens=torch.tensor([5, 0], dtype=torch.int32))
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}q{h[1]}kv")
+def test_shared_prefix_matches_sdpa_on_copied_prefix(device, heads):
+    """The no-sharing baseline: SDPA over [prefix; suffix] with the prefix copied per sequence."""
+    batch, seq_q, prefix, suffix = 3, 7, 50, 20
+    q, prefix_k, prefix_v, suffix_k, suffix_v = make_inputs(batch, seq_q, heads, prefix, suffix, device=device)
+    lens = torch.tensor([20, 3, 0], dtype=torch.int32, device=device)
+    out = mlx_kernels.shared_prefix_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, lens)
+
+    keys = torch.cat([prefix_k.expand(batch, -1, -1, -1), suffix_k], dim=1).transpose(1, 2)
+    values = torch.cat([prefix_v.expand(batch, -1, -1, -1), suffix_v], dim=1).transpose(1, 2)
+    j = torch.arange(suffix, device=device)
+    i = torch.arange(seq_q, device=device)
+    suffix_mask = (j[None, None, :] < lens[:, None, None]) & (j[None, None, :] <= lens[:, None, None] - seq_q + i[None, :, None])
+    mask = torch.cat([torch.ones(batch, seq_q, prefix, dtype=torch.bool, device=device), suffix_mask], dim=2)
+    expected = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask[:, None],
+                                              enable_gqa=True).transpose(1, 2)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(batch=st.integers(1, 4), seq_q=st.integers(1, 9), group=st.sampled_from([1, 2, 4]),
+       heads_kv=st.integers(1, 2), prefix=st.integers(0, 150), suffix=st.integers(0, 20),
+       head_dim=st.sampled_from([8, 64, 72]), data=st.data())
+def test_shared_prefix_property_cpu(batch, seq_q, group, heads_kv, prefix, suffix, head_dim, data):
+    lens = torch.tensor(data.draw(st.lists(st.integers(0, suffix), min_size=batch, max_size=batch)), dtype=torch.int32)
+    inputs = make_inputs(batch, seq_q, (group * heads_kv, heads_kv), prefix, suffix, head_dim=head_dim)
+    check_shared_prefix(*inputs, suffix_lens=lens)
+
+
+# --- attention_with_lse -----------------------------------------------------------
+
+
+def check_attention(q, k, v, causal=False, scale=None):
+    out, lse = mlx_kernels.attention_with_lse(q, k, v, causal, scale)
+    assert out.dtype == q.dtype and lse.dtype == torch.float32
+    assert lse.shape == (q.shape[0], q.shape[2], q.shape[1])
+    expected_out, expected_lse = oracles.attention_with_lse(q, k, v, causal, scale)
+    reference_out, _ = oracles.attention_with_lse(q, k, v, causal, scale, dtype=q.dtype)
+    assert_close_to_oracle(out.cpu(), expected_out, reference_out, atol=1e-6)
+    lse = lse.cpu().double()
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(expected_lse)), "empty rows must have lse -inf"
+    finite = torch.isfinite(expected_lse)
+    torch.testing.assert_close(lse[finite], expected_lse[finite], rtol=0, atol=1e-4)
+    return out, lse
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("heads", HEADS, ids=lambda h: f"{h[0]}q{h[1]}kv")
+@pytest.mark.parametrize("seq_q,seq_k", [(1, 1), (7, 70), (64, 64), (70, 7), (5, 0), (1, 1030)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_with_lse_matches_oracle(device, dtype, heads, seq_q, seq_k, causal):
+    q = rand(2, seq_q, heads[0], 64, dtype=dtype, device=device)
+    k, v = (rand(2, seq_k, heads[1], 64, dtype=dtype, device=device) for _ in range(2))
+    out, lse = check_attention(q, k, v, causal)
+    if causal and seq_q > seq_k:  # the first Sq - Sk queries see no key: out 0, lse -inf
+        assert (out[:, : seq_q - seq_k] == 0).all() and torch.isneginf(lse[..., : seq_q - seq_k]).all()
+    if seq_k == 0:
+        assert (out == 0).all()
+
+
+@pytest.mark.parametrize("head_dim", [128, 40, 1])
+def test_attention_with_lse_head_dims_and_scale(device, head_dim):
+    q = rand(2, 9, 4, head_dim, dtype=torch.float16, device=device)
+    k, v = (rand(2, 33, 2, head_dim, dtype=torch.float16, device=device) for _ in range(2))
+    check_attention(q, k, v, causal=True, scale=0.3)
+
+
+def test_attention_with_lse_matches_sdpa(device):
+    q = rand(3, 20, 8, 64, device=device)
+    k, v = (rand(3, 50, 2, 64, device=device) for _ in range(2))
+    out, lse = mlx_kernels.attention_with_lse(q, k, v, causal=True)
+    # SDPA's is_causal aligns top-left; bottom-right alignment as an explicit mask.
+    mask = torch.ones(20, 50, dtype=torch.bool, device=device).tril(diagonal=50 - 20)
+    expected = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                              attn_mask=mask, enable_gqa=True).transpose(1, 2)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_with_lse_ragged(device):
+    q = rand(3, 4, 4, 64, device=device)
+    k, v = (rand(3, 10, 2, 64, device=device) for _ in range(2))
+    lens = torch.tensor([10, 0, 3], dtype=torch.int32, device=device)
+    out, lse = mlx_kernels.ops.attention_with_lse_ragged(q, k, v, lens, causal=True)
+    expected_out, expected_lse = oracles.attention_with_lse(q, k, v, True, key_lens=lens)
+    torch.testing.assert_close(out.cpu().double(), expected_out, rtol=0, atol=1e-5)
+    torch.testing.assert_close(lse.cpu().double(), expected_lse, rtol=0, atol=1e-5)
+
+
+# --- merge_attention_states -------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_merge_of_two_key_halves_is_full_attention(device, dtype):
+    q = rand(2, 5, 4, 64, dtype=dtype, device=device)
+    k, v = (rand(2, 40, 2, 64, dtype=dtype, device=device) for _ in range(2))
+    out_a, lse_a = mlx_kernels.attention_with_lse(q, k[:, :13], v[:, :13])
+    out_b, lse_b = mlx_kernels.attention_with_lse(q, k[:, 13:], v[:, 13:])
+    out, lse = mlx_kernels.merge_attention_states(out_a, lse_a, out_b, lse_b)
+    expected_out, expected_lse = oracles.attention_with_lse(q, k, v)
+    reference_out, _ = oracles.attention_with_lse(q, k, v, dtype=dtype)
+    assert_close_to_oracle(out.cpu(), expected_out, reference_out)
+    torch.testing.assert_close(lse.cpu().double(), expected_lse, rtol=0, atol=1e-5)
+    merged = oracles.merge_attention_states(out_a, lse_a, out_b, lse_b)[0]
+    assert_close_to_oracle(out.cpu(), merged, merged.to(dtype), factor=1.0, atol=1e-6)
+
+
+def test_merge_empty_sides(device):
+    out_a, out_b = rand(2, 3, 4, 8, device=device), rand(2, 3, 4, 8, device=device)
+    lse_a, lse_b = rand(2, 4, 3, device=device), rand(2, 4, 3, device=device)
+    lse_a[0] = float("-inf")  # side a empty for batch 0: the result is side b
+    lse_b[1, :2] = float("-inf")  # side b empty for batch 1, heads 0-1: the result is side a
+    lse_a[1, 3], lse_b[1, 3] = float("-inf"), float("-inf")  # both empty: out 0, lse -inf
+    lse_a[1, 2, 0] = float("inf")  # +inf is read as empty too (vLLM's convention)
+    out, lse = mlx_kernels.merge_attention_states(out_a, lse_a, out_b, lse_b)
+    assert not out.isnan().any() and not lse.isnan().any()
+    torch.testing.assert_close(out[0], out_b[0])
+    torch.testing.assert_close(lse[0], lse_b[0])
+    torch.testing.assert_close(out[1, :, :2], out_a[1, :, :2])
+    assert (out[1, :, 3] == 0).all() and torch.isneginf(lse[1, 3]).all()
+    torch.testing.assert_close(out[1, 0, 2], out_b[1, 0, 2])
+    expected, _ = oracles.merge_attention_states(out_a, lse_a.masked_fill(lse_a == float("inf"), float("-inf")),
+                                                 out_b, lse_b)
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=0, atol=1e-6)
+
+
+def test_merge_empty_tensors(device):
+    out, lse = mlx_kernels.merge_attention_states(rand(0, 3, 4, 8, device=device), rand(0, 4, 3, device=device),
+                                                  rand(0, 3, 4, 8, device=device), rand(0, 4, 3, device=device))
+    assert out.shape == (0, 3, 4, 8) and lse.shape == (0, 4, 3)
+
+
+def test_merge_large_lse_gap_is_stable(device):
+    out_a, out_b = rand(1, 2, 1, 8, device=device), rand(1, 2, 1, 8, device=device)
+    lse_a = torch.tensor([[[1000.0, -1000.0]]], device=device)
+    lse_b = torch.tensor([[[-1000.0, 1000.0]]], device=device)
+    out, lse = mlx_kernels.merge_attention_states(out_a, lse_a, out_b, lse_b)
+    torch.testing.assert_close(out[0, 0], out_a[0, 0])
+    torch.testing.assert_close(out[0, 1], out_b[0, 1])
+    torch.testing.assert_close(lse, torch.full_like(lse, 1000.0))
+
+
+# --- hierarchical helper ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_hierarchical_shared_prefix(device, dtype):
+    """A prompt shared by all 5 sequences, then one of 2 documents per sub-group, then own suffixes."""
+    batch, seq_q, heads, head_dim = 5, 3, (4, 2), 64
+    q = rand(batch, seq_q, heads[0], head_dim, dtype=dtype, device=device)
+    prompt_k, prompt_v = (rand(17, heads[1], head_dim, dtype=dtype, device=device) for _ in range(2))
+    doc_k, doc_v = (rand(2, 40, heads[1], head_dim, dtype=dtype, device=device) for _ in range(2))
+    doc_of = torch.tensor([1, 0, 1, 1, 0], device=device)
+    suffix_k, suffix_v = (rand(batch, 6, heads[1], head_dim, dtype=dtype, device=device) for _ in range(2))
+    lens = torch.tensor([6, 0, 2, 5, 1], dtype=torch.int32, device=device)
+    out = mlx_kernels.hierarchical_shared_prefix_attention(
+        q, [(prompt_k, prompt_v, None), (doc_k, doc_v, doc_of)], suffix_k, suffix_v, lens)
+    assert out.dtype == dtype and out.shape == q.shape
+
+    def oracle(compute_dtype):
+        # Each sequence's keys flattened: [prompt; its document; its suffix], the prefixes copied.
+        outs = []
+        for b in range(batch):
+            prefix_k = torch.cat([prompt_k, doc_k[doc_of[b]]])
+            prefix_v = torch.cat([prompt_v, doc_v[doc_of[b]]])
+            outs.append(oracles.shared_prefix_attention(q[b:b + 1], prefix_k, prefix_v, suffix_k[b:b + 1],
+                                                        suffix_v[b:b + 1], lens[b:b + 1], dtype=compute_dtype))
+        return torch.cat(outs)
+
+    assert_close_to_oracle(out.cpu(), oracle(torch.float64), oracle(dtype), atol=1e-6)
+    # One level shared by all equals shared_prefix_attention.
+    single = mlx_kernels.hierarchical_shared_prefix_attention(q, [(prompt_k, prompt_v, None)], suffix_k, suffix_v, lens)
+    reference = mlx_kernels.shared_prefix_attention(q, prompt_k, prompt_v, suffix_k, suffix_v, lens)
+    torch.testing.assert_close(single, reference, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+# --- torch.compile, devices -------------------------------------------------------
+
+
+def test_shared_prefix_torch_compile(device):
+    inputs = make_inputs(2, 3, (4, 2), 20, 5, device=device)
+    lens = torch.tensor([5, 1], dtype=torch.int32, device=device)
+
+    @torch.compile(fullgraph=True)
+    def layer(q, prefix_k, prefix_v, suffix_k, suffix_v, lens):
+        out = mlx_kernels.shared_prefix_attention(q * 2.0, prefix_k, prefix_v, suffix_k, suffix_v, lens)
+        full, full_lse = mlx_kernels.attention_with_lse(q, suffix_k, suffix_v, causal=True)
+        merged, _ = mlx_kernels.merge_attention_states(out, full_lse, full, full_lse)
+        return out + 1.0, merged
+
+    out, merged = layer(*inputs, lens)
+    torch.testing.assert_close(out, mlx_kernels.shared_prefix_attention(inputs[0] * 2.0, *inputs[1:], lens) + 1.0)
+    assert merged.shape == inputs[0].shape
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("heads", [(32, 8), (8, 1)], ids=["4to1", "8to1"])
+def test_shared_prefix_cuda_tensor_cores_match_oracle(dtype, head_dim, heads):
+    """The mma.sync path at decode and chunked-prefill shapes with a long prefix."""
+    for batch, seq_q, prefix, suffix in [(16, 1, 2048, 128), (3, 65, 1000, 130)]:
+        inputs = make_inputs(batch, seq_q, heads, prefix, suffix, head_dim=head_dim, dtype=dtype, device="cuda")
+        lens = torch.randint(0, suffix + 1, (batch,), dtype=torch.int32, device="cuda")
+        lens[0] = 0
+        check_shared_prefix(*inputs, suffix_lens=lens)
+
+
+@requires_cuda
+def test_cuda_matches_cpu():
+    inputs = make_inputs(4, 9, (8, 2), 300, 40, dtype=torch.bfloat16)
+    lens = torch.tensor([40, 0, 3, 17], dtype=torch.int32)
+    cpu = mlx_kernels.shared_prefix_attention(*inputs, lens)
+    cuda = mlx_kernels.shared_prefix_attention(*(t.cuda() for t in inputs), lens.cuda())
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=2e-2)
+
+
+@requires_cuda
+def test_mixed_devices_rejected():
+    q, prefix_k, prefix_v, suffix_k, suffix_v = make_inputs(2, 1, (4, 2), 8, 4, device="cuda")
+    with pytest.raises(RuntimeError, match="shared_prefix_attention.*one device"):
+        mlx_kernels.shared_prefix_attention(q, prefix_k.cpu(), prefix_v, suffix_k, suffix_v)
+    with pytest.raises(RuntimeError, match="shared_prefix_attention.*one device"):
+        mlx_kernels.shared_prefix_attention(q, prefix_k, prefix_v, suffix_k, suffix_v,
+                                            torch.zeros(2, dtype=torch.int32))
+
+
+def test_scale_default_is_inverse_sqrt_head_dim(device):
+    q = rand(1, 2, 2, 64, device=device)
+    k, v = (rand(1, 5, 2, 64, device=device) for _ in range(2))
+    default, _ = mlx_kernels.attention_with_lse(q, k, v)
+    explicit, _ = mlx_kernels.attention_with_lse(q, k, v, scale=1 / math.sqrt(64))
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
