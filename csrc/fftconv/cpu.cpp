@@ -31,7 +31,6 @@
 #include <mutex>
 #include <numbers>
 
-#include "common/cpu_isa_clones.h"
 #include "common/cpu_utils.h"
 #include "common/registration.h"
 #include "fftconv/fftconv.h"
@@ -335,13 +334,13 @@ MLX_ALWAYS_INLINE void forward_buffer(const PlanView<T>& plan, T* re, T* im, int
   }
 }
 
-// Compiled per ISA (see MLX_CPU_ISA_CLONES); the templates above inline into each clone.
+// Compiled per ISA (see MLX_CPU_MULTIVERSION); the templates above inline into each clone.
 #define MLX_FFTCONV_CLONES(T)                                                                                    \
-  MLX_CPU_ISA_CLONES void convolve(const PlanView<T>& plan, T* re, T* im, int64_t L, const T* spec_re,             \
+  MLX_CPU_MULTIVERSION void convolve(const PlanView<T>& plan, T* re, T* im, int64_t L, const T* spec_re,             \
                                      const T* spec_im, KeptBlocks kept) {                                        \
     convolve_buffer(plan, re, im, L, spec_re, spec_im, kept);                                                    \
   }                                                                                                              \
-  MLX_CPU_ISA_CLONES void forward(const PlanView<T>& plan, T* re, T* im, int64_t L) { forward_buffer(plan, re, im, L); }
+  MLX_CPU_MULTIVERSION void forward(const PlanView<T>& plan, T* re, T* im, int64_t L) { forward_buffer(plan, re, im, L); }
 MLX_FFTCONV_CLONES(float)
 MLX_FFTCONV_CLONES(double)
 #undef MLX_FFTCONV_CLONES

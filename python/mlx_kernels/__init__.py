@@ -10,17 +10,29 @@ import torch  # noqa: F401  (loads libtorch, whose symbols the extension resolve
 
 from . import _C  # noqa: F401  (registers the ops)
 from ._build_config import OPS_NAMESPACE, WITH_CUDA
-from .ops import int8_mm
-from .ops import int8_gemm, int8_vectorwise_quant
-from .int8 import Int8Linear, quantize_model_int8
-from .ops import bipolar_gemm, bipolar_linear, bipolar_pack, bipolar_quantize, bipolar_unpack
+from .attention import (
+    attention_with_lse,
+    hierarchical_shared_prefix_attention,
+    merge_attention_states,
+    shared_prefix_attention,
+)
 from .bipolar import BipolarLinear
 from .bsr import BlockSparseMatrix
-from .ops import bsr_spmm, int8_mm
-from .ops import fft_conv, fft_size_for
 from .fftconv import FFTConv
-from .attention import (attention_with_lse, hierarchical_shared_prefix_attention, merge_attention_states,
-                        shared_prefix_attention)
+from .int8 import Int8Linear, quantize_model_int8
+from .ops import (
+    bipolar_gemm,
+    bipolar_linear,
+    bipolar_pack,
+    bipolar_quantize,
+    bipolar_unpack,
+    bsr_spmm,
+    fft_conv,
+    fft_size_for,
+    int8_gemm,
+    int8_mm,
+    int8_vectorwise_quant,
+)
 
 __version__ = "0.1.0"
 
