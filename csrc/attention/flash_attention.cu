@@ -30,6 +30,7 @@
 #include "attention/flash_attention.cuh"
 #include "attention/softmax_math.h"
 #include "common/cuda_utils.cuh"
+#include "common/mma.cuh"
 
 namespace mlx_kernels::attention {
 namespace {
@@ -48,75 +49,6 @@ struct TileLayout {
   static constexpr int kChunksPerRow = HeadDim / 8;    // 16-byte cp.async chunks per row
   static constexpr int kSmemElems = (kTileRows + 2 * kTileKeys) * kStride;  // Q, K, V tiles
 };
-
-// --- PTX wrappers -------------------------------------------------------------
-
-// 16-byte global→shared copy; valid = false writes 16 zero bytes instead.
-__device__ inline void cp_async_16(void* smem, const void* gmem, bool valid) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
-}
-
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-// Wait until at most `Pending` committed groups are still in flight.
-template <int Pending>
-__device__ inline void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
-}
-
-__device__ inline void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-__device__ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// acc (16×8 fp32) += a (16×16, row) · b (16×8, col).
-template <typename T>
-__device__ inline void mma_16816(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-
-template <>
-__device__ inline void mma_16816<__half>(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <>
-__device__ inline void mma_16816<__nv_bfloat16>(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two floats as one 32-bit register of T (lo in the low half, as mma expects).
-template <typename T>
-__device__ inline uint32_t pack2(float lo, float hi);
-
-template <>
-__device__ inline uint32_t pack2<__half>(float lo, float hi) {
-  const __half2 pair = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&pair);
-}
-
-template <>
-__device__ inline uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&pair);
-}
 
 // --- the kernel -----------------------------------------------------------------
 
@@ -213,8 +145,8 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(const Attenti
       for (int pair = 0; pair < kKeyTiles8 / 2; ++pair) {
         uint32_t kb[4];
         ldmatrix_x4(kb, k_smem + (pair * 16 + matrix / 2 * 8 + lane % 8) * kStride + ks * 16 + matrix % 2 * 8);
-        mma_16816<T>(s[2 * pair], q_frag[ks], kb[0], kb[1]);
-        mma_16816<T>(s[2 * pair + 1], q_frag[ks], kb[2], kb[3]);
+        mma_m16n8k16<T>(s[2 * pair], q_frag[ks], kb[0], kb[1]);
+        mma_m16n8k16<T>(s[2 * pair + 1], q_frag[ks], kb[2], kb[3]);
       }
     }
 
@@ -267,15 +199,15 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(const Attenti
     // fragments; matrices (keys +0/+8) × (dims +0/+8).
     #pragma unroll
     for (int kk = 0; kk < kTileKeys / 16; ++kk) {
-      const uint32_t p_frag[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                                  pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                  pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      const uint32_t p_frag[4] = {pack_float2<T>(s[2 * kk][0], s[2 * kk][1]), pack_float2<T>(s[2 * kk][2], s[2 * kk][3]),
+                                  pack_float2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                  pack_float2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
       #pragma unroll
       for (int pair = 0; pair < kDimTiles8 / 2; ++pair) {
         uint32_t vb[4];
         ldmatrix_x4_trans(vb, v_smem + (kk * 16 + matrix % 2 * 8 + lane % 8) * kStride + pair * 16 + matrix / 2 * 8);
-        mma_16816<T>(o[2 * pair], p_frag, vb[0], vb[1]);
-        mma_16816<T>(o[2 * pair + 1], p_frag, vb[2], vb[3]);
+        mma_m16n8k16<T>(o[2 * pair], p_frag, vb[0], vb[1]);
+        mma_m16n8k16<T>(o[2 * pair + 1], p_frag, vb[2], vb[3]);
       }
     }
     __syncthreads();  // every warp is done with the V tile before the next one lands
@@ -306,7 +238,7 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(const Attenti
       if (p.out_fp32) {
         *reinterpret_cast<float2*>(static_cast<float*>(p.out) + offset) = value;
       } else {
-        *reinterpret_cast<uint32_t*>(static_cast<T*>(p.out) + offset) = pack2<T>(value.x, value.y);
+        *reinterpret_cast<uint32_t*>(static_cast<T*>(p.out) + offset) = pack_float2<T>(value.x, value.y);
       }
     }
     if (quad_lane == 0) p.lse[b * p.lse_batch_stride + head * p.lse_head_stride + i] = e.lse;

@@ -38,6 +38,7 @@
 
 #include "bipolar/bipolar.h"
 #include "common/cuda_utils.cuh"
+#include "common/mma.cuh"
 
 namespace mlx_kernels::bipolar {
 
@@ -58,14 +59,6 @@ using SmallTile = TileConfig<1, 4, 1, 1>;  // 16 × 32 for decode-sized M: more 
 
 // Shared-memory words of one stage: all planes of the A and W rows of a K slice.
 inline int64_t stage_words(int64_t p, int64_t q, int bm, int bn) { return (p * bm + q * bn) * kSliceWords; }
-
-__device__ __forceinline__ void cp_async_16(uint32_t* smem, const uint32_t* gmem, bool valid) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  // src-size 0 zero-fills the 16 bytes without reading.
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_one_pending() { asm volatile("cp.async.wait_group 1;\n" ::); }
 
 // d += popc(a ∧ b) for a 16×256 · 256×8 bit tile.
 __device__ __forceinline__ void mma_and_popc(uint32_t (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
@@ -139,7 +132,7 @@ __global__ void __launch_bounds__(Tile::Threads)
   for (int slice = first_slice; slice < end_slice; ++slice) {
     if (slice + 1 < end_slice) load(slice + 1);
     cp_async_commit();  // possibly empty, so "all but one group done" always means this slice
-    cp_async_wait_one_pending();
+    cp_async_wait<1>();
     __syncthreads();
     uint32_t* stage_a = smem + (slice % kStages) * stage_size;
     uint32_t* stage_w = stage_a + p * BM * kSliceWords;

@@ -47,6 +47,7 @@
 
 #include "bsr/bsr.h"
 #include "common/cuda_utils.cuh"
+#include "common/mma.cuh"
 #include "common/registration.h"
 
 namespace mlx_kernels::bsr {
@@ -140,23 +141,6 @@ constexpr int kCtaN = 64;       // columns of C per CTA
 constexpr int kWarpN = 16;      // columns per warp: two n = 8 MMAs
 constexpr int kPad = 8;         // halves of row padding: conflict-free fragment loads
 
-template <typename T>
-__device__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  if constexpr (std::is_same_v<T, at::Half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  }
-}
-
 // 8 consecutive values of B's row `row` from column `column` (zeros outside B);
 // v must be 16-byte aligned.
 template <typename T>
@@ -229,7 +213,7 @@ __global__ void __launch_bounds__(kThreads) bsr_spmm_mma_kernel(Problem<float> p
         uint32_t bf[2];
         bf[0] = *reinterpret_cast<const uint32_t*>(&b_tile[step][column][quad * 2]);
         bf[1] = *reinterpret_cast<const uint32_t*>(&b_tile[step][column][quad * 2 + 8]);
-        mma_16816<T>(acc[t], a, bf);
+        mma_m16n8k16<T>(acc[t], a, bf[0], bf[1]);
       }
     }
   }

@@ -10,6 +10,7 @@
 
 #include "common/cpu_utils.h"
 #include "common/cuda_utils.cuh"
+#include "common/mma.cuh"
 #include "fftconv/fftconv.h"
 
 namespace mlx_kernels::fftconv::detail {
@@ -125,37 +126,6 @@ __device__ void shared_stage_ffma(float* re, float* im, int64_t M, int radix, in
 
 // ---- radix-16 column stage on tensor cores ----------------------------------
 
-template <typename mma_t>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-  __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&h);
-}
-template <>
-__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&h);
-}
-
-// d += a·b, m16n8k16, fp32 accumulators.
-template <typename mma_t>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  if constexpr (std::is_same_v<mma_t, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  }
-}
-
 // The A fragments of scale·F16 (real, imaginary, negated imaginary), F16[r, c] = W16^{r·c}.
 // Fragment register i holds rows g (+8 for i odd) and columns 2t, 2t+1 (+8 for i >= 2).
 template <typename mma_t>
@@ -166,9 +136,9 @@ __device__ __forceinline__ void dft16_fragments(const float2* w16, float scale, 
   for (int i = 0; i < 4; ++i) {
     const int row = g + (i % 2) * 8, col = 2 * t + (i / 2) * 8;
     const float2 w0 = w16[(row * col) % 16], w1 = w16[(row * (col + 1)) % 16];
-    fr[i] = pack2<mma_t>(scale * w0.x, scale * w1.x);
-    fi[i] = pack2<mma_t>(scale * w0.y, scale * w1.y);
-    nfi[i] = pack2<mma_t>(-scale * w0.y, -scale * w1.y);
+    fr[i] = pack_float2<mma_t>(scale * w0.x, scale * w1.x);
+    fi[i] = pack_float2<mma_t>(scale * w0.y, scale * w1.y);
+    nfi[i] = pack_float2<mma_t>(-scale * w0.y, -scale * w1.y);
   }
 }
 
@@ -196,15 +166,15 @@ __device__ void shared_stage_mma(float* re, float* im, int64_t M, int64_t stride
         v[e] = make_float2(xr[j * stride], xi[j * stride]);
         if (kInverse) v[e] = cmul_conj(v[e], unit_root(j * m, span));
       }
-      br[half] = pack2<mma_t>(v[0].x, v[1].x);
-      bi[half] = pack2<mma_t>(v[0].y, v[1].y);
+      br[half] = pack_float2<mma_t>(v[0].x, v[1].x);
+      bi[half] = pack_float2<mma_t>(v[0].y, v[1].y);
     }
     float yr[4] = {0.f, 0.f, 0.f, 0.f}, yi[4] = {0.f, 0.f, 0.f, 0.f};
     // Forward: Yr = Fr·Xr - Fi·Xi, Yi = Fi·Xr + Fr·Xi; inverse with conj(F).
-    mma_16816<mma_t>(yr, fr, br);
-    mma_16816<mma_t>(yr, kInverse ? fi : nfi, bi);
-    mma_16816<mma_t>(yi, kInverse ? nfi : fi, br);
-    mma_16816<mma_t>(yi, fr, bi);
+    mma_m16n8k16<mma_t>(yr, fr, br[0], br[1]);
+    mma_m16n8k16<mma_t>(yr, kInverse ? fi : nfi, bi[0], bi[1]);
+    mma_m16n8k16<mma_t>(yi, kInverse ? nfi : fi, br[0], br[1]);
+    mma_m16n8k16<mma_t>(yi, fr, bi[0], bi[1]);
     __syncwarp();  // every lane's B reads are done before any lane writes the tile
     // C fragment: rows (f) g and g+8, columns 2t, 2t+1 of the tile.
     const int64_t m_out0 = (tile % (stride / 8)) * 8 + 2 * t;
