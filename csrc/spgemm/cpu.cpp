@@ -4,8 +4,11 @@
 //    and computes each row's upper bound on partial products,
 //    ub_i = Σ_p nnz(B[col(p), :]); another validates B.
 // 2. Rows are partitioned by work: the prefix sum of (ub_i + nnz(A[i, :]) + 1)
-//    is cut into equal chunks, one per thread, so a few heavy rows do not
-//    serialize the product (at::parallel_for).
+//    is cut into equal-work chunks, several per thread, which the threads of
+//    one at::parallel_for region claim from an atomic counter: a few heavy rows
+//    do not serialize the product, and a thread the OS deschedules (a loaded
+//    machine) delays the others by one chunk at most. Small products run on the
+//    calling thread: a parallel region's fork and join cost more than they save.
 // 3. Each thread owns a row accumulator and computes its rows in one pass: the
 //    partial products of a row go into an open-addressing hash table sized from
 //    the row's bound (a power of two >= 2·min(ub_i, n), so the load stays <= ½),
@@ -34,9 +37,13 @@
 namespace mlx_kernels::spgemm {
 namespace {
 
-// Below this much work (partial products) one thread does the whole product:
-// waking the pool costs more than it saves.
+// Work (about one unit per partial product) of one chunk of rows, and the
+// least total work worth a parallel region; chunks per thread.
 constexpr int64_t kMinWorkPerChunk = 1 << 15;
+constexpr int64_t kMinParallelWork = 1 << 17;
+constexpr int64_t kChunksPerThread = 8;
+// Validation sweeps and output copies go parallel above this many elements.
+constexpr int64_t kParallelGrain = 1 << 18;
 // A row uses the dense accumulator when n is small enough that its two arrays
 // (column -> value, column -> last row) stay in a core's L2, or when the row's
 // hash table would need at least n / kDenseFraction slots anyway. Measured on
@@ -72,7 +79,7 @@ BValidation validate_b(const index_t* crow, const index_t* col, const SpgemmShap
   if (crow[0] != 0 || crow[s.k] != s.b_nnz) return {kBadBCrow, false};
   std::atomic<int> invalid{0};
   std::atomic<bool> rows_sorted{true};
-  at::parallel_for(0, s.k, kMinWorkPerChunk / 8, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.k, kParallelGrain, [&](int64_t begin, int64_t end) {
     int found = 0;
     bool sorted = true;
     for (int64_t r = begin; r < end; ++r) {
@@ -104,7 +111,7 @@ RowBounds<index_t> row_bounds(const index_t* a_crow, const index_t* a_col, const
   bounds.upper.resize(s.m);
   std::atomic<int> invalid{0};
   std::atomic<int64_t> upper_total{0}, lower_total{0};
-  at::parallel_for(0, s.m, kMinWorkPerChunk / 8, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.m, kParallelGrain, [&](int64_t begin, int64_t end) {
     int found = 0;
     int64_t upper_sum = 0, lower_sum = 0;
     for (int64_t i = begin; i < end; ++i) {
@@ -342,7 +349,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spgemm_typed(const at::Tensor& a_
   for (int64_t i = 0; i < s.m; ++i) {
     work_prefix[i + 1] = work_prefix[i] + bounds.upper[i] + (a_crow_p[i + 1] - a_crow_p[i]) + 1;
   }
-  const int64_t chunks = std::clamp<int64_t>(work_prefix[s.m] / kMinWorkPerChunk, 1, at::get_num_threads());
+  const int64_t work = work_prefix[s.m];
+  const int64_t workers = work >= kMinParallelWork ? at::get_num_threads() : 1;
+  const int64_t chunks = std::clamp<int64_t>(work / kMinWorkPerChunk, 1, workers * kChunksPerThread);
   const std::vector<int64_t> splits = balanced_row_splits(work_prefix, chunks);
 
   // Pass over the rows: each chunk's sorted rows land in its own buffers, row
@@ -350,17 +359,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spgemm_typed(const at::Tensor& a_
   std::vector<int64_t> row_nnz(s.m + 1, 0);
   std::vector<GrowBuffer<index_t>> chunk_cols(chunks);
   std::vector<GrowBuffer<value_t>> chunk_vals(chunks);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
+  std::atomic<int64_t> next_chunk{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    RowAccumulator<index_t, value_t> acc(a_crow_p, a_col_p, a_val.data_ptr<value_t>(), b_crow_p, b_col_p,
+                                         b_val.data_ptr<value_t>(), s.n, b_check.rows_sorted);
+    for (int64_t c = next_chunk++; c < chunks; c = next_chunk++) {
       // Reserve the chunk's bound up front (address space only: pages that stay
       // unwritten are never touched), so the buffers rarely regrow.
       const int64_t bound = std::min(work_prefix[splits[c + 1]] - work_prefix[splits[c]], kMaxReserve);
       chunk_cols[c].reserve_back(bound);
       chunk_vals[c].reserve_back(bound);
-    }
-    RowAccumulator<index_t, value_t> acc(a_crow_p, a_col_p, a_val.data_ptr<value_t>(), b_crow_p, b_col_p,
-                                         b_val.data_ptr<value_t>(), s.n, b_check.rows_sorted);
-    for (int64_t c = begin; c < end; ++c) {
       for (int64_t i = splits[c]; i < splits[c + 1]; ++i) {
         row_nnz[i + 1] = acc.row(i, bounds.upper[i], chunk_cols[c], chunk_vals[c]);
       }
@@ -376,7 +384,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spgemm_typed(const at::Tensor& a_
   at::Tensor c_col = at::empty({nnz}, index_options);
   at::Tensor c_val = at::empty({nnz}, a_val.options());
   std::copy(row_nnz.begin(), row_nnz.end(), c_crow.data_ptr<index_t>());
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, chunks, std::max<int64_t>(1, chunks * kParallelGrain / std::max<int64_t>(nnz, 1)),
+                   [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const int64_t offset = row_nnz[splits[c]];
       const int64_t count = chunk_cols[c].size();

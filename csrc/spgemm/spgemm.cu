@@ -14,7 +14,7 @@
 //                 the columns it inserted first: nnz(C[i, :]).
 //   3. offsets    prefix sum -> C's row pointer; nnz(C) is checked against the
 //                 index dtype before C is allocated at its exact size.
-//   4. numeric    rows are binned again by their exact nnz (table >= 2·nnz,
+//   4. numeric    (numeric_pass.cuh) rows are binned again by their exact nnz (table >= 2·nnz,
 //                 load <= ½, so more rows fit on chip than with ub), products
 //                 are accumulated with atomicAdd, then each row is compacted
 //                 and sorted by column on chip and written to its place in C.
@@ -38,28 +38,11 @@
 // Hash: Fibonacci hashing + linear probing (spgemm.h); keys are int32 columns
 // (n < 2^31 is checked), -1 marks an empty slot.
 
-#include "common/cuda_utils.cuh"
 #include "common/registration.h"
-#include "spgemm/spgemm.h"
 #include "spgemm/spgemm_cuda.cuh"
 
 namespace mlx_kernels::spgemm {
 namespace {
-
-constexpr int kEmpty = -1;
-constexpr int kSharedBins = 8;            // tables of 32, 64, ..., 4096 slots
-constexpr int kSmallestTableLog2 = 5;
-constexpr int kGlobalBin = kSharedBins;   // table in global memory
-constexpr int kEmptyBin = kSharedBins + 1;  // no products
-constexpr int kNumBins = kSharedBins + 2;
-constexpr int kSlotsPerThread = 4;
-constexpr int kMinBlockThreads = 128;
-constexpr int kGlobalThreads = 512;
-constexpr int kRowThreads = 256;  // row-parallel helper kernels
-// Largest global-memory table pool (slots) one batch of long rows may use.
-constexpr int64_t kGlobalPoolSlots = int64_t{1} << 24;
-
-constexpr int log2_of(int x) { return x <= 1 ? 0 : 1 + log2_of(x / 2); }
 
 // stats layout (int64): flags, Σ min(ub_i, n), Σ longest contributing B row, bin counts.
 constexpr int kStatFlags = 0, kStatUpper = 1, kStatLower = 2, kStatBins = 3;
@@ -173,199 +156,7 @@ __global__ void scatter_bins_kernel(const int64_t* table, int64_t m, const int64
   if (i < m) rows_by_bin[bin_start[bin] + block_base[bin] + local] = static_cast<int32_t>(i);
 }
 
-// --- 2./4. hashing a row's products ---------------------------------------------
-
-template <typename index_t, typename value_t>
-struct Operands {
-  const index_t* a_crow;
-  const index_t* a_col;
-  const value_t* a_val;
-  const index_t* b_crow;
-  const index_t* b_col;
-  const value_t* b_val;
-};
-
-// Inserts column `col` into a table of 2^bits slots (shared or global memory)
-// and, numeric, adds v to its value. Returns true when this call created the
-// entry. Keys only ever change from kEmpty to a column, so a stale read can
-// only be a stale kEmpty, which the atomicCAS then corrects.
-template <bool kNumeric, typename value_t>
-__device__ __forceinline__ bool hash_accumulate(int* keys, value_t* vals, int bits, int col, value_t v) {
-  const uint32_t mask = (1u << bits) - 1;
-  uint32_t slot = hash_slot(static_cast<uint64_t>(col), bits);
-  while (true) {
-    int key = keys[slot];
-    bool created = false;
-    if (key == kEmpty) {
-      key = atomicCAS(&keys[slot], kEmpty, col);
-      created = key == kEmpty;
-    }
-    if (created || key == col) {
-      if constexpr (kNumeric) atomicAdd(&vals[slot], v);
-      return created;
-    }
-    slot = (slot + 1) & mask;
-  }
-}
-
-// All products of row `row` by the `threads` threads of a group (thread `lane`):
-// subgroups of 2^sub_log2 threads take A's entries in turn and walk the
-// matching row of B together. Returns the entries this thread created.
-template <bool kNumeric, typename index_t, typename value_t>
-__device__ __forceinline__ int accumulate_row(const Operands<index_t, value_t>& op, int row, int lane,
-                                              int threads, int sub_log2, int* keys, value_t* vals,
-                                              int bits) {
-  const int sub = 1 << sub_log2;
-  int created = 0;
-  for (int64_t p = op.a_crow[row] + (lane >> sub_log2); p < op.a_crow[row + 1]; p += threads >> sub_log2) {
-    const int64_t kk = op.a_col[p];
-    const value_t a = kNumeric ? op.a_val[p] : value_t{0};
-    for (int64_t q = op.b_crow[kk] + (lane & (sub - 1)); q < op.b_crow[kk + 1]; q += sub) {
-      const value_t v = kNumeric ? a * op.b_val[q] : value_t{0};
-      created += hash_accumulate<kNumeric>(keys, vals, bits, static_cast<int>(op.b_col[q]), v);
-    }
-  }
-  return created;
-}
-
-// Shared-memory bin: groups of kGroup threads, one row each, a table of
-// kTable = kSlotsPerThread·kGroup slots per row.
-//   symbolic: row_nnz[row] = number of distinct columns.
-//   numeric:  the row's (column, value) pairs, sorted by column, at
-//             c_col/c_val[c_offsets[row] ...]. The table is compacted to its
-//             front, then every entry's rank is the number of smaller columns
-//             (an O(nnz²/threads) counting sort: nnz <= 2048 here, and all
-//             threads read the same key at a time, a shared-memory broadcast).
-template <bool kNumeric, int kTable, typename index_t, typename value_t>
-__global__ void shared_table_kernel(Operands<index_t, value_t> op, const int32_t* rows, int num_rows,
-                                    int sub_log2, int64_t* row_nnz, const int64_t* c_offsets,
-                                    index_t* c_col, value_t* c_val) {
-  constexpr int kGroup = kTable / kSlotsPerThread;
-  constexpr int kBits = log2_of(kTable);
-  extern __shared__ __align__(16) unsigned char smem[];
-  const int groups = blockDim.x / kGroup;
-  const int group = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
-  value_t* vals = reinterpret_cast<value_t*>(smem) + group * kTable;
-  int* keys = reinterpret_cast<int*>(smem + (kNumeric ? groups * kTable * sizeof(value_t) : 0));
-  int* counts = keys + groups * kTable;
-  keys += group * kTable;
-
-#pragma unroll
-  for (int j = 0; j < kSlotsPerThread; ++j) {
-    keys[lane + j * kGroup] = kEmpty;
-    if constexpr (kNumeric) vals[lane + j * kGroup] = value_t{0};
-  }
-  if (lane == 0) counts[group] = 0;
-  __syncthreads();
-
-  const int index = blockIdx.x * groups + group;
-  const bool active = index < num_rows;
-  const int row = active ? rows[index] : 0;
-  if (active) {
-    const int created = accumulate_row<kNumeric>(op, row, lane, kGroup, sub_log2, keys, vals, kBits);
-    if (!kNumeric && created) atomicAdd(&counts[group], created);
-  }
-  __syncthreads();
-  if constexpr (!kNumeric) {
-    if (active && lane == 0) row_nnz[row] = counts[group];
-  } else {
-    int entry_keys[kSlotsPerThread];
-    value_t entry_vals[kSlotsPerThread];
-#pragma unroll
-    for (int j = 0; j < kSlotsPerThread; ++j) {
-      entry_keys[j] = keys[lane + j * kGroup];
-      entry_vals[j] = vals[lane + j * kGroup];
-    }
-    __syncthreads();
-#pragma unroll
-    for (int j = 0; j < kSlotsPerThread; ++j) {
-      if (entry_keys[j] != kEmpty) {
-        const int at = atomicAdd(&counts[group], 1);
-        keys[at] = entry_keys[j];
-        vals[at] = entry_vals[j];
-      }
-    }
-    __syncthreads();
-    if (active) {
-      const int nnz = counts[group];
-      const int64_t out = c_offsets[row];
-      for (int e = lane; e < nnz; e += kGroup) {
-        const int key = keys[e];
-        int rank = 0;
-        for (int j = 0; j < nnz; ++j) rank += keys[j] < key;
-        c_col[out + rank] = static_cast<index_t>(key);
-        c_val[out + rank] = vals[e];
-      }
-    }
-  }
-}
-
-// Global-memory bin: a block per row, the row's table at pool + table_offset
-// (2^table_bits[j] slots, keys and values). Symbolic: row_nnz. Numeric: the
-// row's entries compacted (unsorted) to compact_keys/vals + compact_offset[j].
-template <bool kNumeric, typename index_t, typename value_t>
-__global__ void __launch_bounds__(kGlobalThreads)
-global_table_kernel(Operands<index_t, value_t> op, const int32_t* rows, const int64_t* table_offset,
-                    const int32_t* table_bits, int sub_log2, int* pool_keys, value_t* pool_vals,
-                    int64_t* row_nnz, const int64_t* compact_offset, int* compact_keys,
-                    value_t* compact_vals) {
-  __shared__ int count;
-  const int row = rows[blockIdx.x];
-  const int bits = table_bits[blockIdx.x];
-  const int64_t slots = int64_t{1} << bits;
-  int* keys = pool_keys + table_offset[blockIdx.x];
-  value_t* vals = kNumeric ? pool_vals + table_offset[blockIdx.x] : nullptr;
-  for (int64_t s = threadIdx.x; s < slots; s += blockDim.x) {
-    keys[s] = kEmpty;
-    if constexpr (kNumeric) vals[s] = value_t{0};
-  }
-  if (threadIdx.x == 0) count = 0;
-  __syncthreads();
-  const int created = accumulate_row<kNumeric>(op, row, threadIdx.x, blockDim.x, sub_log2, keys, vals, bits);
-  if constexpr (!kNumeric) {
-    if (created) atomicAdd(&count, created);
-    __syncthreads();
-    if (threadIdx.x == 0) row_nnz[row] = count;
-  } else {
-    __syncthreads();
-    const int64_t out = compact_offset[blockIdx.x];
-    for (int64_t s = threadIdx.x; s < slots; s += blockDim.x) {
-      if (keys[s] != kEmpty) {
-        const int at = atomicAdd(&count, 1);
-        compact_keys[out + at] = keys[s];
-        compact_vals[out + at] = vals[s];
-      }
-    }
-  }
-}
-
-// Writes the sorted long rows into C: block j copies segment j (sorted keys and
-// the positions of their values in the compacted buffer) to row rows[j].
-template <typename index_t, typename value_t>
-__global__ void scatter_sorted_rows_kernel(const int32_t* rows, const int64_t* segment_offset,
-                                           const int* sorted_keys, const int* sorted_positions,
-                                           const value_t* compact_vals, const int64_t* c_offsets,
-                                           index_t* c_col, value_t* c_val) {
-  const int64_t begin = segment_offset[blockIdx.x], end = segment_offset[blockIdx.x + 1];
-  const int64_t out = c_offsets[rows[blockIdx.x]] - begin;
-  for (int64_t e = begin + threadIdx.x; e < end; e += blockDim.x) {
-    c_col[out + e] = static_cast<index_t>(sorted_keys[e]);
-    c_val[out + e] = compact_vals[sorted_positions[e]];
-  }
-}
-
 // --- host side ----------------------------------------------------------------
-
-int64_t blocks_for(int64_t items, int threads) { return std::max<int64_t>(1, ceil_div_dev<int64_t>(items, threads)); }
-
-// The rows of each bin, listed contiguously (one device array), and where
-// each bin starts in it.
-struct Bins {
-  at::Tensor rows;                 // int32 [m]
-  std::vector<int64_t> start;      // kNumBins + 1
-  int64_t count(int b) const { return start[b + 1] - start[b]; }
-  const int32_t* rows_of(int b) const { return rows.data_ptr<int32_t>() + start[b]; }
-};
 
 Bins bin_rows(const at::Tensor& table, const int64_t* bin_counts) {
   const int64_t m = table.numel();
@@ -392,59 +183,6 @@ int subgroup_log2(const SpgemmShape& s, int group_threads) {
   int log2 = 0;
   while ((int64_t{1} << log2) < mean && (2 << log2) <= group_threads) ++log2;
   return log2;
-}
-
-template <bool kNumeric, int kTable, typename index_t, typename value_t>
-void launch_shared_bin(const Operands<index_t, value_t>& op, const Bins& bins, int bin, int sub_log2,
-                       int64_t* row_nnz, const int64_t* c_offsets, index_t* c_col, value_t* c_val) {
-  constexpr int kGroup = kTable / kSlotsPerThread;
-  const int64_t rows = bins.count(bin);
-  if (rows == 0) return;
-  const int threads = std::max(kGroup, kMinBlockThreads);
-  const int groups = threads / kGroup;
-  const size_t smem = groups * kTable * (sizeof(int) + (kNumeric ? sizeof(value_t) : 0)) + groups * sizeof(int);
-  auto kernel = shared_table_kernel<kNumeric, kTable, index_t, value_t>;
-  if (smem > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  }
-  kernel<<<blocks_for(rows, groups), threads, smem, at::cuda::getCurrentCUDAStream()>>>(
-      op, bins.rows_of(bin), static_cast<int>(rows), std::min(sub_log2, log2_of(kGroup)), row_nnz,
-      c_offsets, c_col, c_val);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-template <bool kNumeric, typename index_t, typename value_t>
-void launch_shared_bins(const Operands<index_t, value_t>& op, const Bins& bins, int sub_log2,
-                        int64_t* row_nnz, const int64_t* c_offsets, index_t* c_col, value_t* c_val) {
-  [&]<int... b>(std::integer_sequence<int, b...>) {
-    (launch_shared_bin<kNumeric, (1 << (kSmallestTableLog2 + b)), index_t, value_t>(op, bins, b, sub_log2, row_nnz,
-                                                                                   c_offsets, c_col, c_val),
-     ...);
-  }(std::make_integer_sequence<int, kSharedBins>{});
-}
-
-// Rows of the global bin, processed in batches whose tables fit the pool.
-// `table_slots` holds, per row of the bin, the slots it needs; each batch calls
-// run(first, last, table_offset, table_bits, pool_slots) for bin rows [first, last).
-template <typename Fn>
-void for_each_global_batch(const std::vector<int64_t>& table_slots, Fn&& run) {
-  const int64_t rows = static_cast<int64_t>(table_slots.size());
-  int64_t first = 0;
-  while (first < rows) {
-    std::vector<int64_t> offsets;
-    std::vector<int32_t> bits;
-    int64_t pool = 0, last = first;
-    while (last < rows) {
-      const int b = ceil_log2(table_slots[last]);
-      if (last > first && pool + (int64_t{1} << b) > kGlobalPoolSlots) break;
-      offsets.push_back(pool);
-      bits.push_back(b);
-      pool += int64_t{1} << b;
-      ++last;
-    }
-    run(first, last, offsets, bits, pool);
-    first = last;
-  }
 }
 
 template <typename index_t, typename value_t>
@@ -511,7 +249,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spgemm_typed(const Operands<index
 
   // 3. row offsets, exact nnz(C), numeric bins: one device -> host copy.
   at::Tensor c_offsets = at::zeros({s.m + 1}, long_options);
-  if (s.m > 0) at::cumsum_out(c_offsets.narrow(0, 1, s.m), row_nnz, 0);
+  if (s.m > 0) {
+    at::Tensor tail = c_offsets.narrow(0, 1, s.m);
+    at::cumsum_out(tail, row_nnz, 0);
+  }
   at::Tensor numeric_stats = at::zeros({kNumStats}, long_options);
   at::Tensor table = at::empty({s.m}, long_options);
   if (s.m > 0) {
@@ -527,48 +268,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spgemm_typed(const Operands<index
   at::Tensor c_col = at::empty({nnz}, a_crow.options());
   at::Tensor c_val = at::empty({nnz}, a_val.options());
   if (nnz > 0) {
-    // 4. numeric pass.
+    // 4. numeric pass (numeric_pass.cuh).
     const Bins bins = bin_rows(table, host_numeric.data_ptr<int64_t>() + kStatBins);
-    index_t* c_col_p = c_col.data_ptr<index_t>();
-    value_t* c_val_p = c_val.data_ptr<value_t>();
-    const int64_t* c_offsets_p = c_offsets.data_ptr<int64_t>();
-    launch_shared_bins<true>(op, bins, sub_log2, nullptr, c_offsets_p, c_col_p, c_val_p);
-    if (bins.count(kGlobalBin) > 0) {
-      const at::Tensor rows = bins.rows.narrow(0, bins.start[kGlobalBin], bins.count(kGlobalBin));
-      const at::Tensor slots = table.index_select(0, rows).cpu();
-      const int64_t* slots_p = slots.data_ptr<int64_t>();
-      for_each_global_batch(
-          std::vector<int64_t>(slots_p, slots_p + slots.numel()),
-          [&](int64_t first, int64_t last, const std::vector<int64_t>& offsets, const std::vector<int32_t>& bits,
-              int64_t pool) {
-            // Segment j of the batch: the compacted entries of bin row first + j.
-            std::vector<int64_t> segments(last - first + 1, 0);
-            for (int64_t j = first; j < last; ++j) segments[j - first + 1] = segments[j - first] + slots_p[j] / 2;
-            const int64_t entries = segments.back();
-            const auto dev = a_crow.device();
-            const at::Tensor d_offsets = at::tensor(offsets, cpu_long).to(dev);
-            const at::Tensor d_bits = at::tensor(bits, at::TensorOptions().dtype(at::kInt)).to(dev);
-            const at::Tensor d_segments = at::tensor(segments, cpu_long).to(dev);
-            at::Tensor pool_keys = at::empty({pool}, a_crow.options().dtype(at::kInt));
-            at::Tensor pool_vals = at::empty({pool}, a_val.options());
-            at::Tensor compact_keys = at::empty({entries}, pool_keys.options());
-            at::Tensor compact_vals = at::empty({entries}, a_val.options());
-            global_table_kernel<true, index_t, value_t><<<last - first, kGlobalThreads, 0, stream>>>(
-                op, rows.data_ptr<int32_t>() + first, d_offsets.data_ptr<int64_t>(), d_bits.data_ptr<int32_t>(),
-                sub_log2, pool_keys.data_ptr<int>(), pool_vals.data_ptr<value_t>(), nullptr,
-                d_segments.data_ptr<int64_t>(), compact_keys.data_ptr<int>(), compact_vals.data_ptr<value_t>());
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-            pool_keys.reset();
-            pool_vals.reset();
-            const at::Tensor positions = at::arange(entries, compact_keys.options());
-            at::Tensor sorted_keys = at::empty_like(compact_keys), sorted_positions = at::empty_like(positions);
-            segmented_sort_pairs(compact_keys, positions, d_segments, sorted_keys, sorted_positions);
-            scatter_sorted_rows_kernel<<<last - first, kGlobalThreads, 0, stream>>>(
-                rows.data_ptr<int32_t>() + first, d_segments.data_ptr<int64_t>(), sorted_keys.data_ptr<int>(),
-                sorted_positions.data_ptr<int>(), compact_vals.data_ptr<value_t>(), c_offsets_p, c_col_p, c_val_p);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          });
-    }
+    numeric_pass(op, bins, sub_log2, table, c_offsets, c_col, c_val);
   }
   return {c_offsets.to(a_crow.scalar_type()), c_col, c_val};
 }
