@@ -29,6 +29,10 @@ constexpr int kRowThreads = 256;  // row-parallel helper kernels
 constexpr int64_t kGlobalPoolSlots = int64_t{1} << 24;
 
 constexpr int log2_of(int x) { return x <= 1 ? 0 : 1 + log2_of(x / 2); }
+// Threads per block of a shared-memory bin with kTable slots per row.
+constexpr int shared_block_threads(int table) {
+  return table / kSlotsPerThread > kMinBlockThreads ? table / kSlotsPerThread : kMinBlockThreads;
+}
 
 // --- 2./4. hashing a row's products ---------------------------------------------
 
@@ -94,7 +98,8 @@ __device__ __forceinline__ int accumulate_row(const Operands<index_t, value_t>& 
 //             (an O(nnz²/threads) counting sort: nnz <= 2048 here, and all
 //             threads read the same key at a time, a shared-memory broadcast).
 template <bool kNumeric, int kTable, typename index_t, typename value_t>
-__global__ void shared_table_kernel(Operands<index_t, value_t> op, const int32_t* rows, int num_rows,
+__global__ void __launch_bounds__(shared_block_threads(kTable))
+shared_table_kernel(Operands<index_t, value_t> op, const int32_t* rows, int num_rows,
                                     int sub_log2, int64_t* row_nnz, const int64_t* c_offsets,
                                     index_t* c_col, value_t* c_val) {
   constexpr int kGroup = kTable / kSlotsPerThread;
@@ -185,12 +190,15 @@ global_table_kernel(Operands<index_t, value_t> op, const int32_t* rows, const in
     if (threadIdx.x == 0) row_nnz[row] = count;
   } else {
     __syncthreads();
+    // Read the table at L2 (__ldcg): the atomics updated it there, and this SM's
+    // L1 may still hold lines loaded while probing.
     const int64_t out = compact_offset[blockIdx.x];
     for (int64_t s = threadIdx.x; s < slots; s += blockDim.x) {
-      if (keys[s] != kEmpty) {
+      const int key = __ldcg(&keys[s]);
+      if (key != kEmpty) {
         const int at = atomicAdd(&count, 1);
-        compact_keys[out + at] = keys[s];
-        compact_vals[out + at] = vals[s];
+        compact_keys[out + at] = key;
+        compact_vals[out + at] = __ldcg(&vals[s]);
       }
     }
   }
@@ -215,7 +223,7 @@ void launch_shared_bin(const Operands<index_t, value_t>& op, const Bins& bins, i
   constexpr int kGroup = kTable / kSlotsPerThread;
   const int64_t rows = bins.count(bin);
   if (rows == 0) return;
-  const int threads = std::max(kGroup, kMinBlockThreads);
+  const int threads = shared_block_threads(kTable);
   const int groups = threads / kGroup;
   const size_t smem = groups * kTable * (sizeof(int) + (kNumeric ? sizeof(value_t) : 0)) + groups * sizeof(int);
   auto kernel = shared_table_kernel<kNumeric, kTable, index_t, value_t>;
