@@ -51,6 +51,9 @@ constexpr int64_t kParallelGrain = 1 << 18;
 // hashing there, since it never probes.
 constexpr int64_t kDenseMaxColumns = int64_t{1} << 16;
 constexpr int64_t kDenseFraction = 8;
+// The dense accumulator emits a row by scanning its bitmap when the row's
+// column span covers at most this many 64-bit words per entry.
+constexpr int64_t kBitmapScanWordsPerEntry = 8;
 // Most elements a chunk's output buffers reserve before they are written.
 constexpr int64_t kMaxReserve = int64_t{1} << 26;
 
@@ -172,7 +175,7 @@ class GrowBuffer {
 // power-of-two open-addressing hash table (linear probing) or in a dense
 // column-indexed array, and appends the row's sorted entries to the thread's
 // output buffers. A row's new columns are recorded as they first appear, so
-// the row's cost is O(its products + sort), never O(n).
+// the row's cost is O(its products + sorting it), never O(n).
 template <typename index_t, typename value_t>
 class RowAccumulator {
  public:
@@ -192,8 +195,7 @@ class RowAccumulator {
     int64_t count;
     if (n_ <= kDenseMaxColumns || (int64_t{1} << bits) >= n_ / kDenseFraction) {
       count = accumulate_dense(i, row_cols);
-      sort_columns(row_cols, count);
-      for (int64_t j = 0; j < count; ++j) row_vals[j] = dense_vals_[row_cols[j]];
+      emit_dense(row_cols, row_vals, count);
     } else {
       count = accumulate_hashed(i, bits, row_cols);
       sort_columns(row_cols, count);
@@ -281,12 +283,14 @@ class RowAccumulator {
   int64_t accumulate_dense(int64_t i, index_t* row_cols) {
     if (dense_vals_.empty()) {
       dense_vals_.resize(n_);
-      dense_row_.assign(n_, -1);
+      dense_bits_.assign(ceil_div(n_, 64), 0);
     }
     int64_t count = 0;
     for_each_product(i, count, [&](index_t c, value_t v) {
-      if (dense_row_[c] != i) {
-        dense_row_[c] = i;
+      uint64_t& word = dense_bits_[c >> 6];
+      const uint64_t bit = uint64_t{1} << (c & 63);
+      if (!(word & bit)) {
+        word |= bit;
         dense_vals_[c] = v;
         row_cols[count++] = c;
       } else {
@@ -294,6 +298,33 @@ class RowAccumulator {
       }
     });
     return count;
+  }
+
+  // Writes the dense row's entries in column order and clears its bits. When
+  // the row's column span is short next to its entry count (banded and mesh
+  // matrices), scanning the occupancy bitmap over the span yields the columns
+  // already sorted, for a fraction of a sort's cost; otherwise the listed
+  // columns are sorted.
+  void emit_dense(index_t* row_cols, value_t* row_vals, int64_t count) {
+    const auto [lo, hi] = std::minmax_element(row_cols, row_cols + count);
+    const int64_t first_word = *lo >> 6, last_word = *hi >> 6;
+    if (last_word - first_word + 1 <= kBitmapScanWordsPerEntry * count) {
+      int64_t j = 0;
+      for (int64_t w = first_word; w <= last_word; ++w) {
+        for (uint64_t bits = dense_bits_[w]; bits != 0; bits &= bits - 1) {
+          const index_t c = static_cast<index_t>(w * 64 + __builtin_ctzll(bits));
+          row_cols[j] = c;
+          row_vals[j++] = dense_vals_[c];
+        }
+        dense_bits_[w] = 0;
+      }
+      return;
+    }
+    sort_columns(row_cols, count);
+    for (int64_t j = 0; j < count; ++j) {
+      row_vals[j] = dense_vals_[row_cols[j]];
+      dense_bits_[row_cols[j] >> 6] = 0;
+    }
   }
 
   const index_t* a_crow_;
@@ -309,8 +340,8 @@ class RowAccumulator {
   std::vector<index_t> merge_buffer_;
   std::vector<index_t> keys_;  // hash table, -1 = empty
   std::vector<value_t> slot_vals_;
-  std::vector<value_t> dense_vals_;  // dense accumulator, allocated on first use
-  std::vector<int64_t> dense_row_;   // the row that last wrote each column
+  std::vector<value_t> dense_vals_;   // dense accumulator, allocated on first use
+  std::vector<uint64_t> dense_bits_;  // which columns the current row holds
 };
 
 // Cuts rows [0, m) into `chunks` contiguous ranges of about equal work;
