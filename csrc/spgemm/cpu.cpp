@@ -179,11 +179,8 @@ class GrowBuffer {
 template <typename index_t, typename value_t>
 class RowAccumulator {
  public:
-  RowAccumulator(const index_t* a_crow, const index_t* a_col, const value_t* a_val,
-                 const index_t* b_crow, const index_t* b_col, const value_t* b_val, int64_t n,
-                 bool b_rows_sorted)
-      : a_crow_(a_crow), a_col_(a_col), a_val_(a_val), b_crow_(b_crow), b_col_(b_col),
-        b_val_(b_val), n_(n), b_rows_sorted_(b_rows_sorted) {}
+  RowAccumulator(const Operands<index_t, value_t>& op, int64_t n, bool b_rows_sorted)
+      : op_(op), n_(n), b_rows_sorted_(b_rows_sorted) {}
 
   // Computes row i of C (ub = its product bound) into the buffers; returns its nnz.
   int64_t row(int64_t i, int64_t ub, GrowBuffer<index_t>& cols, GrowBuffer<value_t>& vals) {
@@ -213,11 +210,11 @@ class RowAccumulator {
   template <typename Fn>
   void for_each_product(int64_t i, const int64_t& count, Fn&& product) {
     run_starts_.clear();
-    for (int64_t p = a_crow_[i]; p < a_crow_[i + 1]; ++p) {
-      const index_t kk = a_col_[p];
-      const value_t a = a_val_[p];
+    for (int64_t p = op_.a_crow[i]; p < op_.a_crow[i + 1]; ++p) {
+      const index_t kk = op_.a_col[p];
+      const value_t a = op_.a_val[p];
       if (run_starts_.empty() || run_starts_.back() != count) run_starts_.push_back(count);
-      for (int64_t q = b_crow_[kk]; q < b_crow_[kk + 1]; ++q) product(b_col_[q], a * b_val_[q]);
+      for (int64_t q = op_.b_crow[kk]; q < op_.b_crow[kk + 1]; ++q) product(op_.b_col[q], a * op_.b_val[q]);
     }
   }
 
@@ -327,12 +324,7 @@ class RowAccumulator {
     }
   }
 
-  const index_t* a_crow_;
-  const index_t* a_col_;
-  const value_t* a_val_;
-  const index_t* b_crow_;
-  const index_t* b_col_;
-  const value_t* b_val_;
+  const Operands<index_t, value_t> op_;
   const int64_t n_;
   const bool b_rows_sorted_;
 
@@ -392,8 +384,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spgemm_typed(const at::Tensor& a_
   std::vector<GrowBuffer<value_t>> chunk_vals(chunks);
   std::atomic<int64_t> next_chunk{0};
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    RowAccumulator<index_t, value_t> acc(a_crow_p, a_col_p, a_val.data_ptr<value_t>(), b_crow_p, b_col_p,
-                                         b_val.data_ptr<value_t>(), s.n, b_check.rows_sorted);
+    const Operands<index_t, value_t> op{a_crow_p, a_col_p, a_val.data_ptr<value_t>(),
+                                        b_crow_p, b_col_p, b_val.data_ptr<value_t>()};
+    RowAccumulator<index_t, value_t> acc(op, s.n, b_check.rows_sorted);
     for (int64_t c = next_chunk++; c < chunks; c = next_chunk++) {
       // Reserve the chunk's bound up front (address space only: pages that stay
       // unwritten are never touched), so the buffers rarely regrow.

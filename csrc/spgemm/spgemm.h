@@ -30,6 +30,17 @@ struct SpgemmShape {
   int64_t m, k, n, a_nnz, b_nnz;
 };
 
+// The CSR arrays of A and B, as the kernels read them.
+template <typename index_t, typename value_t>
+struct Operands {
+  const index_t* a_crow;
+  const index_t* a_col;
+  const value_t* a_val;
+  const index_t* b_crow;
+  const index_t* b_col;
+  const value_t* b_val;
+};
+
 // Metadata checks (no data is read): devices, ranks, dtypes, lengths.
 inline SpgemmShape check_spgemm_args(const at::Tensor& a_crow, const at::Tensor& a_col,
                                      const at::Tensor& a_val, const at::Tensor& b_crow,

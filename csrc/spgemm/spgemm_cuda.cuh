@@ -36,16 +36,6 @@ constexpr int shared_block_threads(int table) {
 
 // --- 2./4. hashing a row's products ---------------------------------------------
 
-template <typename index_t, typename value_t>
-struct Operands {
-  const index_t* a_crow;
-  const index_t* a_col;
-  const value_t* a_val;
-  const index_t* b_crow;
-  const index_t* b_col;
-  const value_t* b_val;
-};
-
 // Inserts column `col` into a table of 2^bits slots (shared or global memory)
 // and, numeric, adds v to its value. Returns true when this call created the
 // entry. Keys only ever change from kEmpty to a column, so a stale read can

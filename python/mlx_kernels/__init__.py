@@ -11,6 +11,7 @@ import torch  # noqa: F401  (loads libtorch, whose symbols the extension resolve
 from . import _C  # noqa: F401  (registers the ops)
 from ._build_config import OPS_NAMESPACE, WITH_CUDA
 from .ops import int8_mm
+from .ops import spgemm_csr
 from .spgemm import spgemm
 
 __version__ = "0.1.0"
@@ -20,4 +21,5 @@ __all__ = [
     "WITH_CUDA",
     "int8_mm",
     "spgemm",
+    "spgemm_csr",
 ]
