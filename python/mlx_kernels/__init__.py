@@ -33,6 +33,9 @@ from .ops import (
     int8_mm,
     int8_vectorwise_quant,
 )
+from .ops import int8_mm
+from .ops import spgemm_csr
+from .spgemm import spgemm
 
 __version__ = "0.1.0"
 
@@ -59,4 +62,6 @@ __all__ = [
     "merge_attention_states",
     "shared_prefix_attention",
     "hierarchical_shared_prefix_attention",
+    "spgemm",
+    "spgemm_csr",
 ]

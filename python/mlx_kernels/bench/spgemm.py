@@ -1,0 +1,96 @@
+"""SpGEMM benchmarks: spgemm_csr on the SuiteSparse matrices (A·A and A·Aᵀ) against
+scipy.sparse (CPU) and cuSPARSE through torch.sparse.mm (GPU).
+
+Work is 2 × (number of partial products), so the throughput column is the
+usual SpGEMM "GFLOP/s" (shown in TFLOP/s). ``extra`` records nnz(C), the
+product count and, on GPU, the peak extra device memory of ours and cuSPARSE
+(torch.cuda.max_memory_allocated over what was allocated before the call).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import List
+
+import numpy as np
+import torch
+
+from .. import ops
+from .core import Case, Measure
+
+_QUICK_CPU = ["cryg2500", "USpowerGrid", "add32"]
+_QUICK_GPU = ["bcsstk13", "bayer10"]
+
+
+def matrix_dir() -> str:
+    """MLX_MATRIX_DIR, else <repo>/../shared/data/matrices (or one level further up, from a git worktree)."""
+    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+    candidates = [os.environ.get("MLX_MATRIX_DIR", ""), os.path.join(repo, "..", "shared", "data", "matrices"),
+                  os.path.join(repo, "..", "..", "shared", "data", "matrices")]
+    return next((c for c in candidates if c and os.path.isdir(c)), "")
+
+
+@functools.lru_cache(maxsize=None)
+def load_matrix(name: str):
+    import scipy.io
+    import scipy.sparse as sp
+
+    a = sp.csr_matrix(scipy.io.mmread(os.path.join(matrix_dir(), name + ".mtx"))).astype(np.float32)
+    a.sort_indices()
+    return a
+
+
+def _csr_arrays(mat, device):
+    return (torch.from_numpy(mat.indptr).to(device), torch.from_numpy(mat.indices).to(device),
+            torch.from_numpy(mat.data).to(device))
+
+
+def _peak_extra_bytes(fn) -> int:
+    """Peak device memory ``fn`` allocates beyond what is already allocated (its outputs included)."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del out
+    return int(peak)
+
+
+def spgemm_cases(device: str, quick: bool) -> List[Case]:
+    folder = matrix_dir()
+    if not folder:
+        return []
+    names = sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".mtx"))
+    if quick:
+        names = [n for n in (_QUICK_GPU if device == "cuda" else _QUICK_CPU) if n in names]
+    products = ["AA"] if quick else ["AA", "AAt"]
+    cases = []
+    for name in names:
+        for product in products:
+            a = load_matrix(name)
+            b = a if product == "AA" else a.T.tocsr()
+            partial_products = int(np.diff(b.indptr)[a.indices].sum())
+            extra = {"products": partial_products}
+
+            def make(a=a, b=b, extra=extra):
+                args = (*_csr_arrays(a, device), *_csr_arrays(b, device), b.shape[1])
+                ours = functools.partial(ops.spgemm_csr, *args)
+                extra["nnz_c"] = int(ours()[0][-1])
+                if device == "cuda":
+                    ta = torch.sparse_csr_tensor(*args[:3], size=a.shape)
+                    tb = torch.sparse_csr_tensor(*args[3:6], size=b.shape)
+                    cusparse = functools.partial(torch.sparse.mm, ta, tb)
+                    extra["ours_peak_extra_bytes"] = _peak_extra_bytes(ours)
+                    extra["cusparse_peak_extra_bytes"] = _peak_extra_bytes(cusparse)
+                    return ours, {"cuSPARSE (torch.sparse.mm)": cusparse}
+                return ours, {"scipy": lambda: a @ b}
+
+            cases.append(Case(label=f"{name} {product}", params={"matrix": name, "product": product,
+                                                                 "m": a.shape[0], "nnz_a": a.nnz},
+                              measure=Measure(2.0 * partial_products, "FLOP"), make=make, extra=extra))
+    return cases
+
+
+BENCHMARKS = {"spgemm_csr": spgemm_cases}
