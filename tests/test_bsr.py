@@ -3,7 +3,6 @@ and real SuiteSparse matrices; SMaT row reordering; internal CPU ops."""
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -15,13 +14,10 @@ import mlx_kernels
 import oracles
 from conftest import assert_close_to_oracle, requires_cuda
 from mlx_kernels import BlockSparseMatrix, ops
+from mlx_kernels.bench.datasets import load_suitesparse, suitesparse_names
 
 sp = pytest.importorskip("scipy.sparse")
-scipy_io = pytest.importorskip("scipy.io")
 
-# <repo>/../shared/data/matrices, or MLX_MATRICES (e.g. from a git worktree elsewhere).
-MATRICES = os.environ.get("MLX_MATRICES", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                                                       "shared", "data", "matrices"))
 # Small/medium SuiteSparse matrices (the larger ones run in the benchmark only).
 REAL = ["cryg2500", "USpowerGrid", "add32", "bcsstk13", "ca-GrQc"]
 
@@ -168,10 +164,9 @@ def test_bsr_matches_scipy_block_structured(device, block_density, entry_density
 
 
 def real_matrix(name):
-    path = os.path.join(MATRICES, name + ".mtx")
-    if not os.path.exists(path):
-        pytest.skip(f"SuiteSparse matrix {path} not present")
-    return sp.csr_matrix(scipy_io.mmread(path))
+    if name not in suitesparse_names():
+        pytest.skip(f"SuiteSparse matrix {name} not present")
+    return load_suitesparse(name).copy()
 
 
 @pytest.mark.parametrize("name", REAL)

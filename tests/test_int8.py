@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import mlx_kernels
 import oracles
-from conftest import HAS_CUDA, assert_close_to_oracle, max_abs_error, requires_cuda
+from conftest import assert_close_to_oracle, max_abs_error, requires_cuda
 
 
 def random_int8(*shape, device="cpu"):

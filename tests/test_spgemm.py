@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
-import scipy.io
 import scipy.sparse as sp
 import torch
 from hypothesis import given, settings
@@ -16,19 +14,11 @@ import mlx_kernels
 import oracles
 from conftest import assert_close_to_oracle, requires_cuda
 from mlx_kernels import ops
+from mlx_kernels.bench.datasets import load_suitesparse, suitesparse_names
 
 
 
-def _matrix_dir():
-    """<repo>/../shared/data/matrices (a git worktree one level deeper also finds it); MLX_MATRIX_DIR overrides."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    candidates = [os.environ.get("MLX_MATRIX_DIR", ""), os.path.join(repo, "..", "shared", "data", "matrices"),
-                  os.path.join(repo, "..", "..", "shared", "data", "matrices")]
-    return next((c for c in candidates if c and os.path.isdir(c)), "")
-
-
-MATRIX_DIR = _matrix_dir()
-REAL_MATRICES = sorted(f[:-4] for f in os.listdir(MATRIX_DIR) if f.endswith(".mtx")) if MATRIX_DIR else []
+REAL_MATRICES = suitesparse_names()
 
 INDEX_DTYPES = {"int32": torch.int32, "int64": torch.int64}
 VALUE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -234,7 +224,7 @@ def test_int32_output_overflow_is_refused():
 @pytest.mark.parametrize("name", REAL_MATRICES)
 @pytest.mark.parametrize("product", ["AA", "AAt"])
 def test_real_matrices_match_scipy(device, name, product):
-    a = sp.csr_matrix(scipy.io.mmread(os.path.join(MATRIX_DIR, name + ".mtx"))).astype(np.float64)
+    a = load_suitesparse(name).copy()
     b = a if product == "AA" else a.T.tocsr()
     index_dtype = torch.int32 if product == "AA" else torch.int64
     out = ops.spgemm_csr(*op_args(a, b, index_dtype=index_dtype, device=device))
@@ -317,7 +307,7 @@ def test_torch_compile_fullgraph():
 @requires_cuda
 @pytest.mark.parametrize("name", REAL_MATRICES[:4])
 def test_cuda_matches_cpu_and_cusparse(name):
-    a = sp.csr_matrix(scipy.io.mmread(os.path.join(MATRIX_DIR, name + ".mtx"))).astype(np.float64)
+    a = load_suitesparse(name).copy()
     args = op_args(a, a, torch.int32, torch.float64, "cuda")
     gpu = ops.spgemm_csr(*args)
     cpu = ops.spgemm_csr(*(t.cpu() if isinstance(t, torch.Tensor) else t for t in args))

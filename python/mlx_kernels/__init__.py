@@ -32,9 +32,8 @@ from .ops import (
     int8_gemm,
     int8_mm,
     int8_vectorwise_quant,
+    spgemm_csr,
 )
-from .ops import int8_mm
-from .ops import spgemm_csr
 from .spgemm import spgemm
 
 __version__ = "0.1.0"

@@ -9,8 +9,6 @@ the SMaT row reordering, the block counts and the reordering's cost.
 
 from __future__ import annotations
 
-import glob
-import os
 import time
 from typing import List
 
@@ -18,9 +16,8 @@ import torch
 
 from ..bsr import BlockSparseMatrix
 from .core import Case, Measure
+from .datasets import load_suitesparse, suitesparse_names
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-MATRICES = os.environ.get("MLX_MATRICES", os.path.join(_REPO, "..", "shared", "data", "matrices"))
 
 _NS = (32, 128, 512)
 _SYNTHETIC_DENSITIES = (0.001, 0.01, 0.05, 0.3, 0.5)
@@ -30,13 +27,9 @@ _DENSE_LIMIT = {"cuda": 2 ** 28, "cpu": 2 ** 24}
 
 
 def _real_matrices(quick: bool):
-    import scipy.io
-
-    paths = sorted(glob.glob(os.path.join(MATRICES, "*.mtx")))
-    if quick:
-        paths = [p for p in paths if os.path.basename(p)[:-4] in _QUICK_MATRICES]
-    for path in paths:
-        yield os.path.basename(path)[:-4], lambda path=path: scipy.io.mmread(path).tocsr()
+    for name in suitesparse_names():
+        if not quick or name in _QUICK_MATRICES:
+            yield name, lambda name=name: load_suitesparse(name)
 
 
 def _synthetic_matrices(device: str, quick: bool):

@@ -10,7 +10,6 @@ product count and, on GPU, the peak extra device memory of ours and cuSPARSE
 from __future__ import annotations
 
 import functools
-import os
 from typing import List
 
 import numpy as np
@@ -18,27 +17,14 @@ import torch
 
 from .. import ops
 from .core import Case, Measure
+from .datasets import load_suitesparse, suitesparse_names
 
 _QUICK_CPU = ["cryg2500", "USpowerGrid", "add32"]
 _QUICK_GPU = ["bcsstk13", "bayer10"]
 
 
-def matrix_dir() -> str:
-    """MLX_MATRIX_DIR, else <repo>/../shared/data/matrices (or one level further up, from a git worktree)."""
-    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-    candidates = [os.environ.get("MLX_MATRIX_DIR", ""), os.path.join(repo, "..", "shared", "data", "matrices"),
-                  os.path.join(repo, "..", "..", "shared", "data", "matrices")]
-    return next((c for c in candidates if c and os.path.isdir(c)), "")
-
-
-@functools.lru_cache(maxsize=None)
 def load_matrix(name: str):
-    import scipy.io
-    import scipy.sparse as sp
-
-    a = sp.csr_matrix(scipy.io.mmread(os.path.join(matrix_dir(), name + ".mtx"))).astype(np.float32)
-    a.sort_indices()
-    return a
+    return load_suitesparse(name).astype(np.float32)
 
 
 def _csr_arrays(mat, device):
@@ -59,10 +45,7 @@ def _peak_extra_bytes(fn) -> int:
 
 
 def spgemm_cases(device: str, quick: bool) -> List[Case]:
-    folder = matrix_dir()
-    if not folder:
-        return []
-    names = sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".mtx"))
+    names = suitesparse_names()
     if quick:
         names = [n for n in (_QUICK_GPU if device == "cuda" else _QUICK_CPU) if n in names]
     products = ["AA"] if quick else ["AA", "AAt"]
