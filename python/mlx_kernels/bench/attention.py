@@ -8,9 +8,9 @@ of 1K/4K/16K tokens and 128 suffix tokens per sequence. Baselines:
   GPU memory),
 - FlashInfer's two-level cascade attention when flashinfer is importable.
 
-``extra`` holds tokens per call and attention FLOP per token; tokens/s and the
-throughput drop from 1K to 16K prefix come from the measured times:
-``python -m mlx_kernels.bench.attention`` runs the cases and prints both.
+Each row reports decode tokens/s of attention for ours and every baseline
+(``rates``); ``python -m mlx_kernels.bench.attention`` also prints the
+throughput drop from the shortest to the longest prefix.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _case(device, batch, prefix, heads, suffix, head_dim, dtype) -> Case:
     heads_q, heads_kv = heads
     tokens = batch  # decode: one query per sequence
     flop_per_token = 4.0 * heads_q * (prefix + suffix) * head_dim  # Q·Kᵀ and P·V
-    extra: Dict[str, object] = {"tokens_per_call": tokens, "attention_flop_per_token": flop_per_token}
+    extra: Dict[str, object] = {"attention_flop_per_token": flop_per_token}
     copied = _sdpa_copied_bytes(batch, prefix, suffix, heads_kv, head_dim, dtype)
     sdpa_fits = device != "cuda" or copied < 0.6 * torch.cuda.mem_get_info()[0]
     if not sdpa_fits:
@@ -110,7 +110,7 @@ def _case(device, batch, prefix, heads, suffix, head_dim, dtype) -> Case:
                 params={"batch": batch, "prefix": prefix, "suffix": suffix, "heads_q": heads_q, "heads_kv": heads_kv,
                         "head_dim": head_dim, "seq_q": 1, "dtype": str(dtype).replace("torch.", "")},
                 measure=Measure(tokens * flop_per_token, "FLOP", peak="bf16" if dtype == torch.bfloat16 else "fp32"),
-                make=make, extra=extra)
+                make=make, extra=extra, per_call={"tokens": tokens})
 
 
 def shared_prefix_attention_cases(device: str, quick: bool) -> List[Case]:
@@ -132,9 +132,8 @@ BENCHMARKS = {"shared_prefix_attention": shared_prefix_attention_cases}
 
 def tokens_per_second(row: dict) -> Dict[str, float]:
     """Decode tokens per second of attention for ours and every baseline of a result row."""
-    tokens = row["extra"]["tokens_per_call"]
-    times = {"ours": row["ours_ms"], **row["baselines_ms"]}
-    return {name: tokens / (ms * 1e-3) for name, ms in times.items() if ms == ms and ms > 0}
+    suffix = "_tokens_per_s"
+    return {name[: -len(suffix)]: rate for name, rate in row["rates"].items() if name.endswith(suffix)}
 
 
 def prefix_drop(rows: List[dict]) -> Dict[str, float]:
