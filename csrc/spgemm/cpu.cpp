@@ -54,6 +54,9 @@ constexpr int64_t kDenseFraction = 8;
 // The dense accumulator emits a row by scanning its bitmap when the row's
 // column span covers at most this many 64-bit words per entry.
 constexpr int64_t kBitmapScanWordsPerEntry = 8;
+// Rows with at most this many entries are sorted by insertion: their first-seen
+// column lists are a few short sorted runs, so it beats a merge or a bitmap scan.
+constexpr int64_t kInsertionSortMaxEntries = 32;
 // Most elements a chunk's output buffers reserve before they are written.
 constexpr int64_t kMaxReserve = int64_t{1} << 26;
 
@@ -223,6 +226,10 @@ class RowAccumulator {
   // (each adds its new columns in increasing order), so a bottom-up merge of
   // the runs sorts it in count·log2(runs) steps instead of count·log2(count).
   void sort_columns(index_t* cols, int64_t count) {
+    if (count <= kInsertionSortMaxEntries) {
+      insertion_sort(cols, count);
+      return;
+    }
     if (!b_rows_sorted_) {
       std::sort(cols, cols + count);
       return;
@@ -245,6 +252,15 @@ class RowAccumulator {
       std::swap(src, dst);
     }
     if (src != cols) std::copy(src, src + count, cols);
+  }
+
+  static void insertion_sort(index_t* cols, int64_t count) {
+    for (int64_t j = 1; j < count; ++j) {
+      const index_t c = cols[j];
+      int64_t k = j;
+      for (; k > 0 && cols[k - 1] > c; --k) cols[k] = cols[k - 1];
+      cols[k] = c;
+    }
   }
 
   // The slot holding column c, or the empty slot where it belongs.
@@ -303,6 +319,10 @@ class RowAccumulator {
   // already sorted, for a fraction of a sort's cost; otherwise the listed
   // columns are sorted.
   void emit_dense(index_t* row_cols, value_t* row_vals, int64_t count) {
+    if (count <= kInsertionSortMaxEntries) {
+      emit_sorted_dense(row_cols, row_vals, count);
+      return;
+    }
     const auto [lo, hi] = std::minmax_element(row_cols, row_cols + count);
     const int64_t first_word = *lo >> 6, last_word = *hi >> 6;
     if (last_word - first_word + 1 <= kBitmapScanWordsPerEntry * count) {
@@ -317,6 +337,11 @@ class RowAccumulator {
       }
       return;
     }
+    emit_sorted_dense(row_cols, row_vals, count);
+  }
+
+  // Sorts the row's listed columns, then gathers their values and clears their bits.
+  void emit_sorted_dense(index_t* row_cols, value_t* row_vals, int64_t count) {
     sort_columns(row_cols, count);
     for (int64_t j = 0; j < count; ++j) {
       row_vals[j] = dense_vals_[row_cols[j]];
