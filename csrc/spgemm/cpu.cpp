@@ -217,7 +217,10 @@ class RowAccumulator {
       const index_t kk = op_.a_col[p];
       const value_t a = op_.a_val[p];
       if (run_starts_.empty() || run_starts_.back() != count) run_starts_.push_back(count);
-      for (int64_t q = op_.b_crow[kk]; q < op_.b_crow[kk + 1]; ++q) product(op_.b_col[q], a * op_.b_val[q]);
+      // Loop bounds in locals: the row's column writes (index_t) could alias B's
+      // row pointer, which the compiler would otherwise reload every product.
+      const int64_t q_begin = op_.b_crow[kk], q_end = op_.b_crow[kk + 1];
+      for (int64_t q = q_begin; q < q_end; ++q) product(op_.b_col[q], a * op_.b_val[q]);
     }
   }
 
