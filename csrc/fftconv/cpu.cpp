@@ -164,13 +164,21 @@ MLX_ALWAYS_INLINE void twiddle(T* xr, T* xi, const T* wr, const T* wi) {
 // (forward, twiddles after) or conj(F) (inverse, conj twiddles before; F is
 // symmetric so conj(F)ᵀ = conj(F)). Register blocking: one vector of m times
 // kBlock output rows of accumulators, each input vector loaded once per block.
-template <typename T, bool kInverse, int64_t kBlock>
+//
+// Rows i and radix - i of a DFT matrix are conjugate, so when more than half
+// the rows are wanted (kPaired) the block computes, for i <= radix/2 only,
+// P_i = Σ_j Re A[i, j]·x_j and Q_i = Σ_j Im A[i, j]·x_j and writes
+// out[i] = P_i + i·Q_i and out[radix - i] = P_i - i·Q_i: half the multiply-adds.
+// Rows past radix/2 of a block still compute the right out[i] (the tables hold
+// 16 rows, zero past the radix), so any radix takes blocks of 3.
+template <typename T, bool kInverse, bool kPaired, int64_t kBlock>
 MLX_ALWAYS_INLINE void column_stage_blocked(T* re, T* im, int64_t radix, int64_t stride, const T* a_re,
                                             const T* a_im, const T* tw_re, const T* tw_im, int64_t rows_in,
                                             int64_t rows_out) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int64_t W = S::kLanes;
+  const int64_t rows_computed = kPaired ? radix / 2 + 1 : rows_out;
   V out_re[kRadix], out_im[kRadix];
   for (int64_t m0 = 0; m0 < stride; m0 += W) {
     if (kInverse) {
@@ -178,19 +186,37 @@ MLX_ALWAYS_INLINE void column_stage_blocked(T* re, T* im, int64_t radix, int64_t
         twiddle<T, true>(re + j * stride + m0, im + j * stride + m0, tw_re + j * stride + m0, tw_im + j * stride + m0);
       }
     }
-    for (int64_t i0 = 0; i0 < rows_out; i0 += kBlock) {
-      V acc_re[kBlock] = {}, acc_im[kBlock] = {};
+    for (int64_t i0 = 0; i0 < rows_computed; i0 += kBlock) {
+      // Paired: acc = P, acc2 = Q. Plain: acc = out, acc2 unused.
+      V acc_re[kBlock] = {}, acc_im[kBlock] = {}, acc2_re[kBlock] = {}, acc2_im[kBlock] = {};
       for (int64_t j = 0; j < rows_in; ++j) {
         const V xr = S::load(re + j * stride + m0), xi = S::load(im + j * stride + m0);
         for (int64_t b = 0; b < kBlock; ++b) {
           const T ar = a_re[(i0 + b) * radix + j], ai = a_im[(i0 + b) * radix + j];
-          acc_re[b] += ar * xr - ai * xi;
-          acc_im[b] += ar * xi + ai * xr;
+          if (kPaired) {
+            acc_re[b] += ar * xr;
+            acc_im[b] += ar * xi;
+            acc2_re[b] += ai * xr;
+            acc2_im[b] += ai * xi;
+          } else {
+            acc_re[b] += ar * xr - ai * xi;
+            acc_im[b] += ar * xi + ai * xr;
+          }
         }
       }
       for (int64_t b = 0; b < kBlock; ++b) {
-        out_re[i0 + b] = acc_re[b];
-        out_im[i0 + b] = acc_im[b];
+        const int64_t i = i0 + b;
+        if (!kPaired) {
+          out_re[i] = acc_re[b];
+          out_im[i] = acc_im[b];
+        } else if (i < radix) {
+          if (i > 0) {
+            out_re[radix - i] = acc_re[b] + acc2_im[b];
+            out_im[radix - i] = acc_im[b] - acc2_re[b];
+          }
+          out_re[i] = acc_re[b] - acc2_im[b];
+          out_im[i] = acc_im[b] + acc2_re[b];
+        }
       }
     }
     for (int64_t i = 0; i < rows_out; ++i) {
@@ -203,14 +229,18 @@ MLX_ALWAYS_INLINE void column_stage_blocked(T* re, T* im, int64_t radix, int64_t
   }
 }
 
-// Blocks of 4 output rows; 2 for the radix-2 stage, which has only 2.
+// Paired when more than radix/2 + 1 rows are wanted (all but the inverse's last
+// stage, which writes only the rows holding outputs), in blocks of 3 rows (2 for
+// radix 2); plain otherwise, in blocks of 4 rows (2 for radix 2).
 template <typename T, bool kInverse>
 MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride, const T* a_re, const T* a_im,
                                     const T* tw_re, const T* tw_im, int64_t rows_in, int64_t rows_out) {
   if (radix == 2) {
-    column_stage_blocked<T, kInverse, 2>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
+    column_stage_blocked<T, kInverse, false, 2>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
+  } else if (rows_out > radix / 2 + 1) {
+    column_stage_blocked<T, kInverse, true, 3>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
   } else {
-    column_stage_blocked<T, kInverse, 4>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
+    column_stage_blocked<T, kInverse, false, 4>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
   }
 }
 
