@@ -25,6 +25,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -229,14 +230,86 @@ MLX_ALWAYS_INLINE void column_stage_blocked(T* re, T* im, int64_t radix, int64_t
   }
 }
 
-// Paired when more than radix/2 + 1 rows are wanted (all but the inverse's last
-// stage, which writes only the rows holding outputs), in blocks of 3 rows (2 for
-// radix 2); plain otherwise, in blocks of 4 rows (2 for radix 2).
+// The same stage when every input row is read (rows_in == radix): columns j and
+// radix - j of a DFT matrix are conjugate too, so with e_j = x_j + x_{radix-j}
+// and o_j = x_j - x_{radix-j} (e_0 = x_0, e_{radix/2} = x_{radix/2}),
+// P_i = Σ_{j <= radix/2} Re A[i, j]·e_j and Q_i = Σ_{0 < j < radix/2} Im A[i, j]·o_j:
+// a quarter of the plain matmul's multiply-adds. Only rows i < rows_out (and
+// their mirrors) are computed.
+template <typename T, bool kInverse>
+MLX_ALWAYS_INLINE void column_stage_symmetric(T* re, T* im, int64_t radix, int64_t stride, const T* a_re,
+                                              const T* a_im, const T* tw_re, const T* tw_im, int64_t rows_out) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int64_t W = S::kLanes, kBlock = 3;
+  const int64_t half = radix / 2, rows_computed = std::min(rows_out, half + 1);
+  V out_re[kRadix], out_im[kRadix];
+  V e_re[kRadix / 2 + 1], e_im[kRadix / 2 + 1], o_re[kRadix / 2], o_im[kRadix / 2];
+  for (int64_t m0 = 0; m0 < stride; m0 += W) {
+    if (kInverse) {
+      for (int64_t j = 0; j < radix; ++j) {
+        twiddle<T, true>(re + j * stride + m0, im + j * stride + m0, tw_re + j * stride + m0, tw_im + j * stride + m0);
+      }
+    }
+    for (int64_t j : {int64_t{0}, half}) {
+      e_re[j] = S::load(re + j * stride + m0);
+      e_im[j] = S::load(im + j * stride + m0);
+    }
+    for (int64_t j = 1; j < half; ++j) {
+      const V ar = S::load(re + j * stride + m0), ai = S::load(im + j * stride + m0);
+      const V br = S::load(re + (radix - j) * stride + m0), bi = S::load(im + (radix - j) * stride + m0);
+      e_re[j] = ar + br;
+      e_im[j] = ai + bi;
+      o_re[j] = ar - br;
+      o_im[j] = ai - bi;
+    }
+    for (int64_t i0 = 0; i0 < rows_computed; i0 += kBlock) {
+      V p_re[kBlock] = {}, p_im[kBlock] = {}, q_re[kBlock] = {}, q_im[kBlock] = {};
+      for (int64_t j = 0; j <= half; ++j) {
+        for (int64_t b = 0; b < kBlock; ++b) {
+          const T ar = a_re[(i0 + b) * radix + j];
+          p_re[b] += ar * e_re[j];
+          p_im[b] += ar * e_im[j];
+        }
+      }
+      for (int64_t j = 1; j < half; ++j) {
+        for (int64_t b = 0; b < kBlock; ++b) {
+          const T ai = a_im[(i0 + b) * radix + j];
+          q_re[b] += ai * o_re[j];
+          q_im[b] += ai * o_im[j];
+        }
+      }
+      for (int64_t b = 0; b < kBlock; ++b) {
+        const int64_t i = i0 + b;
+        if (i >= radix) continue;
+        if (i > 0) {
+          out_re[radix - i] = p_re[b] + q_im[b];
+          out_im[radix - i] = p_im[b] - q_re[b];
+        }
+        out_re[i] = p_re[b] - q_im[b];
+        out_im[i] = p_im[b] + q_re[b];
+      }
+    }
+    for (int64_t i = 0; i < rows_out; ++i) {
+      S::store(re + i * stride + m0, out_re[i]);
+      S::store(im + i * stride + m0, out_im[i]);
+      if (!kInverse) {
+        twiddle<T, false>(re + i * stride + m0, im + i * stride + m0, tw_re + i * stride + m0, tw_im + i * stride + m0);
+      }
+    }
+  }
+}
+
+// Radix 2: plain, in blocks of 2 rows. Otherwise symmetric when every input row
+// is read; else (the forward's first stage, which reads only the rows holding
+// data) paired when more than radix/2 + 1 rows are wanted, plain otherwise.
 template <typename T, bool kInverse>
 MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride, const T* a_re, const T* a_im,
                                     const T* tw_re, const T* tw_im, int64_t rows_in, int64_t rows_out) {
   if (radix == 2) {
     column_stage_blocked<T, kInverse, false, 2>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
+  } else if (rows_in == radix) {
+    column_stage_symmetric<T, kInverse>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_out);
   } else if (rows_out > radix / 2 + 1) {
     column_stage_blocked<T, kInverse, true, 3>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
   } else {
