@@ -301,8 +301,7 @@ MLX_ALWAYS_INLINE void column_stage_symmetric(T* re, T* im, int64_t radix, int64
 }
 
 // Radix 2: plain, in blocks of 2 rows. Otherwise symmetric when every input row
-// is read; else (the forward's first stage, which reads only the rows holding
-// data) paired when more than radix/2 + 1 rows are wanted, plain otherwise.
+// is read (all stages but the forward's first); else paired, in blocks of 3.
 template <typename T, bool kInverse>
 MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride, const T* a_re, const T* a_im,
                                     const T* tw_re, const T* tw_im, int64_t rows_in, int64_t rows_out) {
@@ -310,10 +309,8 @@ MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride,
     column_stage_blocked<T, kInverse, false, 2>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
   } else if (rows_in == radix) {
     column_stage_symmetric<T, kInverse>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_out);
-  } else if (rows_out > radix / 2 + 1) {
-    column_stage_blocked<T, kInverse, true, 3>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
   } else {
-    column_stage_blocked<T, kInverse, false, 4>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
+    column_stage_blocked<T, kInverse, true, 3>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
   }
 }
 
