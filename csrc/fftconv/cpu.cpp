@@ -160,6 +160,34 @@ MLX_ALWAYS_INLINE void twiddle(T* xr, T* xi, const T* wr, const T* wi) {
   S::store(xi, a * d + b * c);
 }
 
+// out[i] = P + i·Q and out[radix - i] = P - i·Q for a row i of a conjugate pair
+// (nothing for i >= radix; row radix/2 is its own mirror).
+template <typename T>
+MLX_ALWAYS_INLINE void write_pair(typename Simd<T>::V* out_re, typename Simd<T>::V* out_im, int64_t radix, int64_t i,
+                                  typename Simd<T>::V p_re, typename Simd<T>::V p_im, typename Simd<T>::V q_re,
+                                  typename Simd<T>::V q_im) {
+  if (i >= radix) return;
+  if (i > 0) {
+    out_re[radix - i] = p_re + q_im;
+    out_im[radix - i] = p_im - q_re;
+  }
+  out_re[i] = p_re - q_im;
+  out_im[i] = p_im + q_re;
+}
+
+// Stores the first rows_out rows of one vector column, twiddled after in the forward.
+template <typename T, bool kInverse>
+MLX_ALWAYS_INLINE void store_rows(T* re, T* im, int64_t stride, const T* tw_re, const T* tw_im,
+                                  const typename Simd<T>::V* out_re, const typename Simd<T>::V* out_im,
+                                  int64_t rows_out) {
+  using S = Simd<T>;
+  for (int64_t i = 0; i < rows_out; ++i) {
+    S::store(re + i * stride, out_re[i]);
+    S::store(im + i * stride, out_im[i]);
+    if (!kInverse) twiddle<T, false>(re + i * stride, im + i * stride, tw_re + i * stride, tw_im + i * stride);
+  }
+}
+
 // One column stage on one [radix, stride] block, in place: the complex matmul
 // out[i, m] = Σ_{j < rows_in} A[i, j]·x[j, m] for i < rows_out, with A = F
 // (forward, twiddles after) or conj(F) (inverse, conj twiddles before; F is
@@ -210,23 +238,12 @@ MLX_ALWAYS_INLINE void column_stage_blocked(T* re, T* im, int64_t radix, int64_t
         if (!kPaired) {
           out_re[i] = acc_re[b];
           out_im[i] = acc_im[b];
-        } else if (i < radix) {
-          if (i > 0) {
-            out_re[radix - i] = acc_re[b] + acc2_im[b];
-            out_im[radix - i] = acc_im[b] - acc2_re[b];
-          }
-          out_re[i] = acc_re[b] - acc2_im[b];
-          out_im[i] = acc_im[b] + acc2_re[b];
+        } else {
+          write_pair<T>(out_re, out_im, radix, i, acc_re[b], acc_im[b], acc2_re[b], acc2_im[b]);
         }
       }
     }
-    for (int64_t i = 0; i < rows_out; ++i) {
-      S::store(re + i * stride + m0, out_re[i]);
-      S::store(im + i * stride + m0, out_im[i]);
-      if (!kInverse) {
-        twiddle<T, false>(re + i * stride + m0, im + i * stride + m0, tw_re + i * stride + m0, tw_im + i * stride + m0);
-      }
-    }
+    store_rows<T, kInverse>(re + m0, im + m0, stride, tw_re + m0, tw_im + m0, out_re, out_im, rows_out);
   }
 }
 
@@ -280,23 +297,10 @@ MLX_ALWAYS_INLINE void column_stage_symmetric(T* re, T* im, int64_t radix, int64
         }
       }
       for (int64_t b = 0; b < kBlock; ++b) {
-        const int64_t i = i0 + b;
-        if (i >= radix) continue;
-        if (i > 0) {
-          out_re[radix - i] = p_re[b] + q_im[b];
-          out_im[radix - i] = p_im[b] - q_re[b];
-        }
-        out_re[i] = p_re[b] - q_im[b];
-        out_im[i] = p_im[b] + q_re[b];
+        write_pair<T>(out_re, out_im, radix, i0 + b, p_re[b], p_im[b], q_re[b], q_im[b]);
       }
     }
-    for (int64_t i = 0; i < rows_out; ++i) {
-      S::store(re + i * stride + m0, out_re[i]);
-      S::store(im + i * stride + m0, out_im[i]);
-      if (!kInverse) {
-        twiddle<T, false>(re + i * stride + m0, im + i * stride + m0, tw_re + i * stride + m0, tw_im + i * stride + m0);
-      }
-    }
+    store_rows<T, kInverse>(re + m0, im + m0, stride, tw_re + m0, tw_im + m0, out_re, out_im, rows_out);
   }
 }
 
