@@ -25,6 +25,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -159,18 +160,54 @@ MLX_ALWAYS_INLINE void twiddle(T* xr, T* xi, const T* wr, const T* wi) {
   S::store(xi, a * d + b * c);
 }
 
+// out[i] = P + i·Q and out[radix - i] = P - i·Q for a row i of a conjugate pair
+// (nothing for i >= radix; row radix/2 is its own mirror).
+template <typename T>
+MLX_ALWAYS_INLINE void write_pair(typename Simd<T>::V* out_re, typename Simd<T>::V* out_im, int64_t radix, int64_t i,
+                                  typename Simd<T>::V p_re, typename Simd<T>::V p_im, typename Simd<T>::V q_re,
+                                  typename Simd<T>::V q_im) {
+  if (i >= radix) return;
+  if (i > 0) {
+    out_re[radix - i] = p_re + q_im;
+    out_im[radix - i] = p_im - q_re;
+  }
+  out_re[i] = p_re - q_im;
+  out_im[i] = p_im + q_re;
+}
+
+// Stores the first rows_out rows of one vector column, twiddled after in the forward.
+template <typename T, bool kInverse>
+MLX_ALWAYS_INLINE void store_rows(T* re, T* im, int64_t stride, const T* tw_re, const T* tw_im,
+                                  const typename Simd<T>::V* out_re, const typename Simd<T>::V* out_im,
+                                  int64_t rows_out) {
+  using S = Simd<T>;
+  for (int64_t i = 0; i < rows_out; ++i) {
+    S::store(re + i * stride, out_re[i]);
+    S::store(im + i * stride, out_im[i]);
+    if (!kInverse) twiddle<T, false>(re + i * stride, im + i * stride, tw_re + i * stride, tw_im + i * stride);
+  }
+}
+
 // One column stage on one [radix, stride] block, in place: the complex matmul
 // out[i, m] = Σ_{j < rows_in} A[i, j]·x[j, m] for i < rows_out, with A = F
 // (forward, twiddles after) or conj(F) (inverse, conj twiddles before; F is
 // symmetric so conj(F)ᵀ = conj(F)). Register blocking: one vector of m times
 // kBlock output rows of accumulators, each input vector loaded once per block.
-template <typename T, bool kInverse, int64_t kBlock>
+//
+// Rows i and radix - i of a DFT matrix are conjugate, so when more than half
+// the rows are wanted (kPaired) the block computes, for i <= radix/2 only,
+// P_i = Σ_j Re A[i, j]·x_j and Q_i = Σ_j Im A[i, j]·x_j and writes
+// out[i] = P_i + i·Q_i and out[radix - i] = P_i - i·Q_i: half the multiply-adds.
+// Rows past radix/2 of a block still compute the right out[i] (the tables hold
+// 16 rows, zero past the radix), so any radix takes blocks of 3.
+template <typename T, bool kInverse, bool kPaired, int64_t kBlock>
 MLX_ALWAYS_INLINE void column_stage_blocked(T* re, T* im, int64_t radix, int64_t stride, const T* a_re,
                                             const T* a_im, const T* tw_re, const T* tw_im, int64_t rows_in,
                                             int64_t rows_out) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int64_t W = S::kLanes;
+  const int64_t rows_computed = kPaired ? radix / 2 + 1 : rows_out;
   V out_re[kRadix], out_im[kRadix];
   for (int64_t m0 = 0; m0 < stride; m0 += W) {
     if (kInverse) {
@@ -178,57 +215,136 @@ MLX_ALWAYS_INLINE void column_stage_blocked(T* re, T* im, int64_t radix, int64_t
         twiddle<T, true>(re + j * stride + m0, im + j * stride + m0, tw_re + j * stride + m0, tw_im + j * stride + m0);
       }
     }
-    for (int64_t i0 = 0; i0 < rows_out; i0 += kBlock) {
-      V acc_re[kBlock] = {}, acc_im[kBlock] = {};
+    for (int64_t i0 = 0; i0 < rows_computed; i0 += kBlock) {
+      // Paired: acc = P, acc2 = Q. Plain: acc = out, acc2 unused.
+      V acc_re[kBlock] = {}, acc_im[kBlock] = {}, acc2_re[kBlock] = {}, acc2_im[kBlock] = {};
       for (int64_t j = 0; j < rows_in; ++j) {
         const V xr = S::load(re + j * stride + m0), xi = S::load(im + j * stride + m0);
         for (int64_t b = 0; b < kBlock; ++b) {
           const T ar = a_re[(i0 + b) * radix + j], ai = a_im[(i0 + b) * radix + j];
-          acc_re[b] += ar * xr - ai * xi;
-          acc_im[b] += ar * xi + ai * xr;
+          if (kPaired) {
+            acc_re[b] += ar * xr;
+            acc_im[b] += ar * xi;
+            acc2_re[b] += ai * xr;
+            acc2_im[b] += ai * xi;
+          } else {
+            acc_re[b] += ar * xr - ai * xi;
+            acc_im[b] += ar * xi + ai * xr;
+          }
         }
       }
       for (int64_t b = 0; b < kBlock; ++b) {
-        out_re[i0 + b] = acc_re[b];
-        out_im[i0 + b] = acc_im[b];
+        const int64_t i = i0 + b;
+        if (!kPaired) {
+          out_re[i] = acc_re[b];
+          out_im[i] = acc_im[b];
+        } else {
+          write_pair<T>(out_re, out_im, radix, i, acc_re[b], acc_im[b], acc2_re[b], acc2_im[b]);
+        }
       }
     }
-    for (int64_t i = 0; i < rows_out; ++i) {
-      S::store(re + i * stride + m0, out_re[i]);
-      S::store(im + i * stride + m0, out_im[i]);
-      if (!kInverse) {
-        twiddle<T, false>(re + i * stride + m0, im + i * stride + m0, tw_re + i * stride + m0, tw_im + i * stride + m0);
-      }
-    }
+    store_rows<T, kInverse>(re + m0, im + m0, stride, tw_re + m0, tw_im + m0, out_re, out_im, rows_out);
   }
 }
 
-// Blocks of 4 output rows; 2 for the radix-2 stage, which has only 2.
+// The same stage when every input row is read (rows_in == radix): columns j and
+// radix - j of a DFT matrix are conjugate too, so with e_j = x_j + x_{radix-j}
+// and o_j = x_j - x_{radix-j} (e_0 = x_0, e_{radix/2} = x_{radix/2}),
+// P_i = Σ_{j <= radix/2} Re A[i, j]·e_j and Q_i = Σ_{0 < j < radix/2} Im A[i, j]·o_j:
+// a quarter of the plain matmul's multiply-adds. Only rows i < rows_out (and
+// their mirrors) are computed.
+template <typename T, bool kInverse>
+MLX_ALWAYS_INLINE void column_stage_symmetric(T* re, T* im, int64_t radix, int64_t stride, const T* a_re,
+                                              const T* a_im, const T* tw_re, const T* tw_im, int64_t rows_out) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int64_t W = S::kLanes, kBlock = 3;
+  const int64_t half = radix / 2, rows_computed = std::min(rows_out, half + 1);
+  V out_re[kRadix], out_im[kRadix];
+  V e_re[kRadix / 2 + 1], e_im[kRadix / 2 + 1], o_re[kRadix / 2], o_im[kRadix / 2];
+  for (int64_t m0 = 0; m0 < stride; m0 += W) {
+    if (kInverse) {
+      for (int64_t j = 0; j < radix; ++j) {
+        twiddle<T, true>(re + j * stride + m0, im + j * stride + m0, tw_re + j * stride + m0, tw_im + j * stride + m0);
+      }
+    }
+    for (int64_t j : {int64_t{0}, half}) {
+      e_re[j] = S::load(re + j * stride + m0);
+      e_im[j] = S::load(im + j * stride + m0);
+    }
+    for (int64_t j = 1; j < half; ++j) {
+      const V ar = S::load(re + j * stride + m0), ai = S::load(im + j * stride + m0);
+      const V br = S::load(re + (radix - j) * stride + m0), bi = S::load(im + (radix - j) * stride + m0);
+      e_re[j] = ar + br;
+      e_im[j] = ai + bi;
+      o_re[j] = ar - br;
+      o_im[j] = ai - bi;
+    }
+    for (int64_t i0 = 0; i0 < rows_computed; i0 += kBlock) {
+      V p_re[kBlock] = {}, p_im[kBlock] = {}, q_re[kBlock] = {}, q_im[kBlock] = {};
+      for (int64_t j = 0; j <= half; ++j) {
+        for (int64_t b = 0; b < kBlock; ++b) {
+          const T ar = a_re[(i0 + b) * radix + j];
+          p_re[b] += ar * e_re[j];
+          p_im[b] += ar * e_im[j];
+        }
+      }
+      for (int64_t j = 1; j < half; ++j) {
+        for (int64_t b = 0; b < kBlock; ++b) {
+          const T ai = a_im[(i0 + b) * radix + j];
+          q_re[b] += ai * o_re[j];
+          q_im[b] += ai * o_im[j];
+        }
+      }
+      for (int64_t b = 0; b < kBlock; ++b) {
+        write_pair<T>(out_re, out_im, radix, i0 + b, p_re[b], p_im[b], q_re[b], q_im[b]);
+      }
+    }
+    store_rows<T, kInverse>(re + m0, im + m0, stride, tw_re + m0, tw_im + m0, out_re, out_im, rows_out);
+  }
+}
+
+// Radix 2: plain, in blocks of 2 rows. Otherwise symmetric when every input row
+// is read (all stages but the forward's first); else paired, in blocks of 3.
 template <typename T, bool kInverse>
 MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride, const T* a_re, const T* a_im,
                                     const T* tw_re, const T* tw_im, int64_t rows_in, int64_t rows_out) {
   if (radix == 2) {
-    column_stage_blocked<T, kInverse, 2>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
+    column_stage_blocked<T, kInverse, false, 2>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
+  } else if (rows_in == radix) {
+    column_stage_symmetric<T, kInverse>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_out);
   } else {
-    column_stage_blocked<T, kInverse, 4>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
+    column_stage_blocked<T, kInverse, true, 3>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
   }
 }
 
 // The last stage's 16-point DFT of one contiguous row, X[f] = Σ_j x[j]·F[j, f],
-// vectorized along f.
+// vectorized along f. Rows j and 16 - j of F are conjugate, so with
+// e_j = x_j + x_{16-j} and o_j = x_j - x_{16-j} (e_0 = x_0, e_8 = x_8),
+// X = Σ_{j <= 8} e_j·Re F[j, :] + i·Σ_{0 < j < 8} o_j·Im F[j, :]: half the
+// multiply-adds. Also the inverse row DFT, with F's conjugate as the table.
 template <typename T>
 MLX_ALWAYS_INLINE void row_dft(const T* xr, const T* xi, const T* dft_re, const T* dft_im,
                                typename Simd<T>::V (&fr)[kRadix / Simd<T>::kLanes],
                                typename Simd<T>::V (&fi)[kRadix / Simd<T>::kLanes]) {
   using S = Simd<T>;
-  constexpr int64_t C = kRadix / S::kLanes;
+  constexpr int64_t C = kRadix / S::kLanes, half = kRadix / 2;
   for (int64_t c = 0; c < C; ++c) fr[c] = fi[c] = typename S::V{};
-  for (int64_t j = 0; j < kRadix; ++j) {
-    const T a = xr[j], b = xi[j];
+  for (int64_t j = 0; j <= half; ++j) {
+    const bool paired = j > 0 && j < half;
+    const T er = paired ? xr[j] + xr[kRadix - j] : xr[j], ei = paired ? xi[j] + xi[kRadix - j] : xi[j];
     for (int64_t c = 0; c < C; ++c) {
-      const auto wr = S::load(dft_re + j * kRadix + c * S::kLanes), wi = S::load(dft_im + j * kRadix + c * S::kLanes);
-      fr[c] += a * wr - b * wi;
-      fi[c] += a * wi + b * wr;
+      const auto wr = S::load(dft_re + j * kRadix + c * S::kLanes);
+      fr[c] += er * wr;
+      fi[c] += ei * wr;
+    }
+  }
+  for (int64_t j = 1; j < half; ++j) {
+    const T odd_r = xr[j] - xr[kRadix - j], odd_i = xi[j] - xi[kRadix - j];
+    for (int64_t c = 0; c < C; ++c) {
+      const auto wi = S::load(dft_im + j * kRadix + c * S::kLanes);
+      fr[c] -= odd_i * wi;
+      fi[c] += odd_r * wi;
     }
   }
 }
@@ -271,9 +387,14 @@ MLX_ALWAYS_INLINE void last_stage_convolve(T* re, T* im, int64_t rows, const T* 
       S::store(yr + c * W, fr[c] * sr - fi[c] * si);
       S::store(yi + c * W, fr[c] * si + fi[c] * sr);
     }
+    // The symmetric row DFT costs as much as 8 plain terms: it wins from 4 kept blocks a side.
     V zr[C] = {}, zi[C] = {};
-    for (int64_t f = 0; f < kept.low_end; ++f) inverse_row_term(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
-    for (int64_t f = kept.high_begin; f < kRadix; ++f) inverse_row_term(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
+    if (4 * kept.low_end >= kRadix) {
+      row_dft(yr, yi, dft_re, idft_im, zr, zi);
+    } else {
+      for (int64_t f = 0; f < kept.low_end; ++f) inverse_row_term(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
+      for (int64_t f = kept.high_begin; f < kRadix; ++f) inverse_row_term(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
+    }
     for (int64_t c = 0; c < C; ++c) {
       S::store(xr + c * W, zr[c]);
       S::store(xi + c * W, zi[c]);
