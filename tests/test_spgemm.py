@@ -199,6 +199,28 @@ def test_long_rows_use_every_bin(device):
     check_against_oracle(ops.spgemm_csr(*args), args)
 
 
+def test_dense_accumulator_loop_switch_and_full_rows(device):
+    # Rows alternate between heavy column reuse (the CPU's branching loop) and
+    # none (its branch-free loop), and some rows fill all n columns from more
+    # than n products (the branch-free loop's spare column slot).
+    n = 64
+    b = sp.vstack([sp.csr_matrix(np.ones((1, n))),                        # row 0: every column
+                   random_csr(40, n, np.full(40, 1), seed=11)]).tocsr()   # rows 1..40: one column each
+    rows = []
+    for i in range(30):
+        dense = np.zeros(41)
+        if i % 3 == 0:
+            dense[[0, 1, 2, 3]] = 1.0                   # full row of C from n + 3 products
+        elif i % 3 == 1:
+            dense[1 + (np.arange(8) * 5 + i) % 40] = 1.0  # a new column per product
+        else:
+            dense[[0] + list(range(1, 41, 4))] = 1.0    # mostly reuse
+        rows.append(dense * np.linspace(0.5, 1.5, 41))
+    a = sp.csr_matrix(np.array(rows))
+    args = op_args(a, b, device=device)
+    check_against_oracle(ops.spgemm_csr(*args), args)
+
+
 def test_large_n_uses_hash_tables():
     # n far beyond the dense-accumulator threshold: short rows go through the CPU hash tables.
     a = random_csr(300, 300, np.full(300, 5), seed=9)
