@@ -81,6 +81,33 @@ def test_bsr_spmm_dtypes(device, dtype, block):
     check_product(a, a_dense, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("block", [(16, 16), (16, 8), (3, 5), (2, 64), (64, 3), (1, 1)])
+@pytest.mark.parametrize("reorder", [False, True])
+def test_packed_cpu_path_matches_dense_blocks(dtype, block, reorder):
+    # On the CPU, a @ b runs on the packed blocks (bsr_spmm_packed); the public op
+    # on the dense blocks visits the same terms in the same order: equal bit for bit.
+    a_dense = random_sparse(77, 150, 0.1, dtype)
+    a_dense[20:30] = 0
+    a = BlockSparseMatrix.from_dense(a_dense, block=block, reorder=reorder)
+    assert a._packed is not None
+    block_row_bits, row_col_bits, values = a._packed
+    assert block_row_bits.shape == (a.nblocks,) and values.numel() == a.nnz
+    assert row_col_bits.numel() == int((a.blocks != 0).any(dim=2).sum())
+    b = torch.randn(150, 33, dtype=dtype)
+    packed = a @ b
+    torch.testing.assert_close(packed, mlx_kernels.bsr_spmm(a.crow, a.col, a.blocks, b, 77, a.row_perm),
+                               rtol=0, atol=0)
+    check_product(a, a_dense, b)
+
+
+def test_blocks_wider_than_64_use_dense_blocks():
+    a_dense = random_sparse(30, 150, 0.1)
+    a = BlockSparseMatrix.from_dense(a_dense, block=(4, 70))
+    assert a._packed is None  # one bit per column: at most 64 columns
+    check_product(a, a_dense, torch.randn(150, 5))
+
+
 def test_bsr_spmm_int32_indices_and_noncontiguous(device):
     a_dense = random_sparse(40, 50, 0.3)
     a = BlockSparseMatrix.from_dense(a_dense, block=(16, 8), reorder=True).to(device)

@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/checks.h"
@@ -17,6 +18,7 @@
 namespace mlx_kernels::bsr {
 
 constexpr const char* kSpmmOp = MLX_OP_NAME("bsr_spmm");
+constexpr const char* kSpmmPackedOp = MLX_OP_NAME("bsr_spmm_packed");
 
 // Accumulation type of bsr_spmm: fp32 for fp16/bf16 inputs, fp64 for fp32 and
 // fp64 inputs. An fp32 sum of products already differs from torch's fp32 GEMM by
@@ -30,35 +32,69 @@ inline at::ScalarType acc_dtype(at::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// Checks shared by the bsr_spmm variants: index dtypes, crow [ceil(m / br) + 1],
+// col [nblocks], b 2-D, m >= 0 and row_perm's dtype and length.
+inline void check_bcsr_structure(const char* op, const at::Tensor& crow, const at::Tensor& col, int64_t nblocks,
+                                 const char* nblocks_name, int64_t br, const at::Tensor& b, int64_t m,
+                                 const at::Tensor* perm) {
+  check_dtype(op, "crow", crow, {at::kInt, at::kLong});
+  check_dtype(op, "col", col, {at::kInt, at::kLong});
+  MLX_CHECK(crow.scalar_type() == col.scalar_type(), op, "'crow' and 'col' must have one index dtype, got ",
+            dtype_name(crow.scalar_type()), " and ", dtype_name(col.scalar_type()));
+  check_dim(op, "crow", crow, 1);
+  check_dim(op, "col", col, 1);
+  check_dim(op, "b", b, 2);
+  MLX_CHECK(m >= 0, op, "'m' must be >= 0, got ", m);
+  const int64_t block_rows = ceil_div(m, br);
+  check_size(op, "crow", crow, 0, block_rows + 1, "ceil(m / br) + 1 (br: the block height)");
+  check_size(op, "col", col, 0, nblocks, nblocks_name);
+  if (perm != nullptr) {
+    check_dtype(op, "row_perm", *perm, {at::kLong});
+    check_dim(op, "row_perm", *perm, 1);
+    check_size(op, "row_perm", *perm, 0, m, "one entry per row of A (m)");
+  }
+}
+
 // Shape, dtype and device checks of bsr_spmm (cheap on every device).
 inline void check_bsr_spmm_shapes(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& blocks,
                                   const at::Tensor& b, int64_t m, const c10::optional<at::Tensor>& row_perm) {
   constexpr const char* op = kSpmmOp;
   const at::Tensor* perm = row_perm.has_value() ? &*row_perm : nullptr;
   check_same_device(op, {{"crow", &crow}, {"col", &col}, {"blocks", &blocks}, {"b", &b}, {"row_perm", perm}});
-  check_dtype(op, "crow", crow, {at::kInt, at::kLong});
-  check_dtype(op, "col", col, {at::kInt, at::kLong});
-  MLX_CHECK(crow.scalar_type() == col.scalar_type(), op, "'crow' and 'col' must have one index dtype, got ",
-            dtype_name(crow.scalar_type()), " and ", dtype_name(col.scalar_type()));
   check_dtype(op, "blocks", blocks, {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble});
   check_dtype(op, "b", b, {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble});
   MLX_CHECK(blocks.scalar_type() == b.scalar_type(), op, "'blocks' and 'b' must have one dtype, got ",
             dtype_name(blocks.scalar_type()), " and ", dtype_name(b.scalar_type()));
-  check_dim(op, "crow", crow, 1);
-  check_dim(op, "col", col, 1);
   check_dim(op, "blocks", blocks, 3);
-  check_dim(op, "b", b, 2);
-  MLX_CHECK(m >= 0, op, "'m' must be >= 0, got ", m);
   MLX_CHECK(blocks.size(1) > 0 && blocks.size(2) > 0, op,
             "'blocks' must be [nblocks, br, bc] with br, bc >= 1, got shape ", blocks.sizes());
-  const int64_t block_rows = ceil_div(m, blocks.size(1));
-  check_size(op, "crow", crow, 0, block_rows + 1, "ceil(m / br) + 1 with m and br = blocks.shape[1]");
-  check_size(op, "col", col, 0, blocks.size(0), "one column index per block (blocks.shape[0])");
-  if (perm != nullptr) {
-    check_dtype(op, "row_perm", *perm, {at::kLong});
-    check_dim(op, "row_perm", *perm, 1);
-    check_size(op, "row_perm", *perm, 0, m, "one entry per row of A (m)");
+  check_bcsr_structure(op, crow, col, blocks.size(0), "one column index per block (blocks.shape[0])",
+                       blocks.size(1), b, m, perm);
+}
+
+// Shape, dtype and device checks of bsr_spmm_packed (a CPU op on int64 indices).
+inline void check_bsr_spmm_packed_shapes(const at::Tensor& crow, const at::Tensor& col,
+                                         const at::Tensor& block_row_bits, const at::Tensor& row_col_bits,
+                                         const at::Tensor& values, const at::Tensor& b, int64_t m, int64_t block_rows,
+                                         int64_t block_cols, const c10::optional<at::Tensor>& row_perm) {
+  constexpr const char* op = kSpmmPackedOp;
+  const at::Tensor* perm = row_perm.has_value() ? &*row_perm : nullptr;
+  check_same_device(op, {{"crow", &crow}, {"col", &col}, {"block_row_bits", &block_row_bits},
+                         {"row_col_bits", &row_col_bits}, {"values", &values}, {"b", &b}, {"row_perm", perm}});
+  check_dtype(op, "crow", crow, {at::kLong});
+  check_dtype(op, "block_row_bits", block_row_bits, {at::kLong});
+  check_dtype(op, "row_col_bits", row_col_bits, {at::kLong});
+  check_dtype(op, "values", values, {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble});
+  MLX_CHECK(values.scalar_type() == b.scalar_type(), op, "'values' and 'b' must have one dtype, got ",
+            dtype_name(values.scalar_type()), " and ", dtype_name(b.scalar_type()));
+  check_dim(op, "block_row_bits", block_row_bits, 1);
+  check_dim(op, "row_col_bits", row_col_bits, 1);
+  check_dim(op, "values", values, 1);
+  for (const auto& [name, size] : {std::pair{"block_rows", block_rows}, std::pair{"block_cols", block_cols}}) {
+    MLX_CHECK(size >= 1 && size <= 64, op, "'", name, "' must be in [1, 64] (one bit per row or column), got ", size);
   }
+  check_bcsr_structure(op, crow, col, block_row_bits.numel(), "one column index per block (block_row_bits' length)",
+                       block_rows, b, m, perm);
 }
 
 // crow [rows + 1] starts at 0, never decreases and ends at `total` (the
@@ -93,8 +129,7 @@ inline void check_permutation(const char* op, const at::Tensor& row_perm) {
 // rows columns); row_perm is a permutation of 0..m-1. O(nblocks + m).
 template <typename index_t>
 void check_bsr_spmm_values(const at::Tensor& crow, const at::Tensor& col, int64_t k, int64_t bc,
-                           const c10::optional<at::Tensor>& row_perm) {
-  constexpr const char* op = kSpmmOp;
+                           const c10::optional<at::Tensor>& row_perm, const char* op = kSpmmOp) {
   const int64_t nblocks = col.numel();
   check_offsets<index_t>(op, crow, nblocks, "nblocks");
   const int64_t block_cols = ceil_div(k, bc);

@@ -1,13 +1,22 @@
-// CPU kernel of bsr_spmm: C = A · B with A in BCSR (br × bc blocks), B dense.
+// CPU kernels of bsr_spmm: C = A · B with A in BCSR (br × bc blocks), B dense.
 //
 // The work is the GPU kernel's: block row by block row, each block times the
 // bc rows of B it covers (its B tile), accumulated in fp32 (fp64 for fp32 and
-// fp64 inputs, see acc_type) and stored once per output row, through row_perm when the BCSR holds
-// A's rows permuted. On a CPU a multiply by zero costs as much as any other, so
-// the zero padding inside blocks (1 - fill of the stored entries) is skipped:
-// each output row gathers the non-zero (a, B row) terms of its block row and
-// sums them four at a time into one accumulator row, which keeps that row in
-// registers/L1 and reads each needed row of B once.
+// fp64 inputs, see acc_type) and stored once per output row, through row_perm
+// when the BCSR holds A's rows permuted. On a CPU a multiply by zero costs as
+// much as any other, so the zero padding inside blocks (1 - fill of the stored
+// entries) is skipped: each output row gathers the non-zero (a, B row) terms of
+// its block row and sums them four at a time into one accumulator row, which
+// keeps that row in registers/L1 and reads each needed row of B once.
+//
+// Two block payloads feed that loop:
+// - bsr_spmm: dense blocks (the tensor-core layout). The block row's non-zeros
+//   are found by scanning its blocks, which at the fills of real sparse
+//   matrices (1-5%) reads 20-100x more bytes than the non-zeros themselves.
+// - bsr_spmm_packed: each block row of each block as a bit mask of its non-zero
+//   columns plus the non-zeros packed in block order (the tile format of
+//   TileSpGEMM), which BlockSparseMatrix keeps next to the dense blocks on the
+//   CPU: the same blocks and B tiles, without reading the padding.
 //
 // Threads take contiguous ranges of block rows balanced by work (blocks + 1 per
 // block row), so a few dense block rows do not leave the other threads idle.
@@ -17,6 +26,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -28,45 +38,77 @@
 namespace mlx_kernels::bsr {
 namespace {
 
-// y[0:n] += Σ_t a[t] · x[t][0:n], four terms per pass over y.
-template <typename acc_t>
+// y[0:n] += Σ_t a[t] · x[t][0:n], four terms per pass over y. x is B in its own
+// dtype when that is fp32/fp64 (converted to acc_t in registers: no fp64 copy of
+// B per call), in fp32 for fp16/bf16.
+template <typename acc_t, typename x_t>
 inline __attribute__((always_inline)) void accumulate_terms(acc_t* __restrict__ y, const acc_t* a,
-                                                            const acc_t* const* x, int64_t terms, int64_t n) {
+                                                            const x_t* const* x, int64_t terms, int64_t n) {
   int64_t t = 0;
   for (; t + 4 <= terms; t += 4) {
     const acc_t a0 = a[t], a1 = a[t + 1], a2 = a[t + 2], a3 = a[t + 3];
-    const acc_t* __restrict__ x0 = x[t];
-    const acc_t* __restrict__ x1 = x[t + 1];
-    const acc_t* __restrict__ x2 = x[t + 2];
-    const acc_t* __restrict__ x3 = x[t + 3];
-    for (int64_t i = 0; i < n; ++i) y[i] += a0 * x0[i] + a1 * x1[i] + a2 * x2[i] + a3 * x3[i];
+    const x_t* __restrict__ x0 = x[t];
+    const x_t* __restrict__ x1 = x[t + 1];
+    const x_t* __restrict__ x2 = x[t + 2];
+    const x_t* __restrict__ x3 = x[t + 3];
+    for (int64_t i = 0; i < n; ++i) {
+      y[i] += a0 * acc_t(x0[i]) + a1 * acc_t(x1[i]) + a2 * acc_t(x2[i]) + a3 * acc_t(x3[i]);
+    }
   }
   for (; t < terms; ++t) {
     const acc_t a0 = a[t];
-    const acc_t* __restrict__ x0 = x[t];
-    for (int64_t i = 0; i < n; ++i) y[i] += a0 * x0[i];
+    const x_t* __restrict__ x0 = x[t];
+    for (int64_t i = 0; i < n; ++i) y[i] += a0 * acc_t(x0[i]);
   }
 }
 
-MLX_CPU_MULTIVERSION
-void accumulate_terms_f32(float* y, const float* a, const float* const* x, int64_t terms, int64_t n) {
-  accumulate_terms(y, a, x, terms, n);
-}
-
-MLX_CPU_MULTIVERSION
-void accumulate_terms_f64(double* y, const double* a, const double* const* x, int64_t terms, int64_t n) {
-  accumulate_terms(y, a, x, terms, n);
-}
-
-inline void accumulate(float* y, const float* a, const float* const* x, int64_t terms, int64_t n) {
-  accumulate_terms_f32(y, a, x, terms, n);
-}
-inline void accumulate(double* y, const double* a, const double* const* x, int64_t terms, int64_t n) {
-  accumulate_terms_f64(y, a, x, terms, n);
-}
-
+// Sums the rows of one block row and stores them: for r < rows,
+// c_rows[r][0:n] = Σ_t a[r][t] · x[r][t][0:n] over count[r] terms. Rows with more
+// than kTermsPerPartial terms are summed that many terms at a time into a
+// partial row added to y, as a blocked GEMM does over k: the rounding error
+// grows with the number of partials plus the partial's length, not with the
+// row's length. One call per block row (not per row): at the 2-3 non-zeros per
+// row of power-grid matrices the per-row call overhead was the kernel's cost.
 constexpr int64_t kTermsPerPartial = 64;
-constexpr int64_t kMinPartWork = 1 << 18;
+
+template <typename acc_t, typename x_t, typename out_t>
+inline __attribute__((always_inline)) void sum_rows(int64_t rows, const acc_t* const* a, const x_t* const* const* x,
+                                                    const int64_t* count, out_t* const* c_rows, acc_t* y,
+                                                    acc_t* partial, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    std::fill(y, y + n, acc_t(0));
+    if (count[r] <= kTermsPerPartial) {
+      accumulate_terms(y, a[r], x[r], count[r], n);
+    } else {
+      for (int64_t t = 0; t < count[r]; t += kTermsPerPartial) {
+        std::fill(partial, partial + n, acc_t(0));
+        accumulate_terms(partial, a[r] + t, x[r] + t, std::min(kTermsPerPartial, count[r] - t), n);
+        for (int64_t i = 0; i < n; ++i) y[i] += partial[i];
+      }
+    }
+    out_t* __restrict__ c_row = c_rows[r];
+    for (int64_t i = 0; i < n; ++i) c_row[i] = static_cast<out_t>(y[i]);
+  }
+}
+
+// One multiversioned (AVX-512 / AVX2 / baseline) instance per (acc, B, out) type.
+#define MLX_BSR_SUM_ROWS(acc_t, x_t, out_t)                                                                  \
+  MLX_CPU_MULTIVERSION void sum_rows_mv(int64_t rows, const acc_t* const* a, const x_t* const* const* x,     \
+                                        const int64_t* count, out_t* const* c_rows, acc_t* y, acc_t* partial, \
+                                        int64_t n) {                                                          \
+    sum_rows(rows, a, x, count, c_rows, y, partial, n);                                                       \
+  }
+MLX_BSR_SUM_ROWS(float, float, c10::Half)
+MLX_BSR_SUM_ROWS(float, float, c10::BFloat16)
+MLX_BSR_SUM_ROWS(double, float, float)
+MLX_BSR_SUM_ROWS(double, double, double)
+#undef MLX_BSR_SUM_ROWS
+
+// B as the inner loop reads it: its own dtype for fp32/fp64, fp32 for fp16/bf16.
+template <typename scalar_t>
+using b_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+constexpr int64_t kMinPartWork = 1 << 15;
 
 // Indices of the segments (consecutive runs of segment_bytes bytes, `segments`
 // of them from p) holding any non-zero bit. At low fill most block-row segments
@@ -120,94 +162,159 @@ std::vector<int64_t> balanced_bounds(const index_t* crow, int64_t block_rows, in
   return bounds;
 }
 
-template <typename scalar_t, typename index_t>
-void bsr_spmm_kernel(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& blocks,
-                     const at::Tensor& b_acc, at::Tensor& out, int64_t m, const int64_t* perm) {
-  using acc_t = acc_type<scalar_t>;
-  const int64_t br = blocks.size(1), bc = blocks.size(2), k = b_acc.size(0), n = b_acc.size(1);
-  const int64_t block_rows = crow.numel() - 1;
-  const index_t* crow_ptr = crow.data_ptr<index_t>();
-  const index_t* col_ptr = col.data_ptr<index_t>();
-  const scalar_t* blocks_ptr = blocks.data_ptr<scalar_t>();
-  const acc_t* b_ptr = b_acc.data_ptr<acc_t>();
-  scalar_t* out_ptr = out.data_ptr<scalar_t>();
+// The BCSR structure and the dense operands every kernel variant shares.
+template <typename index_t, typename acc_t, typename x_t, typename out_t>
+struct SpmmProblem {
+  const index_t* crow;
+  const index_t* col;
+  const x_t* b;       // B [k, n] as the inner loop reads it
+  out_t* out;         // C [m, n]
+  const int64_t* perm;  // stored row -> A's row, or null
+  int64_t m, k, n, br, bc, block_rows;
+};
 
+// One thread's lists of the non-zero terms of each row of a block row: the A
+// values (in acc_t) and the B rows they scale.
+template <typename acc_t, typename x_t>
+struct RowTerms {
+  RowTerms(int64_t br, int64_t n) : a(br), b_rows(br), count(br), a_ptr(br), b_rows_ptr(br), y(n), partial(n) {}
+
+  void start(int64_t rows, int64_t capacity) {
+    for (int64_t r = 0; r < rows; ++r) {
+      count[r] = 0;
+      if (static_cast<int64_t>(a[r].size()) < capacity) {
+        a[r].resize(capacity), b_rows[r].resize(capacity);
+        a_ptr[r] = a[r].data(), b_rows_ptr[r] = b_rows[r].data();
+      }
+    }
+  }
+  void add(int64_t r, acc_t value, const x_t* b_row) {
+    a_ptr[r][count[r]] = value;
+    b_rows_ptr[r][count[r]++] = b_row;
+  }
+
+  std::vector<std::vector<acc_t>> a;
+  std::vector<std::vector<const x_t*>> b_rows;
+  std::vector<int64_t> count;
+  std::vector<acc_t*> a_ptr;              // a[r].data()
+  std::vector<const x_t**> b_rows_ptr;   // b_rows[r].data()
+  std::vector<acc_t> y, partial;
+};
+
+// Runs C = A·B over block rows, `gather(rb, rows, terms)` listing the non-zero
+// terms of block row rb's first `rows` rows; sums each row and stores it. The
+// gather is copied per thread, with any scratch it captures.
+template <typename index_t, typename acc_t, typename x_t, typename out_t, typename Gather>
+void spmm_block_rows(const SpmmProblem<index_t, acc_t, x_t, out_t>& p, int64_t stored_entries, const Gather& gather) {
   // Enough parts to balance the threads, but none smaller than kMinPartWork
   // (stored entries + output values): below that, waking threads costs more
   // than the work.
-  const int64_t work = blocks.numel() + m * n;
-  const int64_t max_parts = std::min<int64_t>(block_rows, 8 * at::get_num_threads());
+  const int64_t work = stored_entries + p.m * p.n;
+  const int64_t max_parts = std::min<int64_t>(p.block_rows, 8 * at::get_num_threads());
   const int64_t parts = std::clamp<int64_t>(work / kMinPartWork, 1, max_parts);
-  const std::vector<int64_t> bounds = balanced_bounds(crow_ptr, block_rows, parts);
+  const std::vector<int64_t> bounds = balanced_bounds(p.crow, p.block_rows, parts);
 
   at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
-    // Per row of the block row: its non-zero terms a and the B rows they scale.
-    std::vector<std::vector<acc_t>> a_terms(br);
-    std::vector<std::vector<const acc_t*>> b_rows(br);
-    std::vector<int64_t> terms(br), segments;
-    std::vector<acc_t> y(n), partial(n);
+    RowTerms<acc_t, x_t> terms(p.br, p.n);
+    std::vector<out_t*> c_rows(p.br);
+    auto thread_gather = gather;  // each thread's own copy of the gather's scratch
     for (int64_t rb = bounds[part_begin]; rb < bounds[part_end]; ++rb) {
-      const int64_t rows = std::min(br, m - rb * br);
-      const int64_t first = crow_ptr[rb], blocks_here = crow_ptr[rb + 1] - first;
+      const int64_t rows = std::min(p.br, p.m - rb * p.br);
+      terms.start(rows, (p.crow[rb + 1] - p.crow[rb]) * p.bc);
+      thread_gather(rb, rows, terms);
       for (int64_t r = 0; r < rows; ++r) {
-        terms[r] = 0;
-        if (static_cast<int64_t>(a_terms[r].size()) < blocks_here * bc) {
-          a_terms[r].resize(blocks_here * bc), b_rows[r].resize(blocks_here * bc);
-        }
+        const int64_t stored_row = rb * p.br + r;
+        c_rows[r] = p.out + (p.perm != nullptr ? p.perm[stored_row] : stored_row) * p.n;
       }
-      // The block row's blocks are contiguous: find its non-zero block rows
-      // (segments of bc values) in one pass over memory, then visit only their
-      // non-zeros through a bit mask. Columns past k (padding of the
-      // last block column) are never touched.
-      segments.resize(blocks_here * br);
-      const int64_t found = nonzero_segments(reinterpret_cast<const unsigned char*>(blocks_ptr + first * br * bc),
-                                             bc * static_cast<int64_t>(sizeof(scalar_t)), blocks_here * br,
-                                             segments.data());
-      for (int64_t f = 0; f < found; ++f) {
-        const int64_t j = first + segments[f] / br, r = segments[f] % br;
-        if (r >= rows) continue;
-        const int64_t k0 = static_cast<int64_t>(col_ptr[j]) * bc;
-        const scalar_t* a_row = blocks_ptr + (j * br + r) * bc;
-        const int64_t width = std::min(bc, k - k0);
-        for (int64_t c0 = 0; c0 < width; c0 += 64) {
-          for (uint64_t mask = nonzero_mask(a_row + c0, std::min<int64_t>(64, width - c0)); mask != 0;
-               mask &= mask - 1) {
-            const int64_t c = c0 + __builtin_ctzll(mask);
-            a_terms[r][terms[r]] = static_cast<acc_t>(a_row[c]);
-            b_rows[r][terms[r]++] = b_ptr + (k0 + c) * n;
-          }
+      sum_rows_mv(rows, terms.a_ptr.data(), terms.b_rows_ptr.data(), terms.count.data(), c_rows.data(),
+                  terms.y.data(), terms.partial.data(), p.n);
+    }
+  });
+}
+
+// Dense blocks: find the block row's non-zero block rows (segments of bc
+// values; its blocks are contiguous) in one pass over memory, then visit only
+// their non-zeros through a bit mask. Columns past k (padding of the last block
+// column) are never touched.
+template <typename scalar_t, typename index_t, typename acc_t, typename x_t>
+void spmm_dense_blocks(const SpmmProblem<index_t, acc_t, x_t, scalar_t>& p, const scalar_t* blocks,
+                       int64_t nblocks) {
+  const int64_t br = p.br, bc = p.bc;
+  spmm_block_rows(p, nblocks * br * bc, [&, segments = std::vector<int64_t>()](
+                                            int64_t rb, int64_t rows, RowTerms<acc_t, x_t>& terms) mutable {
+    const int64_t first = p.crow[rb], blocks_here = p.crow[rb + 1] - first;
+    segments.resize(blocks_here * br);
+    const int64_t found = nonzero_segments(reinterpret_cast<const unsigned char*>(blocks + first * br * bc),
+                                           bc * static_cast<int64_t>(sizeof(scalar_t)), blocks_here * br,
+                                           segments.data());
+    for (int64_t f = 0; f < found; ++f) {
+      const int64_t j = first + segments[f] / br, r = segments[f] % br;
+      if (r >= rows) continue;
+      const int64_t k0 = static_cast<int64_t>(p.col[j]) * bc;
+      const scalar_t* a_row = blocks + (j * br + r) * bc;
+      const int64_t width = std::min(bc, p.k - k0);
+      for (int64_t c0 = 0; c0 < width; c0 += 64) {
+        for (uint64_t mask = nonzero_mask(a_row + c0, std::min<int64_t>(64, width - c0)); mask != 0;
+             mask &= mask - 1) {
+          const int64_t c = c0 + __builtin_ctzll(mask);
+          terms.add(r, static_cast<acc_t>(a_row[c]), p.b + (k0 + c) * p.n);
         }
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        // Long rows sum kTermsPerPartial terms at a time into a partial row
-        // added to y, as a blocked GEMM does over k: the rounding error grows
-        // with the number of partials plus the partial's length, not with the
-        // row's length.
-        std::fill(y.begin(), y.end(), acc_t(0));
-        for (int64_t t = 0; t < terms[r]; t += kTermsPerPartial) {
-          const int64_t count = std::min(kTermsPerPartial, terms[r] - t);
-          if (terms[r] <= kTermsPerPartial) {
-            accumulate(y.data(), a_terms[r].data(), b_rows[r].data(), count, n);
-            break;
-          }
-          std::fill(partial.begin(), partial.end(), acc_t(0));
-          accumulate(partial.data(), a_terms[r].data() + t, b_rows[r].data() + t, count, n);
-          for (int64_t i = 0; i < n; ++i) y[i] += partial[i];
-        }
-        const int64_t stored_row = rb * br + r;
-        scalar_t* c_row = out_ptr + (perm != nullptr ? perm[stored_row] : stored_row) * n;
-        for (int64_t i = 0; i < n; ++i) c_row[i] = static_cast<scalar_t>(y[i]);
       }
     }
   });
+}
+
+// Packed blocks (two-level bitmaps): bit r of block_row_bits[j] marks the
+// non-zero rows of block j; each such row, in block order, has a word of
+// row_col_bits marking its non-zero columns, and its non-zeros follow in
+// `values`. starts[rb] = (first word, first value) of block row rb.
+struct PackedStarts {
+  std::vector<int64_t> words, values;
+};
+
+template <typename scalar_t, typename index_t, typename acc_t, typename x_t>
+void spmm_packed_blocks(const SpmmProblem<index_t, acc_t, x_t, scalar_t>& p, const int64_t* block_row_bits,
+                        const int64_t* row_col_bits, const scalar_t* values, const PackedStarts& starts) {
+  const int64_t stored = starts.values[p.block_rows] + starts.words[p.block_rows] + p.crow[p.block_rows];
+  spmm_block_rows(p, stored, [&](int64_t rb, int64_t, RowTerms<acc_t, x_t>& terms) {
+    // Rows past m hold no non-zeros (checked), so every set row bit is a row < rows.
+    int64_t w = starts.words[rb], v = starts.values[rb];
+    for (int64_t j = p.crow[rb]; j < p.crow[rb + 1]; ++j) {
+      const x_t* b_tile = p.b + static_cast<int64_t>(p.col[j]) * p.bc * p.n;
+      for (uint64_t rows = static_cast<uint64_t>(block_row_bits[j]); rows != 0; rows &= rows - 1) {
+        const int64_t r = __builtin_ctzll(rows);
+        for (uint64_t cols = static_cast<uint64_t>(row_col_bits[w++]); cols != 0; cols &= cols - 1) {
+          terms.add(r, static_cast<acc_t>(values[v++]), b_tile + __builtin_ctzll(cols) * p.n);
+        }
+      }
+    }
+  });
+}
+
+// B as the inner loop reads it (see b_type), contiguous.
+at::Tensor b_for_accumulation(const at::Tensor& b) {
+  const bool half = b.scalar_type() == at::kHalf || b.scalar_type() == at::kBFloat16;
+  return (half ? b.to(at::kFloat) : b).contiguous();
+}
+
+template <typename scalar_t, typename index_t>
+SpmmProblem<index_t, acc_type<scalar_t>, b_type<scalar_t>, scalar_t> make_problem(
+    const at::Tensor& crow, const at::Tensor& col, const at::Tensor& b_acc, at::Tensor& out, int64_t m,
+    int64_t br, int64_t bc, const int64_t* perm) {
+  return {crow.data_ptr<index_t>(), col.data_ptr<index_t>(), b_acc.data_ptr<b_type<scalar_t>>(),
+          out.data_ptr<scalar_t>(), perm, m, b_acc.size(0), b_acc.size(1), br, bc, crow.numel() - 1};
+}
+
+c10::optional<at::Tensor> contiguous_perm(const c10::optional<at::Tensor>& row_perm) {
+  if (!row_perm.has_value()) return c10::nullopt;
+  return row_perm->contiguous();
 }
 
 at::Tensor bsr_spmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, const at::Tensor& blocks_in,
                         const at::Tensor& b, int64_t m, const c10::optional<at::Tensor>& row_perm_in) {
   check_bsr_spmm_shapes(crow_in, col_in, blocks_in, b, m, row_perm_in);
   const at::Tensor crow = crow_in.contiguous(), col = col_in.contiguous(), blocks = blocks_in.contiguous();
-  c10::optional<at::Tensor> row_perm;
-  if (row_perm_in.has_value()) row_perm = row_perm_in->contiguous();
+  const c10::optional<at::Tensor> row_perm = contiguous_perm(row_perm_in);
   const int64_t k = b.size(0), n = b.size(1);
   AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "bsr_spmm_check", [&] {
     check_bsr_spmm_values<index_t>(crow, col, k, blocks.size(2), row_perm);
@@ -215,21 +322,123 @@ at::Tensor bsr_spmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, con
 
   at::Tensor out = at::empty({m, n}, b.options());
   if (m == 0 || n == 0) return out;
-  // B in the accumulation type once (a no-op for fp64), so the inner loop is a
-  // pure fused multiply-add stream.
-  const at::Tensor b_acc = b.to(acc_dtype(b.scalar_type())).contiguous();
+  const at::Tensor b_acc = b_for_accumulation(b);
   const int64_t* perm = row_perm.has_value() ? row_perm->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, blocks.scalar_type(), "bsr_spmm_cpu", [&] {
     using value_t = scalar_t;
     AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "bsr_spmm_cpu_index", [&] {
-      bsr_spmm_kernel<value_t, index_t>(crow, col, blocks, b_acc, out, m, perm);
+      const auto problem = make_problem<value_t, index_t>(crow, col, b_acc, out, m, blocks.size(1),
+                                                          blocks.size(2), perm);
+      spmm_dense_blocks(problem, blocks.data_ptr<value_t>(), blocks.size(0));
     });
+  });
+  return out;
+}
+
+// Checks block row rb of the packed form and counts its column words and
+// values: no row bit past the block height or past m, no column bit past the
+// block width or past k. Returns false on a bad bit. These helpers are
+// multiversioned for the popcnt instruction (the baseline x86-64 build calls a
+// libgcc routine).
+MLX_CPU_MULTIVERSION
+int64_t popcount_sum(const int64_t* words, int64_t count) {
+  int64_t bits = 0;
+  for (int64_t i = 0; i < count; ++i) bits += __builtin_popcountll(static_cast<uint64_t>(words[i]));
+  return bits;
+}
+
+// The words' total is checked before (so every word read here exists).
+MLX_CPU_MULTIVERSION
+bool count_packed_block_row(const int64_t* crow, const int64_t* col, const int64_t* block_row_bits,
+                            const int64_t* row_col_bits, int64_t rb, int64_t word_start,
+                            int64_t allowed_rows, int64_t bc, int64_t k, int64_t* words, int64_t* values) {
+  const uint64_t row_mask = allowed_rows >= 64 ? ~uint64_t{0} : (uint64_t{1} << allowed_rows) - 1;
+  int64_t w = word_start, count = 0;
+  for (int64_t j = crow[rb]; j < crow[rb + 1]; ++j) {
+    const uint64_t rows = static_cast<uint64_t>(block_row_bits[j]);
+    const int64_t width = std::min(bc, k - col[j] * bc);
+    const uint64_t col_mask = width >= 64 ? ~uint64_t{0} : (uint64_t{1} << width) - 1;
+    const int64_t nrows = __builtin_popcountll(rows);
+    if ((rows & ~row_mask) != 0) return false;
+    for (int64_t t = 0; t < nrows; ++t, ++w) {
+      const uint64_t cols = static_cast<uint64_t>(row_col_bits[w]);
+      if ((cols & ~col_mask) != 0) return false;
+      count += __builtin_popcountll(cols);
+    }
+  }
+  *words = w - word_start;
+  *values = count;
+  return true;
+}
+
+// Where each block row's column words and values begin, checking every bit
+// (see count_packed_block_row) and the word and value totals.
+PackedStarts packed_starts(const int64_t* crow, const int64_t* col, const int64_t* block_row_bits,
+                           const int64_t* row_col_bits, int64_t words_total, int64_t values_total,
+                           int64_t block_rows, int64_t br, int64_t bc, int64_t m, int64_t k) {
+  constexpr const char* op = kSpmmPackedOp;
+  // Word starts need the row counts of every earlier block row: one cheap
+  // popcount pass over the row bits, then the checked pass in parallel.
+  PackedStarts starts{std::vector<int64_t>(block_rows + 1, 0), std::vector<int64_t>(block_rows + 1, 0)};
+  for (int64_t rb = 0; rb < block_rows; ++rb) {
+    starts.words[rb + 1] = starts.words[rb] + popcount_sum(block_row_bits + crow[rb], crow[rb + 1] - crow[rb]);
+  }
+  MLX_CHECK(starts.words[block_rows] == words_total, op, "'row_col_bits' must hold one word per set bit of ",
+            "'block_row_bits' (", starts.words[block_rows], "), got ", words_total);
+  std::atomic<int64_t> bad_block_row{block_rows};
+  at::parallel_for(0, block_rows, std::max<int64_t>(1, kMinPartWork / (16 * br)), [&](int64_t begin, int64_t end) {
+    for (int64_t rb = begin; rb < end; ++rb) {
+      int64_t words = 0;
+      if (!count_packed_block_row(crow, col, block_row_bits, row_col_bits, rb, starts.words[rb],
+                                  std::min(br, m - rb * br), bc, k, &words, &starts.values[rb + 1])) {
+        bad_block_row = rb;
+        return;
+      }
+    }
+  });
+  MLX_CHECK(bad_block_row.load() == block_rows, op, "block row ", bad_block_row.load(),
+            " marks entries outside its blocks: a 'block_row_bits' bit past the block height or past m, or a ",
+            "'row_col_bits' bit past block_cols = ", bc, " or past k = ", k);
+  for (int64_t rb = 0; rb < block_rows; ++rb) starts.values[rb + 1] += starts.values[rb];
+  MLX_CHECK(starts.values[block_rows] == values_total, op, "'values' must hold one entry per set bit of ",
+            "'row_col_bits' (", starts.values[block_rows], "), got ", values_total);
+  return starts;
+}
+
+at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_in,
+                               const at::Tensor& block_row_bits_in, const at::Tensor& row_col_bits_in,
+                               const at::Tensor& values_in, const at::Tensor& b, int64_t m, int64_t block_rows,
+                               int64_t block_cols, const c10::optional<at::Tensor>& row_perm_in) {
+  check_bsr_spmm_packed_shapes(crow_in, col_in, block_row_bits_in, row_col_bits_in, values_in, b, m, block_rows,
+                               block_cols, row_perm_in);
+  const at::Tensor crow = crow_in.contiguous(), col = col_in.contiguous();
+  const at::Tensor block_row_bits = block_row_bits_in.contiguous(), row_col_bits = row_col_bits_in.contiguous();
+  const at::Tensor values = values_in.contiguous();
+  const c10::optional<at::Tensor> row_perm = contiguous_perm(row_perm_in);
+  const int64_t k = b.size(0), n = b.size(1);
+  check_bsr_spmm_values<int64_t>(crow, col, k, block_cols, row_perm, kSpmmPackedOp);
+  const PackedStarts starts = packed_starts(crow.data_ptr<int64_t>(), col.data_ptr<int64_t>(),
+                                            block_row_bits.data_ptr<int64_t>(), row_col_bits.data_ptr<int64_t>(),
+                                            row_col_bits.numel(), values.numel(), crow.numel() - 1, block_rows,
+                                            block_cols, m, k);
+
+  at::Tensor out = at::empty({m, n}, b.options());
+  if (m == 0 || n == 0) return out;
+  const at::Tensor b_acc = b_for_accumulation(b);
+  const int64_t* perm = row_perm.has_value() ? row_perm->data_ptr<int64_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "bsr_spmm_packed_cpu", [&] {
+    const auto problem = make_problem<scalar_t, int64_t>(crow, col, b_acc, out, m, block_rows, block_cols, perm);
+    spmm_packed_blocks(problem, block_row_bits.data_ptr<int64_t>(), row_col_bits.data_ptr<int64_t>(),
+                       values.data_ptr<scalar_t>(), starts);
   });
   return out;
 }
 
 }  // namespace
 
-MLX_LIBRARY_IMPL(CPU, m) { m.impl("bsr_spmm", &bsr_spmm_cpu); }
+MLX_LIBRARY_IMPL(CPU, m) {
+  m.impl("bsr_spmm", &bsr_spmm_cpu);
+  m.impl("bsr_spmm_packed", &bsr_spmm_packed_cpu);
+}
 
 }  // namespace mlx_kernels::bsr

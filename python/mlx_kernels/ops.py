@@ -158,6 +158,23 @@ def bsr_spmm(
     return ops.bsr_spmm(crow, col, blocks, b, m, row_perm)
 
 
+@torch.library.register_fake(_name("bsr_spmm_packed"))
+def _bsr_spmm_packed_fake(crow, col, block_row_bits, row_col_bits, values, b, m, block_rows, block_cols,
+                          row_perm=None):
+    return b.new_empty((m, b.shape[1]))
+
+
+def bsr_spmm_packed(
+    crow: Tensor, col: Tensor, block_row_bits: Tensor, row_col_bits: Tensor, values: Tensor, b: Tensor, m: int,
+    block_rows: int, block_cols: int, row_perm: Optional[Tensor] = None,
+) -> Tensor:
+    """bsr_spmm on packed blocks (CPU, int64 indices): bit r of block_row_bits[j] marks the
+    non-zero rows of block j; each, in block order, has a word of row_col_bits marking its
+    non-zero columns; values holds those entries in the same order."""
+    return ops.bsr_spmm_packed(crow, col, block_row_bits, row_col_bits, values, b, m, block_rows, block_cols,
+                               row_perm)
+
+
 @torch.library.register_fake(_name("bsr_reorder_rows"))
 def _bsr_reorder_rows_fake(crow, col, k, block_rows, block_cols):
     return crow.new_empty((crow.shape[0] - 1,), dtype=torch.int64)
