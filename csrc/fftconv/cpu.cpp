@@ -420,22 +420,48 @@ MLX_ALWAYS_INLINE void forward_column_stages(const PlanView<T>& plan, T* re, T* 
   }
 }
 
-// Steps 2-4 of the header on one task's buffer.
+// Steps 2-4 of the header on one task's buffer. After the first forward
+// column stage the buffer splits into independent chunks, one per block of
+// stage 1 (later stages' blocks nest inside them), so each chunk runs every
+// later stage, the spectrum multiply and the inverse stages back to stage 1
+// while it is in L1/L2: at N = 128K the buffer (1 MB) would otherwise stream
+// through L3 once per stage, forward and inverse.
 template <typename T>
 MLX_ALWAYS_INLINE void convolve_buffer(const PlanView<T>& plan, T* re, T* im, int64_t L, const T* spec_re,
                                        const T* spec_im, KeptBlocks kept) {
-  forward_column_stages(plan, re, im, L);
-  const StageView<T>& last = plan.stage[plan.num_stages - 1];
-  last_stage_convolve(re, im, last.rows, last.dft_re, last.dft_im, last.idft_im, kept, spec_re, spec_im);
-  for (int64_t s = plan.num_stages - 1; s-- > 0;) {
-    const StageView<T>& st = plan.stage[s];
-    const int64_t rows_out = s == 0 ? rows_holding<T>(L, st.stride) : st.radix;
-    for (int64_t p = 0; p < st.rows; ++p) {
-      const int64_t offset = p * st.radix * st.stride;
-      column_stage<T, true>(re + offset, im + offset, st.radix, st.stride, st.dft_re, st.idft_im, st.tw_re,
-                            st.tw_im, st.radix, rows_out);
+  const int64_t S = plan.num_stages;
+  const StageView<T>& last = plan.stage[S - 1];
+  if (S == 1) {
+    last_stage_convolve(re, im, last.rows, last.dft_re, last.dft_im, last.idft_im, kept, spec_re, spec_im);
+    return;
+  }
+  const StageView<T>& first = plan.stage[0];  // one [radix, stride] block: rows == 1
+  const int64_t live_rows = rows_holding<T>(L, first.stride);
+  column_stage<T, false>(re, im, first.radix, first.stride, first.dft_re, first.dft_im, first.tw_re, first.tw_im,
+                         live_rows, first.radix);
+  const int64_t chunks = plan.stage[1].rows, chunk = plan.N / chunks;
+  for (int64_t c = 0; c < chunks; ++c) {
+    T* cre = re + c * chunk;
+    T* cim = im + c * chunk;
+    for (int64_t s = 1; s + 1 < S; ++s) {
+      const StageView<T>& st = plan.stage[s];
+      for (int64_t offset = 0; offset < chunk; offset += st.radix * st.stride) {
+        column_stage<T, false>(cre + offset, cim + offset, st.radix, st.stride, st.dft_re, st.dft_im, st.tw_re,
+                               st.tw_im, st.radix, st.radix);
+      }
+    }
+    last_stage_convolve(cre, cim, chunk / kRadix, last.dft_re, last.dft_im, last.idft_im, kept,
+                        spec_re + c * chunk, spec_im + c * chunk);
+    for (int64_t s = S - 2; s >= 1; --s) {
+      const StageView<T>& st = plan.stage[s];
+      for (int64_t offset = 0; offset < chunk; offset += st.radix * st.stride) {
+        column_stage<T, true>(cre + offset, cim + offset, st.radix, st.stride, st.dft_re, st.idft_im, st.tw_re,
+                              st.tw_im, st.radix, st.radix);
+      }
     }
   }
+  column_stage<T, true>(re, im, first.radix, first.stride, first.dft_re, first.idft_im, first.tw_re, first.tw_im,
+                        first.radix, live_rows);
 }
 
 // The forward transform alone (the kernel spectrum): in place, Monarch order.
