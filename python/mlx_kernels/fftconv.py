@@ -61,11 +61,21 @@ def _compute_dtype(u: Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
-def _correlate_with_signal(v: Tensor, g: Tensor, lk: int) -> Tensor:
-    """d k [H, Lk] = Σ_b Σ_t g[b, h, t]·v[b, h, t-j]: conv of v with flip(g) per (b, h)."""
+def _correlate_with_signal(v: Tensor, g: Tensor, lk: int, keep_blocks: int = DENSE_KEEP_BLOCKS) -> Tensor:
+    """d k [H, Lk] = Σ_b Σ_t g[b, h, t]·v[b, h, t-j]: conv of v with flip(g) per (b, h).
+
+    With keep_blocks < 8 the forward convolution is circular with the masked kernel
+    P·k (P = ifft·mask·fft, self-adjoint: the mask is real and symmetric in f), so
+    d k = P applied to the full correlation: the same conv of v with flip(g), with the
+    mask on flip(g)'s spectrum.
+    """
     b, h, length = v.shape
-    rows = _ops.fft_conv(v.reshape(1, b * h, length), g.flip(-1).reshape(b * h, length))
-    return rows.reshape(b, h, length)[..., length - lk:].flip(-1).sum(0)
+    rows, kernels = v.reshape(1, b * h, length), g.flip(-1).reshape(b * h, length)
+    if keep_blocks == DENSE_KEEP_BLOCKS:
+        out = _ops.fft_conv(rows, kernels)
+    else:
+        out = _ops.fft_conv_spectral(rows, _ops.fft_conv_spectrum(kernels, length, keep_blocks), keep_blocks)
+    return out.reshape(b, h, length)[..., length - lk:].flip(-1).sum(0)
 
 
 def _fft_conv_setup_context(ctx, inputs, output):
@@ -73,28 +83,37 @@ def _fft_conv_setup_context(ctx, inputs, output):
     ctx.save_for_backward(u, k, pregate, postgate)
 
 
-def _fft_conv_backward(ctx, grad):
-    u, k, pregate, postgate = ctx.saved_tensors
-    ctx_inputs = len(ctx.needs_input_grad)
-    need_u, need_k, need_pre, need_post = _needs_grad(ctx, 4)
+def _gated_grads(conv, grad, u, pregate, postgate, need_u, need_pre, need_post):
+    """Gradients of y = conv(u·pregate)·postgate for u and the gates, and the
+    gradient g_c at the convolution's output (grad·postgate), in u's compute dtype.
+    conv(x, gate) is the forward convolution of x·gate (gate may be None); its
+    adjoint is flip ∘ conv ∘ flip."""
     cd = _compute_dtype(u)
-    uc, kc, gc = u.to(cd), k.to(cd), grad.to(cd)
+    uc, gc = u.to(cd), grad.to(cd)
     prec = pregate.to(cd) if pregate is not None else None
-    grad_u = grad_k = grad_pre = grad_post = None
+    grad_u = grad_pre = grad_post = None
     if need_post:
-        grad_post = (gc * _ops.fft_conv(uc, kc, prec, None)).to(postgate.dtype)
+        grad_post = (gc * conv(uc, prec)).to(postgate.dtype)
     if postgate is not None:
         gc = gc * postgate.to(cd)
     if need_u or need_pre:
-        grad_v = _ops.fft_conv(gc.flip(-1), kc).flip(-1)
+        grad_v = conv(gc.flip(-1), None).flip(-1)
         if need_u:
             grad_u = (grad_v * prec if prec is not None else grad_v).to(u.dtype)
         if need_pre:
             grad_pre = (grad_v * uc).to(pregate.dtype)
-    if need_k:
-        v = uc * prec if prec is not None else uc
-        grad_k = _correlate_with_signal(v, gc, k.shape[1]).to(k.dtype)
-    return (grad_u, grad_k, grad_pre, grad_post)[:ctx_inputs]
+    v = uc * prec if prec is not None else uc
+    return grad_u, grad_pre, grad_post, gc, v
+
+
+def _fft_conv_backward(ctx, grad):
+    u, k, pregate, postgate = ctx.saved_tensors
+    need_u, need_k, need_pre, need_post = _needs_grad(ctx, 4)
+    kc = k.to(_compute_dtype(u))
+    grad_u, grad_pre, grad_post, gc, v = _gated_grads(
+        lambda x, gate: _ops.fft_conv(x, kc, gate, None), grad, u, pregate, postgate, need_u, need_pre, need_post)
+    grad_k = _correlate_with_signal(v, gc, k.shape[1]).to(k.dtype) if need_k else None
+    return (grad_u, grad_k, grad_pre, grad_post)[:len(ctx.needs_input_grad)]
 
 
 torch.library.register_autograd(
@@ -108,35 +127,50 @@ def _fft_conv_spectral_setup_context(ctx, inputs, output):
     ctx.save_for_backward(u, k_f, pregate, postgate)
 
 
+def _spectral_conv(k_f: Tensor, keep: int):
+    return lambda x, gate: _ops.fft_conv_spectral(x, k_f, keep, gate, None)
+
+
 def _fft_conv_spectral_backward(ctx, grad):
     # The truncated convolution is a circular one with the masked kernel
     # k_m = ifft(mask·fft(k)); its adjoint on v is still flip ∘ conv ∘ flip with
     # the same k_m, so d u and the gates reuse the same spectrum. The spectrum
-    # itself is not differentiated (see FFTConv).
+    # itself is not differentiated here: FFTConv differentiates k through
+    # _FrequencySparseConv.
     u, k_f, pregate, postgate = ctx.saved_tensors
-    ctx_inputs = len(ctx.needs_input_grad)
     need_u, _, _, need_pre, need_post = _needs_grad(ctx, 5)
-    keep = ctx.keep_blocks
-    cd = _compute_dtype(u)
-    uc, gc = u.to(cd), grad.to(cd)
-    prec = pregate.to(cd) if pregate is not None else None
-    grad_u = grad_pre = grad_post = None
-    if need_post:
-        grad_post = (gc * _ops.fft_conv_spectral(uc, k_f, keep, prec, None)).to(postgate.dtype)
-    if postgate is not None:
-        gc = gc * postgate.to(cd)
-    if need_u or need_pre:
-        grad_v = _ops.fft_conv_spectral(gc.flip(-1), k_f, keep).flip(-1)
-        if need_u:
-            grad_u = (grad_v * prec if prec is not None else grad_v).to(u.dtype)
-        if need_pre:
-            grad_pre = (grad_v * uc).to(pregate.dtype)
-    return (grad_u, None, None, grad_pre, grad_post)[:ctx_inputs]
+    grad_u, grad_pre, grad_post, _, _ = _gated_grads(_spectral_conv(k_f, ctx.keep_blocks), grad, u, pregate,
+                                                      postgate, need_u, need_pre, need_post)
+    return (grad_u, None, None, grad_pre, grad_post)[:len(ctx.needs_input_grad)]
 
 
 torch.library.register_autograd(
     _ops._name("fft_conv_spectral"), _fft_conv_spectral_backward, setup_context=_fft_conv_spectral_setup_context
 )
+
+
+class _FrequencySparseConv(torch.autograd.Function):
+    """fft_conv_spectral with k's (cached) truncated spectrum, differentiable in k too:
+    d k is the masked correlation of the gated signal with the output gradient."""
+
+    @staticmethod
+    def forward(u, k, pregate, postgate, k_f, keep_blocks):
+        return _ops.fft_conv_spectral(u, k_f, keep_blocks, pregate, postgate)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        u, k, pregate, postgate, k_f, keep_blocks = inputs
+        ctx.keep_blocks = keep_blocks
+        ctx.save_for_backward(u, k, pregate, postgate, k_f)
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, k, pregate, postgate, k_f = ctx.saved_tensors
+        need_u, need_k, need_pre, need_post = ctx.needs_input_grad[:4]
+        grad_u, grad_pre, grad_post, gc, v = _gated_grads(_spectral_conv(k_f, ctx.keep_blocks), grad, u, pregate,
+                                                          postgate, need_u, need_pre, need_post)
+        grad_k = _correlate_with_signal(v, gc, k.shape[1], ctx.keep_blocks).to(k.dtype) if need_k else None
+        return grad_u, grad_k, grad_pre, grad_post, None, None
 
 
 # --- the module ----------------------------------------------------------------
@@ -155,10 +189,10 @@ class FFTConv(nn.Module):
 
     ``forward(u [B, H, L], k [H, Lk] float32, pregate=None, postgate=None)``. The kernel's
     spectrum is cached per (k, L) and recomputed when k changes (its storage, version
-    counter, shape or device). When k requires grad (training the kernel) the dense
-    path runs ``fft_conv`` with autograd for u, k and both gates; the frequency-sparse
-    path differentiates u and the gates only (the truncated spectrum is a constant), so
-    pass ``k.detach()`` there.
+    counter, shape or device). Autograd covers u, k and both gates: when k requires
+    grad the dense path runs ``fft_conv``; the frequency-sparse path differentiates k
+    through the truncated spectrum (d k = the masked correlation of the gated signal
+    with the output gradient).
     """
 
     def __init__(self, seqlen: int, dtype: torch.dtype = torch.float32, freq_keep: Optional[float] = None):
@@ -182,7 +216,7 @@ class FFTConv(nn.Module):
     def spectrum(self, k: Tensor, seqlen: int) -> Tensor:
         """k's spectrum for sequence length ``seqlen``, cached until k changes."""
         if torch.compiler.is_compiling():
-            return _ops.fft_conv_spectrum(k, seqlen, self.keep_blocks)
+            return _ops.fft_conv_spectrum(k.detach(), seqlen, self.keep_blocks)
         key = (k.data_ptr(), k._version, tuple(k.shape), k.dtype, k.device, seqlen)
         if key != self._cache_key:
             self._cache_spectrum = _ops.fft_conv_spectrum(k.detach(), seqlen, self.keep_blocks)
@@ -196,12 +230,9 @@ class FFTConv(nn.Module):
         u = u.to(self.dtype)
         pregate = pregate.to(self.dtype) if pregate is not None else None
         postgate = postgate.to(self.dtype) if postgate is not None else None
-        k_needs_grad = k.requires_grad and torch.is_grad_enabled()
-        if self.keep_blocks == DENSE_KEEP_BLOCKS and k_needs_grad:
-            return _ops.fft_conv(u, k, pregate, postgate)
-        if k_needs_grad:
-            raise ValueError(
-                "FFTConv: freq_keep does not propagate gradients to k (the truncated spectrum is a "
-                "constant); pass k.detach(), or use freq_keep=None to train k"
-            )
+        if k.requires_grad and torch.is_grad_enabled():
+            if self.keep_blocks == DENSE_KEEP_BLOCKS:
+                return _ops.fft_conv(u, k, pregate, postgate)
+            return _FrequencySparseConv.apply(u, k, pregate, postgate, self.spectrum(k, u.shape[-1]),
+                                              self.keep_blocks)
         return _ops.fft_conv_spectral(u, self.spectrum(k, u.shape[-1]), self.keep_blocks, pregate, postgate)
