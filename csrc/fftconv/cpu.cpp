@@ -151,6 +151,16 @@ std::shared_ptr<const Plan<T>> get_plan(int64_t N) {
   return slot;
 }
 
+// (a, b) <- (a + ib)·w in registers (conj(w) when kConj), w loaded from memory.
+template <typename T, bool kConj>
+MLX_ALWAYS_INLINE void rotate(typename Simd<T>::V& a, typename Simd<T>::V& b, const T* wr, const T* wi) {
+  using S = Simd<T>;
+  const auto c = S::load(wr), d = kConj ? -S::load(wi) : S::load(wi);
+  const auto real = a * c - b * d;
+  b = a * d + b * c;
+  a = real;
+}
+
 // x <- x·w (conj(w) when kConj) on one vector of points.
 template <typename T, bool kConj>
 MLX_ALWAYS_INLINE void twiddle(T* xr, T* xi, const T* wr, const T* wi) {
@@ -304,12 +314,93 @@ MLX_ALWAYS_INLINE void column_stage_symmetric(T* re, T* im, int64_t radix, int64
   }
 }
 
-// Radix 2: plain, in blocks of 2 rows. Otherwise symmetric when every input row
-// is read (all stages but the forward's first); else paired, in blocks of 3.
+// cos and sin of 2π·e/16 for e = f1·j2 in [0, 9]: the inner twiddles of a
+// 16-point DFT factored as 4 × 4.
+constexpr double kCos16[10] = {1.0, 0.92387953251128674, 0.70710678118654757, 0.38268343236508978, 0.0,
+                               -0.38268343236508978, -0.70710678118654757, -0.92387953251128674, -1.0,
+                               -0.92387953251128674};
+constexpr double kSin16[10] = {0.0, 0.38268343236508978, 0.70710678118654757, 0.92387953251128674, 1.0,
+                               0.92387953251128674, 0.70710678118654757, 0.38268343236508978, 0.0,
+                               -0.38268343236508978};
+
+// In place 4-point DFT of (x0, x1, x2, x3): its matrix holds only ±1 and ±i
+// (W_4 = -i forward, +i inverse), so it is eight complex additions.
+template <typename V, bool kInverse>
+MLX_ALWAYS_INLINE void dft4(V& r0, V& i0, V& r1, V& i1, V& r2, V& i2, V& r3, V& i3) {
+  const V ar = r0 + r2, ai = i0 + i2, br = r0 - r2, bi = i0 - i2;
+  const V cr = r1 + r3, ci = i1 + i3, dr = r1 - r3, di = i1 - i3;
+  r0 = ar + cr, i0 = ai + ci;
+  r2 = ar - cr, i2 = ai - ci;
+  // y1 = b + W_4·d, y3 = b - W_4·d with W_4·d = (d_i, -d_r) forward, (-d_i, d_r) inverse.
+  const V wr = kInverse ? -di : di, wi = kInverse ? dr : -dr;
+  r1 = br + wr, i1 = bi + wi;
+  r3 = br - wr, i3 = bi - wi;
+}
+
+// A radix-16 column stage with the 16×16 DFT matrix itself factored as a
+// 4 × 4 Monarch product, F_16 = (F_4 ⊗ I_4)·T·(I_4 ⊗ F_4) up to the digit
+// permutation, applied to each [16, W] tile in registers: with j = 4·j1 + j2
+// and f = f1 + 4·f2, X[f] = Σ_j2 W_4^{f2·j2}·W_16^{f1·j2}·Σ_j1 W_4^{f1·j1}·x[j].
+// The 4-point DFTs are additions only, so a tile costs 64 + 36 + 64 vector
+// operations instead of the ~380 of the 16×16 matmul (even with its
+// conjugate-symmetry savings). Rows j >= rows_in are zero; rows f >= rows_out
+// are not stored.
+template <typename T, bool kInverse>
+MLX_ALWAYS_INLINE void column_stage_radix16(T* re, T* im, int64_t stride, const T* tw_re, const T* tw_im,
+                                            int64_t rows_in, int64_t rows_out) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int64_t W = S::kLanes;
+  V xr[kRadix], xi[kRadix];
+  for (int64_t m0 = 0; m0 < stride; m0 += W) {
+    // Twiddles are applied in registers (conj before the inverse DFT, after the
+    // forward one), never in place: with power-of-two strides a store and a
+    // later load of another row 4 KB away alias, and the load waits for it.
+    for (int64_t j = 0; j < kRadix; ++j) {
+      if (j >= rows_in) {
+        xr[j] = xi[j] = V{};
+        continue;
+      }
+      xr[j] = S::load(re + j * stride + m0);
+      xi[j] = S::load(im + j * stride + m0);
+      if (kInverse) rotate<T, true>(xr[j], xi[j], tw_re + j * stride + m0, tw_im + j * stride + m0);
+    }
+    // Inner DFTs over j1 (rows j2, j2 + 4, j2 + 8, j2 + 12), then the inner
+    // twiddles W_16^{f1·j2}: row 4·f1 + j2 holds output digit f1 of column j2.
+    for (int64_t j2 = 0; j2 < 4; ++j2) {
+      dft4<V, kInverse>(xr[j2], xi[j2], xr[j2 + 4], xi[j2 + 4], xr[j2 + 8], xi[j2 + 8], xr[j2 + 12], xi[j2 + 12]);
+      for (int64_t f1 = 1; f1 < 4; ++f1) {
+        if (j2 == 0) break;
+        const int64_t e = f1 * j2, row = 4 * f1 + j2;
+        const T c = static_cast<T>(kCos16[e]), sn = static_cast<T>(kInverse ? kSin16[e] : -kSin16[e]);
+        const V a = xr[row], b = xi[row];
+        xr[row] = a * c - b * sn;
+        xi[row] = a * sn + b * c;
+      }
+    }
+    // Outer DFTs over j2 (row block f1) give X[f1 + 4·f2] in row 4·f1 + f2.
+    for (int64_t f1 = 0; f1 < 4; ++f1) {
+      const int64_t r = 4 * f1;
+      dft4<V, kInverse>(xr[r], xi[r], xr[r + 1], xi[r + 1], xr[r + 2], xi[r + 2], xr[r + 3], xi[r + 3]);
+    }
+    for (int64_t f = 0; f < rows_out; ++f) {
+      const int64_t row = 4 * (f % 4) + f / 4;
+      if (!kInverse) rotate<T, false>(xr[row], xi[row], tw_re + f * stride + m0, tw_im + f * stride + m0);
+      S::store(re + f * stride + m0, xr[row]);
+      S::store(im + f * stride + m0, xi[row]);
+    }
+  }
+}
+
+// Radix 16: the 4 × 4 factored DFT. Radix 2: plain, in blocks of 2 rows.
+// Otherwise (radix 4 or 8) symmetric when every input row is read (all stages
+// but the forward's first); else paired, in blocks of 3.
 template <typename T, bool kInverse>
 MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride, const T* a_re, const T* a_im,
                                     const T* tw_re, const T* tw_im, int64_t rows_in, int64_t rows_out) {
-  if (radix == 2) {
+  if (radix == kRadix) {
+    column_stage_radix16<T, kInverse>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
+  } else if (radix == 2) {
     column_stage_blocked<T, kInverse, false, 2>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
   } else if (rows_in == radix) {
     column_stage_symmetric<T, kInverse>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_out);
