@@ -9,7 +9,10 @@
 //   1. load: v = u·pregate into [0, L), zeros up to what stage 0 reads;
 //   2. forward column stages: out[f, m] = Σ_j F[f, j]·x[j, m] over every
 //      [radix, stride] block, vectorized along the stride (m), then twiddles;
-//      stage 0 reads only the ceil(L / stride) rows that hold data;
+//      stage 0 reads only the ceil(L / stride) rows that hold data. Radix-16
+//      stages factor F_16 itself as a 4 × 4 Monarch product (4-point DFTs are
+//      additions only); after stage 0, each stage-1 block runs every later
+//      stage and back while it is cached;
 //   3. the last stage (16-point DFTs on contiguous rows), the multiply by the
 //      kernel spectrum (pre-scaled by 1/N, zero outside the kept blocks) and
 //      the first inverse stage fused per row, in registers; frequency blocks
@@ -31,6 +34,7 @@
 #include <memory>
 #include <mutex>
 #include <numbers>
+#include <type_traits>
 
 #include "common/cpu_utils.h"
 #include "common/registration.h"
@@ -55,15 +59,15 @@ struct Simd {
   MLX_ALWAYS_INLINE static void store(T* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
 };
 
-// Per-size constants of every stage, in T. DFT matrices are stored [16, radix]
-// (rows past the radix are zero) so a register block of 4 output rows never
-// reads outside them; the inverse matrix is the conjugate. The hot loops see
-// only the plain-pointer StageView: GCC does not inline ordinary (non
+// Per-size constants of every stage, in T: the twiddles, and for the last stage
+// (the row DFTs of the row-by-row path) the 16×16 DFT matrix and the imaginary
+// part of its conjugate; the column stages compute their DFTs in registers
+// (dft16, small_dft). The hot loops see only the plain-pointer StageView: GCC does not inline ordinary (non
 // always_inline) helpers such as std::vector accessors into the per-ISA clones.
 template <typename T>
 struct StageView {
   int64_t rows, radix, stride;
-  const T *dft_re, *dft_im, *idft_im;  // [f·radix + j] = W_radix^{±f·j}
+  const T *dft_re, *dft_im, *idft_im;  // last stage only: [f·radix + j] = W_radix^{±f·j}
   const T *tw_re, *tw_im;              // [f·stride + m] = W_{radix·stride}^{f·m}
 };
 
@@ -110,8 +114,9 @@ std::shared_ptr<const Plan<T>> make_plan(int64_t N) {
   for (int64_t f = 0; f < N; ++f) plan->mirror[monarch_position(f, stages)] = monarch_position((N - f) % N, stages);
   for (size_t i = 0; i < stages.size(); ++i) {
     const Stage& s = stages[i];
-    std::vector<T> fr(kRadix * s.radix, T(0)), fi(kRadix * s.radix, T(0)), ifi(kRadix * s.radix, T(0));
-    for (int64_t f = 0; f < s.radix; ++f) {
+    const bool last = i + 1 == stages.size();
+    std::vector<T> fr(last ? kRadix * s.radix : 0), fi(fr.size()), ifi(fr.size());
+    for (int64_t f = 0; f < (last ? s.radix : 0); ++f) {
       for (int64_t j = 0; j < s.radix; ++j) {
         auto [c, sn] = unit_root(f * j, s.radix);
         fr[f * s.radix + j] = static_cast<T>(c);
@@ -161,159 +166,6 @@ MLX_ALWAYS_INLINE void rotate(typename Simd<T>::V& a, typename Simd<T>::V& b, co
   a = real;
 }
 
-// x <- x·w (conj(w) when kConj) on one vector of points.
-template <typename T, bool kConj>
-MLX_ALWAYS_INLINE void twiddle(T* xr, T* xi, const T* wr, const T* wi) {
-  using S = Simd<T>;
-  const auto a = S::load(xr), b = S::load(xi), c = S::load(wr), d = kConj ? -S::load(wi) : S::load(wi);
-  S::store(xr, a * c - b * d);
-  S::store(xi, a * d + b * c);
-}
-
-// out[i] = P + i·Q and out[radix - i] = P - i·Q for a row i of a conjugate pair
-// (nothing for i >= radix; row radix/2 is its own mirror).
-template <typename T>
-MLX_ALWAYS_INLINE void write_pair(typename Simd<T>::V* out_re, typename Simd<T>::V* out_im, int64_t radix, int64_t i,
-                                  typename Simd<T>::V p_re, typename Simd<T>::V p_im, typename Simd<T>::V q_re,
-                                  typename Simd<T>::V q_im) {
-  if (i >= radix) return;
-  if (i > 0) {
-    out_re[radix - i] = p_re + q_im;
-    out_im[radix - i] = p_im - q_re;
-  }
-  out_re[i] = p_re - q_im;
-  out_im[i] = p_im + q_re;
-}
-
-// Stores the first rows_out rows of one vector column, twiddled after in the forward.
-template <typename T, bool kInverse>
-MLX_ALWAYS_INLINE void store_rows(T* re, T* im, int64_t stride, const T* tw_re, const T* tw_im,
-                                  const typename Simd<T>::V* out_re, const typename Simd<T>::V* out_im,
-                                  int64_t rows_out) {
-  using S = Simd<T>;
-  for (int64_t i = 0; i < rows_out; ++i) {
-    S::store(re + i * stride, out_re[i]);
-    S::store(im + i * stride, out_im[i]);
-    if (!kInverse) twiddle<T, false>(re + i * stride, im + i * stride, tw_re + i * stride, tw_im + i * stride);
-  }
-}
-
-// One column stage on one [radix, stride] block, in place: the complex matmul
-// out[i, m] = Σ_{j < rows_in} A[i, j]·x[j, m] for i < rows_out, with A = F
-// (forward, twiddles after) or conj(F) (inverse, conj twiddles before; F is
-// symmetric so conj(F)ᵀ = conj(F)). Register blocking: one vector of m times
-// kBlock output rows of accumulators, each input vector loaded once per block.
-//
-// Rows i and radix - i of a DFT matrix are conjugate, so when more than half
-// the rows are wanted (kPaired) the block computes, for i <= radix/2 only,
-// P_i = Σ_j Re A[i, j]·x_j and Q_i = Σ_j Im A[i, j]·x_j and writes
-// out[i] = P_i + i·Q_i and out[radix - i] = P_i - i·Q_i: half the multiply-adds.
-// Rows past radix/2 of a block still compute the right out[i] (the tables hold
-// 16 rows, zero past the radix), so any radix takes blocks of 3.
-template <typename T, bool kInverse, bool kPaired, int64_t kBlock>
-MLX_ALWAYS_INLINE void column_stage_blocked(T* re, T* im, int64_t radix, int64_t stride, const T* a_re,
-                                            const T* a_im, const T* tw_re, const T* tw_im, int64_t rows_in,
-                                            int64_t rows_out) {
-  using S = Simd<T>;
-  using V = typename S::V;
-  constexpr int64_t W = S::kLanes;
-  const int64_t rows_computed = kPaired ? radix / 2 + 1 : rows_out;
-  V out_re[kRadix], out_im[kRadix];
-  for (int64_t m0 = 0; m0 < stride; m0 += W) {
-    if (kInverse) {
-      for (int64_t j = 0; j < rows_in; ++j) {
-        twiddle<T, true>(re + j * stride + m0, im + j * stride + m0, tw_re + j * stride + m0, tw_im + j * stride + m0);
-      }
-    }
-    for (int64_t i0 = 0; i0 < rows_computed; i0 += kBlock) {
-      // Paired: acc = P, acc2 = Q. Plain: acc = out, acc2 unused.
-      V acc_re[kBlock] = {}, acc_im[kBlock] = {}, acc2_re[kBlock] = {}, acc2_im[kBlock] = {};
-      for (int64_t j = 0; j < rows_in; ++j) {
-        const V xr = S::load(re + j * stride + m0), xi = S::load(im + j * stride + m0);
-        for (int64_t b = 0; b < kBlock; ++b) {
-          const T ar = a_re[(i0 + b) * radix + j], ai = a_im[(i0 + b) * radix + j];
-          if (kPaired) {
-            acc_re[b] += ar * xr;
-            acc_im[b] += ar * xi;
-            acc2_re[b] += ai * xr;
-            acc2_im[b] += ai * xi;
-          } else {
-            acc_re[b] += ar * xr - ai * xi;
-            acc_im[b] += ar * xi + ai * xr;
-          }
-        }
-      }
-      for (int64_t b = 0; b < kBlock; ++b) {
-        const int64_t i = i0 + b;
-        if (!kPaired) {
-          out_re[i] = acc_re[b];
-          out_im[i] = acc_im[b];
-        } else {
-          write_pair<T>(out_re, out_im, radix, i, acc_re[b], acc_im[b], acc2_re[b], acc2_im[b]);
-        }
-      }
-    }
-    store_rows<T, kInverse>(re + m0, im + m0, stride, tw_re + m0, tw_im + m0, out_re, out_im, rows_out);
-  }
-}
-
-// The same stage when every input row is read (rows_in == radix): columns j and
-// radix - j of a DFT matrix are conjugate too, so with e_j = x_j + x_{radix-j}
-// and o_j = x_j - x_{radix-j} (e_0 = x_0, e_{radix/2} = x_{radix/2}),
-// P_i = Σ_{j <= radix/2} Re A[i, j]·e_j and Q_i = Σ_{0 < j < radix/2} Im A[i, j]·o_j:
-// a quarter of the plain matmul's multiply-adds. Only rows i < rows_out (and
-// their mirrors) are computed.
-template <typename T, bool kInverse>
-MLX_ALWAYS_INLINE void column_stage_symmetric(T* re, T* im, int64_t radix, int64_t stride, const T* a_re,
-                                              const T* a_im, const T* tw_re, const T* tw_im, int64_t rows_out) {
-  using S = Simd<T>;
-  using V = typename S::V;
-  constexpr int64_t W = S::kLanes, kBlock = 3;
-  const int64_t half = radix / 2, rows_computed = std::min(rows_out, half + 1);
-  V out_re[kRadix], out_im[kRadix];
-  V e_re[kRadix / 2 + 1], e_im[kRadix / 2 + 1], o_re[kRadix / 2], o_im[kRadix / 2];
-  for (int64_t m0 = 0; m0 < stride; m0 += W) {
-    if (kInverse) {
-      for (int64_t j = 0; j < radix; ++j) {
-        twiddle<T, true>(re + j * stride + m0, im + j * stride + m0, tw_re + j * stride + m0, tw_im + j * stride + m0);
-      }
-    }
-    for (int64_t j : {int64_t{0}, half}) {
-      e_re[j] = S::load(re + j * stride + m0);
-      e_im[j] = S::load(im + j * stride + m0);
-    }
-    for (int64_t j = 1; j < half; ++j) {
-      const V ar = S::load(re + j * stride + m0), ai = S::load(im + j * stride + m0);
-      const V br = S::load(re + (radix - j) * stride + m0), bi = S::load(im + (radix - j) * stride + m0);
-      e_re[j] = ar + br;
-      e_im[j] = ai + bi;
-      o_re[j] = ar - br;
-      o_im[j] = ai - bi;
-    }
-    for (int64_t i0 = 0; i0 < rows_computed; i0 += kBlock) {
-      V p_re[kBlock] = {}, p_im[kBlock] = {}, q_re[kBlock] = {}, q_im[kBlock] = {};
-      for (int64_t j = 0; j <= half; ++j) {
-        for (int64_t b = 0; b < kBlock; ++b) {
-          const T ar = a_re[(i0 + b) * radix + j];
-          p_re[b] += ar * e_re[j];
-          p_im[b] += ar * e_im[j];
-        }
-      }
-      for (int64_t j = 1; j < half; ++j) {
-        for (int64_t b = 0; b < kBlock; ++b) {
-          const T ai = a_im[(i0 + b) * radix + j];
-          q_re[b] += ai * o_re[j];
-          q_im[b] += ai * o_im[j];
-        }
-      }
-      for (int64_t b = 0; b < kBlock; ++b) {
-        write_pair<T>(out_re, out_im, radix, i0 + b, p_re[b], p_im[b], q_re[b], q_im[b]);
-      }
-    }
-    store_rows<T, kInverse>(re + m0, im + m0, stride, tw_re + m0, tw_im + m0, out_re, out_im, rows_out);
-  }
-}
-
 // cos and sin of 2π·e/16 for e = f1·j2 in [0, 9]: the inner twiddles of a
 // 16-point DFT factored as 4 × 4.
 constexpr double kCos16[10] = {1.0, 0.92387953251128674, 0.70710678118654757, 0.38268343236508978, 0.0,
@@ -337,26 +189,88 @@ MLX_ALWAYS_INLINE void dft4(V& r0, V& i0, V& r1, V& i1, V& r2, V& i2, V& r3, V& 
   r3 = br - wr, i3 = bi - wi;
 }
 
-// A radix-16 column stage with the 16×16 DFT matrix itself factored as a
-// 4 × 4 Monarch product, F_16 = (F_4 ⊗ I_4)·T·(I_4 ⊗ F_4) up to the digit
-// permutation, applied to each [16, W] tile in registers: with j = 4·j1 + j2
-// and f = f1 + 4·f2, X[f] = Σ_j2 W_4^{f2·j2}·W_16^{f1·j2}·Σ_j1 W_4^{f1·j1}·x[j].
-// The 4-point DFTs are additions only, so a tile costs 64 + 36 + 64 vector
-// operations instead of the ~380 of the 16×16 matmul (even with its
-// conjugate-symmetry savings). Rows j >= rows_in are zero; rows f >= rows_out
-// are not stored.
-template <typename T, bool kInverse>
-MLX_ALWAYS_INLINE void column_stage_radix16(T* re, T* im, int64_t stride, const T* tw_re, const T* tw_im,
-                                            int64_t rows_in, int64_t rows_out) {
+// The 16-point DFT of 16 vectors in registers (X[f] = Σ_j x[j]·W_16^{±f·j},
+// element-wise across lanes), with the 16×16 DFT matrix factored as a 4 × 4
+// Monarch product, F_16 = (F_4 ⊗ I_4)·T·(I_4 ⊗ F_4) up to the digit
+// permutation: with j = 4·j1 + j2 and f = f1 + 4·f2,
+// X[f] = Σ_j2 W_4^{f2·j2}·W_16^{f1·j2}·Σ_j1 W_4^{f1·j1}·x[j]. The 4-point DFTs
+// are additions only, so it costs 64 + 36 + 64 vector operations instead of
+// the ~380 of the 16×16 matmul (even with its conjugate-symmetry savings).
+// X[f] is left in register dft16_slot(f).
+constexpr int64_t dft16_slot(int64_t f) { return 4 * (f % 4) + f / 4; }
+
+template <typename V, typename T, bool kInverse>
+MLX_ALWAYS_INLINE void dft16(V (&xr)[kRadix], V (&xi)[kRadix]) {
+  // Inner DFTs over j1 (registers j2, j2 + 4, j2 + 8, j2 + 12), then the inner
+  // twiddles W_16^{f1·j2}: register 4·f1 + j2 holds output digit f1 of column j2.
+  for (int64_t j2 = 0; j2 < 4; ++j2) {
+    dft4<V, kInverse>(xr[j2], xi[j2], xr[j2 + 4], xi[j2 + 4], xr[j2 + 8], xi[j2 + 8], xr[j2 + 12], xi[j2 + 12]);
+    for (int64_t f1 = 1; f1 < 4 && j2 > 0; ++f1) {
+      const int64_t e = f1 * j2, row = 4 * f1 + j2;
+      const T c = static_cast<T>(kCos16[e]), sn = static_cast<T>(kInverse ? kSin16[e] : -kSin16[e]);
+      const V a = xr[row], b = xi[row];
+      xr[row] = a * c - b * sn;
+      xi[row] = a * sn + b * c;
+    }
+  }
+  // Outer DFTs over j2 (registers 4·f1 .. 4·f1 + 3) give X[f1 + 4·f2] in 4·f1 + f2.
+  for (int64_t f1 = 0; f1 < 4; ++f1) {
+    const int64_t r = 4 * f1;
+    dft4<V, kInverse>(xr[r], xi[r], xr[r + 1], xi[r + 1], xr[r + 2], xi[r + 2], xr[r + 3], xi[r + 3]);
+  }
+}
+
+// The R-point DFT (R = 2, 4, 8) of R vectors in registers; X[f] is left in
+// register small_dft_slot<R>(f). R = 8 is factored as 2 × 4 the way dft16 is
+// as 4 × 4 (j = 2·j1 + j2, f = f1 + 4·f2).
+template <int64_t R>
+constexpr int64_t small_dft_slot(int64_t f) {
+  return R == 8 ? 2 * (f % 4) + f / 4 : f;
+}
+
+template <typename V, typename T, bool kInverse, int64_t R>
+MLX_ALWAYS_INLINE void small_dft(V (&xr)[kRadix], V (&xi)[kRadix]) {
+  if constexpr (R == 2) {
+    const V ar = xr[0], ai = xi[0];
+    xr[0] = ar + xr[1], xi[0] = ai + xi[1];
+    xr[1] = ar - xr[1], xi[1] = ai - xi[1];
+  } else if constexpr (R == 4) {
+    dft4<V, kInverse>(xr[0], xi[0], xr[1], xi[1], xr[2], xi[2], xr[3], xi[3]);
+  } else {
+    for (int64_t j2 = 0; j2 < 2; ++j2) {
+      dft4<V, kInverse>(xr[j2], xi[j2], xr[j2 + 2], xi[j2 + 2], xr[j2 + 4], xi[j2 + 4], xr[j2 + 6], xi[j2 + 6]);
+    }
+    for (int64_t f1 = 1; f1 < 4; ++f1) {  // W_8^{f1} on column j2 = 1 (register 2·f1 + 1)
+      const int64_t row = 2 * f1 + 1;
+      const T c = static_cast<T>(kCos16[2 * f1]), sn = static_cast<T>(kInverse ? kSin16[2 * f1] : -kSin16[2 * f1]);
+      const V a = xr[row], b = xi[row];
+      xr[row] = a * c - b * sn;
+      xi[row] = a * sn + b * c;
+    }
+    for (int64_t f1 = 0; f1 < 4; ++f1) {
+      const V ar = xr[2 * f1], ai = xi[2 * f1];
+      xr[2 * f1] = ar + xr[2 * f1 + 1], xi[2 * f1] = ai + xi[2 * f1 + 1];
+      xr[2 * f1 + 1] = ar - xr[2 * f1 + 1], xi[2 * f1 + 1] = ai - xi[2 * f1 + 1];
+    }
+  }
+}
+
+// One column stage on one [R, stride] block, in place: out[f, m] =
+// Σ_j W_R^{±f·j}·x[j, m] on each [R, W] tile in registers (dft16, or small_dft
+// for the one smaller factor of N). Rows j >= rows_in are zero; rows
+// f >= rows_out are not stored. Twiddles are applied in registers (conj before
+// the inverse DFT, after the forward one), never in place: with power-of-two
+// strides a store and a later load of another row 4 KB away alias, and the
+// load waits for it.
+template <typename T, bool kInverse, int64_t R>
+MLX_ALWAYS_INLINE void column_stage_radix(T* re, T* im, int64_t stride, const T* tw_re, const T* tw_im,
+                                          int64_t rows_in, int64_t rows_out) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int64_t W = S::kLanes;
   V xr[kRadix], xi[kRadix];
   for (int64_t m0 = 0; m0 < stride; m0 += W) {
-    // Twiddles are applied in registers (conj before the inverse DFT, after the
-    // forward one), never in place: with power-of-two strides a store and a
-    // later load of another row 4 KB away alias, and the load waits for it.
-    for (int64_t j = 0; j < kRadix; ++j) {
+    for (int64_t j = 0; j < R; ++j) {
       if (j >= rows_in) {
         xr[j] = xi[j] = V{};
         continue;
@@ -365,47 +279,28 @@ MLX_ALWAYS_INLINE void column_stage_radix16(T* re, T* im, int64_t stride, const 
       xi[j] = S::load(im + j * stride + m0);
       if (kInverse) rotate<T, true>(xr[j], xi[j], tw_re + j * stride + m0, tw_im + j * stride + m0);
     }
-    // Inner DFTs over j1 (rows j2, j2 + 4, j2 + 8, j2 + 12), then the inner
-    // twiddles W_16^{f1·j2}: row 4·f1 + j2 holds output digit f1 of column j2.
-    for (int64_t j2 = 0; j2 < 4; ++j2) {
-      dft4<V, kInverse>(xr[j2], xi[j2], xr[j2 + 4], xi[j2 + 4], xr[j2 + 8], xi[j2 + 8], xr[j2 + 12], xi[j2 + 12]);
-      for (int64_t f1 = 1; f1 < 4; ++f1) {
-        if (j2 == 0) break;
-        const int64_t e = f1 * j2, row = 4 * f1 + j2;
-        const T c = static_cast<T>(kCos16[e]), sn = static_cast<T>(kInverse ? kSin16[e] : -kSin16[e]);
-        const V a = xr[row], b = xi[row];
-        xr[row] = a * c - b * sn;
-        xi[row] = a * sn + b * c;
-      }
-    }
-    // Outer DFTs over j2 (row block f1) give X[f1 + 4·f2] in row 4·f1 + f2.
-    for (int64_t f1 = 0; f1 < 4; ++f1) {
-      const int64_t r = 4 * f1;
-      dft4<V, kInverse>(xr[r], xi[r], xr[r + 1], xi[r + 1], xr[r + 2], xi[r + 2], xr[r + 3], xi[r + 3]);
+    if constexpr (R == kRadix) {
+      dft16<V, T, kInverse>(xr, xi);
+    } else {
+      small_dft<V, T, kInverse, R>(xr, xi);
     }
     for (int64_t f = 0; f < rows_out; ++f) {
-      const int64_t row = 4 * (f % 4) + f / 4;
-      if (!kInverse) rotate<T, false>(xr[row], xi[row], tw_re + f * stride + m0, tw_im + f * stride + m0);
-      S::store(re + f * stride + m0, xr[row]);
-      S::store(im + f * stride + m0, xi[row]);
+      const int64_t slot = R == kRadix ? dft16_slot(f) : small_dft_slot<R>(f);
+      if (!kInverse) rotate<T, false>(xr[slot], xi[slot], tw_re + f * stride + m0, tw_im + f * stride + m0);
+      S::store(re + f * stride + m0, xr[slot]);
+      S::store(im + f * stride + m0, xi[slot]);
     }
   }
 }
 
-// Radix 16: the 4 × 4 factored DFT. Radix 2: plain, in blocks of 2 rows.
-// Otherwise (radix 4 or 8) symmetric when every input row is read (all stages
-// but the forward's first); else paired, in blocks of 3.
 template <typename T, bool kInverse>
-MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride, const T* a_re, const T* a_im,
-                                    const T* tw_re, const T* tw_im, int64_t rows_in, int64_t rows_out) {
-  if (radix == kRadix) {
-    column_stage_radix16<T, kInverse>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
-  } else if (radix == 2) {
-    column_stage_blocked<T, kInverse, false, 2>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
-  } else if (rows_in == radix) {
-    column_stage_symmetric<T, kInverse>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_out);
-  } else {
-    column_stage_blocked<T, kInverse, true, 3>(re, im, radix, stride, a_re, a_im, tw_re, tw_im, rows_in, rows_out);
+MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride, const T* tw_re, const T* tw_im,
+                                    int64_t rows_in, int64_t rows_out) {
+  switch (radix) {
+    case 2: return column_stage_radix<T, kInverse, 2>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
+    case 4: return column_stage_radix<T, kInverse, 4>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
+    case 8: return column_stage_radix<T, kInverse, 8>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
+    default: return column_stage_radix<T, kInverse, kRadix>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
   }
 }
 
@@ -493,6 +388,90 @@ MLX_ALWAYS_INLINE void last_stage_convolve(T* re, T* im, int64_t rows, const T* 
   }
 }
 
+// In-register transpose of a 16 × 16 float tile: four passes, each swapping one
+// bit of the row index with the same bit of the lane index (rows i and i + s,
+// lanes l and l ± s), 16 two-source shuffles a pass.
+MLX_ALWAYS_INLINE void transpose16(Simd<float>::V (&r)[kRadix]) {
+  using V = Simd<float>::V;
+  for (int64_t i = 0; i < 8; ++i) {
+    const V a = r[i], b = r[i + 8];
+    r[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    r[i + 8] = __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  }
+  for (int64_t i : {0, 1, 2, 3, 8, 9, 10, 11}) {
+    const V a = r[i], b = r[i + 4];
+    r[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+    r[i + 4] = __builtin_shufflevector(a, b, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  }
+  for (int64_t i : {0, 1, 4, 5, 8, 9, 12, 13}) {
+    const V a = r[i], b = r[i + 2];
+    r[i] = __builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+    r[i + 2] = __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  }
+  for (int64_t i = 0; i < 16; i += 2) {
+    const V a = r[i], b = r[i + 1];
+    r[i] = __builtin_shufflevector(a, b, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+    r[i + 1] = __builtin_shufflevector(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+  }
+}
+
+// Loads (and transposes) 16 contiguous 16-point rows: register j holds point j of every row.
+MLX_ALWAYS_INLINE void load_tile(const float* p, Simd<float>::V (&r)[kRadix]) {
+  for (int64_t i = 0; i < kRadix; ++i) r[i] = Simd<float>::load(p + i * kRadix);
+  transpose16(r);
+}
+
+// The dense last stage of 16 rows at a time in fp32: transposed so that the
+// 16-point row DFTs become dft16 across registers (one row per lane), the
+// spectrum multiply, the inverse dft16, transposed back. Rows past a multiple
+// of 16 go through last_stage_convolve.
+MLX_ALWAYS_INLINE int64_t last_stage_convolve_tiles(float* re, float* im, int64_t rows, const float* spec_re,
+                                                    const float* spec_im) {
+  using V = Simd<float>::V;
+  int64_t p0 = 0;
+  for (; p0 + kRadix <= rows; p0 += kRadix) {
+    const int64_t offset = p0 * kRadix;
+    V xr[kRadix], xi[kRadix], sr[kRadix], si[kRadix], yr[kRadix], yi[kRadix];
+    load_tile(re + offset, xr);
+    load_tile(im + offset, xi);
+    dft16<V, float, false>(xr, xi);
+    load_tile(spec_re + offset, sr);
+    load_tile(spec_im + offset, si);
+    for (int64_t f = 0; f < kRadix; ++f) {
+      const int64_t slot = dft16_slot(f);
+      yr[f] = xr[slot] * sr[f] - xi[slot] * si[f];
+      yi[f] = xr[slot] * si[f] + xi[slot] * sr[f];
+    }
+    dft16<V, float, true>(yr, yi);
+    for (int64_t n = 0; n < kRadix; ++n) {
+      xr[n] = yr[dft16_slot(n)];
+      xi[n] = yi[dft16_slot(n)];
+    }
+    transpose16(xr);
+    transpose16(xi);
+    for (int64_t i = 0; i < kRadix; ++i) {
+      Simd<float>::store(re + offset + i * kRadix, xr[i]);
+      Simd<float>::store(im + offset + i * kRadix, xi[i]);
+    }
+  }
+  return p0;
+}
+
+// The last stage: fp32 with every frequency block kept goes 16 rows at a time
+// (last_stage_convolve_tiles); the rest (fp64, frequency-sparse spectra, whose
+// dropped blocks the row kernel skips, and leftover rows) row by row.
+template <typename T>
+MLX_ALWAYS_INLINE void last_stage(T* re, T* im, int64_t rows, const StageView<T>& last, KeptBlocks kept,
+                                  const T* spec_re, const T* spec_im) {
+  int64_t done = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    if (kept.low_end == kDenseKeep) done = last_stage_convolve_tiles(re, im, rows, spec_re, spec_im);
+  }
+  const int64_t offset = done * kRadix;
+  last_stage_convolve(re + offset, im + offset, rows - done, last.dft_re, last.dft_im, last.idft_im, kept,
+                      spec_re + offset, spec_im + offset);
+}
+
 template <typename T>
 MLX_ALWAYS_INLINE int64_t rows_holding(int64_t L, int64_t stride) {
   return (L + stride - 1) / stride;
@@ -505,8 +484,7 @@ MLX_ALWAYS_INLINE void forward_column_stages(const PlanView<T>& plan, T* re, T* 
     const int64_t rows_in = s == 0 ? rows_holding<T>(L, st.stride) : st.radix;
     for (int64_t p = 0; p < st.rows; ++p) {
       const int64_t offset = p * st.radix * st.stride;
-      column_stage<T, false>(re + offset, im + offset, st.radix, st.stride, st.dft_re, st.dft_im, st.tw_re,
-                             st.tw_im, rows_in, st.radix);
+      column_stage<T, false>(re + offset, im + offset, st.radix, st.stride, st.tw_re, st.tw_im, rows_in, st.radix);
     }
   }
 }
@@ -523,36 +501,36 @@ MLX_ALWAYS_INLINE void convolve_buffer(const PlanView<T>& plan, T* re, T* im, in
   const int64_t S = plan.num_stages;
   const StageView<T>& last = plan.stage[S - 1];
   if (S == 1) {
-    last_stage_convolve(re, im, last.rows, last.dft_re, last.dft_im, last.idft_im, kept, spec_re, spec_im);
+    last_stage(re, im, last.rows, last, kept, spec_re, spec_im);
     return;
   }
   const StageView<T>& first = plan.stage[0];  // one [radix, stride] block: rows == 1
   const int64_t live_rows = rows_holding<T>(L, first.stride);
-  column_stage<T, false>(re, im, first.radix, first.stride, first.dft_re, first.dft_im, first.tw_re, first.tw_im,
-                         live_rows, first.radix);
-  const int64_t chunks = plan.stage[1].rows, chunk = plan.N / chunks;
+  column_stage<T, false>(re, im, first.radix, first.stride, first.tw_re, first.tw_im, live_rows, first.radix);
+  // Chunks hold whole stage-1 blocks and at least 16 last-stage rows (the fp32
+  // last stage goes 16 rows at a time).
+  const int64_t chunk = std::max(plan.N / plan.stage[1].rows, std::min(plan.N, kRadix * kRadix));
+  const int64_t chunks = plan.N / chunk;
   for (int64_t c = 0; c < chunks; ++c) {
     T* cre = re + c * chunk;
     T* cim = im + c * chunk;
     for (int64_t s = 1; s + 1 < S; ++s) {
       const StageView<T>& st = plan.stage[s];
       for (int64_t offset = 0; offset < chunk; offset += st.radix * st.stride) {
-        column_stage<T, false>(cre + offset, cim + offset, st.radix, st.stride, st.dft_re, st.dft_im, st.tw_re,
-                               st.tw_im, st.radix, st.radix);
+        column_stage<T, false>(cre + offset, cim + offset, st.radix, st.stride, st.tw_re, st.tw_im, st.radix,
+                               st.radix);
       }
     }
-    last_stage_convolve(cre, cim, chunk / kRadix, last.dft_re, last.dft_im, last.idft_im, kept,
-                        spec_re + c * chunk, spec_im + c * chunk);
+    last_stage(cre, cim, chunk / kRadix, last, kept, spec_re + c * chunk, spec_im + c * chunk);
     for (int64_t s = S - 2; s >= 1; --s) {
       const StageView<T>& st = plan.stage[s];
       for (int64_t offset = 0; offset < chunk; offset += st.radix * st.stride) {
-        column_stage<T, true>(cre + offset, cim + offset, st.radix, st.stride, st.dft_re, st.idft_im, st.tw_re,
-                              st.tw_im, st.radix, st.radix);
+        column_stage<T, true>(cre + offset, cim + offset, st.radix, st.stride, st.tw_re, st.tw_im, st.radix,
+                              st.radix);
       }
     }
   }
-  column_stage<T, true>(re, im, first.radix, first.stride, first.dft_re, first.idft_im, first.tw_re, first.tw_im,
-                        first.radix, live_rows);
+  column_stage<T, true>(re, im, first.radix, first.stride, first.tw_re, first.tw_im, first.radix, live_rows);
 }
 
 // The forward transform alone (the kernel spectrum): in place, Monarch order.
