@@ -13,10 +13,11 @@
 // - bsr_spmm: dense blocks (the tensor-core layout). The block row's non-zeros
 //   are found by scanning its blocks, which at the fills of real sparse
 //   matrices (1-5%) reads 20-100x more bytes than the non-zeros themselves.
-// - bsr_spmm_packed: each block row of each block as a bit mask of its non-zero
-//   columns plus the non-zeros packed in block order (the tile format of
-//   TileSpGEMM), which BlockSparseMatrix keeps next to the dense blocks on the
-//   CPU: the same blocks and B tiles, without reading the padding.
+// - bsr_spmm_packed: each block as two-level bit maps (the tile format of
+//   TileSpGEMM): a word marking its non-zero rows, a word per such row marking
+//   its non-zero columns, and the non-zeros in block order. BlockSparseMatrix
+//   keeps this form next to the dense blocks on the CPU: the same blocks and B
+//   tiles, without reading the padding.
 //
 // Threads take contiguous ranges of block rows balanced by work (blocks + 1 per
 // block row), so a few dense block rows do not leave the other threads idle.
@@ -335,9 +336,9 @@ at::Tensor bsr_spmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, con
   return out;
 }
 
-// Checks block row rb of the packed form and counts its column words and
-// values: no row bit past the block height or past m, no column bit past the
-// block width or past k. Returns false on a bad bit. These helpers are
+// Checks block row rb of the packed form and counts its values into *values:
+// no row bit past the block height or past m, no column bit past the block
+// width or past k. Returns false on a bad bit. These helpers are
 // multiversioned for the popcnt instruction (the baseline x86-64 build calls a
 // libgcc routine).
 MLX_CPU_MULTIVERSION
@@ -351,7 +352,7 @@ int64_t popcount_sum(const int64_t* words, int64_t count) {
 MLX_CPU_MULTIVERSION
 bool count_packed_block_row(const int64_t* crow, const int64_t* col, const int64_t* block_row_bits,
                             const int64_t* row_col_bits, int64_t rb, int64_t word_start,
-                            int64_t allowed_rows, int64_t bc, int64_t k, int64_t* words, int64_t* values) {
+                            int64_t allowed_rows, int64_t bc, int64_t k, int64_t* values) {
   const uint64_t row_mask = allowed_rows >= 64 ? ~uint64_t{0} : (uint64_t{1} << allowed_rows) - 1;
   int64_t w = word_start, count = 0;
   for (int64_t j = crow[rb]; j < crow[rb + 1]; ++j) {
@@ -366,7 +367,6 @@ bool count_packed_block_row(const int64_t* crow, const int64_t* col, const int64
       count += __builtin_popcountll(cols);
     }
   }
-  *words = w - word_start;
   *values = count;
   return true;
 }
@@ -388,9 +388,8 @@ PackedStarts packed_starts(const int64_t* crow, const int64_t* col, const int64_
   std::atomic<int64_t> bad_block_row{block_rows};
   at::parallel_for(0, block_rows, std::max<int64_t>(1, kMinPartWork / (16 * br)), [&](int64_t begin, int64_t end) {
     for (int64_t rb = begin; rb < end; ++rb) {
-      int64_t words = 0;
       if (!count_packed_block_row(crow, col, block_row_bits, row_col_bits, rb, starts.words[rb],
-                                  std::min(br, m - rb * br), bc, k, &words, &starts.values[rb + 1])) {
+                                  std::min(br, m - rb * br), bc, k, &starts.values[rb + 1])) {
         bad_block_row = rb;
         return;
       }

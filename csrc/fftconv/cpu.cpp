@@ -15,8 +15,9 @@
 //      stage and back while it is cached;
 //   3. the last stage (16-point DFTs on contiguous rows), the multiply by the
 //      kernel spectrum (pre-scaled by 1/N, zero outside the kept blocks) and
-//      the first inverse stage fused per row, in registers; frequency blocks
-//      outside keep_blocks are neither computed nor read;
+//      the first inverse stage fused, in registers: 16 rows at a time through
+//      an in-register transpose in fp32 with a dense spectrum, else row by row,
+//      where frequency blocks outside keep_blocks are neither computed nor read;
 //   4. inverse column stages in reverse order (conj twiddles, then conj DFT);
 //      the last one writes only the rows that hold outputs t < L;
 //   5. store y = real/imag parts · postgate.
@@ -62,8 +63,9 @@ struct Simd {
 // Per-size constants of every stage, in T: the twiddles, and for the last stage
 // (the row DFTs of the row-by-row path) the 16×16 DFT matrix and the imaginary
 // part of its conjugate; the column stages compute their DFTs in registers
-// (dft16, small_dft). The hot loops see only the plain-pointer StageView: GCC does not inline ordinary (non
-// always_inline) helpers such as std::vector accessors into the per-ISA clones.
+// (dft16, small_dft). The hot loops see only the plain-pointer StageView: GCC
+// does not inline ordinary (non always_inline) helpers such as std::vector
+// accessors into the per-ISA clones.
 template <typename T>
 struct StageView {
   int64_t rows, radix, stride;
@@ -175,6 +177,15 @@ constexpr double kSin16[10] = {0.0, 0.38268343236508978, 0.70710678118654757, 0.
                                0.92387953251128674, 0.70710678118654757, 0.38268343236508978, 0.0,
                                -0.38268343236508978};
 
+// (a, b) <- (a + ib)·W_16^{±e} (the sign of the inverse) in registers.
+template <typename V, typename T, bool kInverse>
+MLX_ALWAYS_INLINE void rotate16(V& a, V& b, int64_t e) {
+  const T c = static_cast<T>(kCos16[e]), sn = static_cast<T>(kInverse ? kSin16[e] : -kSin16[e]);
+  const V real = a * c - b * sn;
+  b = a * sn + b * c;
+  a = real;
+}
+
 // In place 4-point DFT of (x0, x1, x2, x3): its matrix holds only ±1 and ±i
 // (W_4 = -i forward, +i inverse), so it is eight complex additions.
 template <typename V, bool kInverse>
@@ -206,11 +217,7 @@ MLX_ALWAYS_INLINE void dft16(V (&xr)[kRadix], V (&xi)[kRadix]) {
   for (int64_t j2 = 0; j2 < 4; ++j2) {
     dft4<V, kInverse>(xr[j2], xi[j2], xr[j2 + 4], xi[j2 + 4], xr[j2 + 8], xi[j2 + 8], xr[j2 + 12], xi[j2 + 12]);
     for (int64_t f1 = 1; f1 < 4 && j2 > 0; ++f1) {
-      const int64_t e = f1 * j2, row = 4 * f1 + j2;
-      const T c = static_cast<T>(kCos16[e]), sn = static_cast<T>(kInverse ? kSin16[e] : -kSin16[e]);
-      const V a = xr[row], b = xi[row];
-      xr[row] = a * c - b * sn;
-      xi[row] = a * sn + b * c;
+      rotate16<V, T, kInverse>(xr[4 * f1 + j2], xi[4 * f1 + j2], f1 * j2);
     }
   }
   // Outer DFTs over j2 (registers 4·f1 .. 4·f1 + 3) give X[f1 + 4·f2] in 4·f1 + f2.
@@ -240,12 +247,8 @@ MLX_ALWAYS_INLINE void small_dft(V (&xr)[kRadix], V (&xi)[kRadix]) {
     for (int64_t j2 = 0; j2 < 2; ++j2) {
       dft4<V, kInverse>(xr[j2], xi[j2], xr[j2 + 2], xi[j2 + 2], xr[j2 + 4], xi[j2 + 4], xr[j2 + 6], xi[j2 + 6]);
     }
-    for (int64_t f1 = 1; f1 < 4; ++f1) {  // W_8^{f1} on column j2 = 1 (register 2·f1 + 1)
-      const int64_t row = 2 * f1 + 1;
-      const T c = static_cast<T>(kCos16[2 * f1]), sn = static_cast<T>(kInverse ? kSin16[2 * f1] : -kSin16[2 * f1]);
-      const V a = xr[row], b = xi[row];
-      xr[row] = a * c - b * sn;
-      xi[row] = a * sn + b * c;
+    for (int64_t f1 = 1; f1 < 4; ++f1) {  // W_8^{f1} = W_16^{2·f1} on column j2 = 1 (register 2·f1 + 1)
+      rotate16<V, T, kInverse>(xr[2 * f1 + 1], xi[2 * f1 + 1], 2 * f1);
     }
     for (int64_t f1 = 0; f1 < 4; ++f1) {
       const V ar = xr[2 * f1], ai = xi[2 * f1];
@@ -300,7 +303,8 @@ MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride,
     case 2: return column_stage_radix<T, kInverse, 2>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
     case 4: return column_stage_radix<T, kInverse, 4>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
     case 8: return column_stage_radix<T, kInverse, 8>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
-    default: return column_stage_radix<T, kInverse, kRadix>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
+    default:  // 16: monarch_stages uses radices 2, 4, 8 and 16 only
+      return column_stage_radix<T, kInverse, kRadix>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
   }
 }
 

@@ -83,11 +83,12 @@ def _fft_conv_setup_context(ctx, inputs, output):
     ctx.save_for_backward(u, k, pregate, postgate)
 
 
-def _gated_grads(conv, grad, u, pregate, postgate, need_u, need_pre, need_post):
-    """Gradients of y = conv(u·pregate)·postgate for u and the gates, and the
-    gradient g_c at the convolution's output (grad·postgate), in u's compute dtype.
-    conv(x, gate) is the forward convolution of x·gate (gate may be None); its
-    adjoint is flip ∘ conv ∘ flip."""
+def _gated_grads(conv, grad, u, pregate, postgate, need_u, need_pre, need_post, need_k=False):
+    """Gradients of y = conv(u·pregate)·postgate for u and the gates, the gradient
+    g_c at the convolution's output (grad·postgate) and, when need_k, the gated
+    signal v = u·pregate (None otherwise), in u's compute dtype. conv(x, gate) is
+    the forward convolution of x·gate (gate may be None); its adjoint is
+    flip ∘ conv ∘ flip."""
     cd = _compute_dtype(u)
     uc, gc = u.to(cd), grad.to(cd)
     prec = pregate.to(cd) if pregate is not None else None
@@ -102,7 +103,7 @@ def _gated_grads(conv, grad, u, pregate, postgate, need_u, need_pre, need_post):
             grad_u = (grad_v * prec if prec is not None else grad_v).to(u.dtype)
         if need_pre:
             grad_pre = (grad_v * uc).to(pregate.dtype)
-    v = uc * prec if prec is not None else uc
+    v = (uc * prec if prec is not None else uc) if need_k else None
     return grad_u, grad_pre, grad_post, gc, v
 
 
@@ -111,7 +112,8 @@ def _fft_conv_backward(ctx, grad):
     need_u, need_k, need_pre, need_post = _needs_grad(ctx, 4)
     kc = k.to(_compute_dtype(u))
     grad_u, grad_pre, grad_post, gc, v = _gated_grads(
-        lambda x, gate: _ops.fft_conv(x, kc, gate, None), grad, u, pregate, postgate, need_u, need_pre, need_post)
+        lambda x, gate: _ops.fft_conv(x, kc, gate, None), grad, u, pregate, postgate, need_u, need_pre, need_post,
+        need_k)
     grad_k = _correlate_with_signal(v, gc, k.shape[1]).to(k.dtype) if need_k else None
     return (grad_u, grad_k, grad_pre, grad_post)[:len(ctx.needs_input_grad)]
 
@@ -168,7 +170,7 @@ class _FrequencySparseConv(torch.autograd.Function):
         u, k, pregate, postgate, k_f = ctx.saved_tensors
         need_u, need_k, need_pre, need_post = ctx.needs_input_grad[:4]
         grad_u, grad_pre, grad_post, gc, v = _gated_grads(_spectral_conv(k_f, ctx.keep_blocks), grad, u, pregate,
-                                                          postgate, need_u, need_pre, need_post)
+                                                          postgate, need_u, need_pre, need_post, need_k)
         grad_k = _correlate_with_signal(v, gc, k.shape[1], ctx.keep_blocks).to(k.dtype) if need_k else None
         return grad_u, grad_k, grad_pre, grad_post, None, None
 
