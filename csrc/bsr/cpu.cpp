@@ -39,65 +39,91 @@
 namespace mlx_kernels::bsr {
 namespace {
 
-// y[0:n] += Σ_t a[t] · x[t][0:n], four terms per pass over y. x is B in its own
-// dtype when that is fp32/fp64 (converted to acc_t in registers: no fp64 copy of
-// B per call), in fp32 for fp16/bf16.
-template <typename acc_t, typename x_t>
-inline __attribute__((always_inline)) void accumulate_terms(acc_t* __restrict__ y, const acc_t* a,
-                                                            const x_t* const* x, int64_t terms, int64_t n) {
-  int64_t t = 0;
-  for (; t + 4 <= terms; t += 4) {
-    const acc_t a0 = a[t], a1 = a[t + 1], a2 = a[t + 2], a3 = a[t + 3];
-    const x_t* __restrict__ x0 = x[t];
-    const x_t* __restrict__ x1 = x[t + 1];
-    const x_t* __restrict__ x2 = x[t + 2];
-    const x_t* __restrict__ x3 = x[t + 3];
-    for (int64_t i = 0; i < n; ++i) {
-      y[i] += a0 * acc_t(x0[i]) + a1 * acc_t(x1[i]) + a2 * acc_t(x2[i]) + a3 * acc_t(x3[i]);
-    }
-  }
-  for (; t < terms; ++t) {
-    const acc_t a0 = a[t];
-    const x_t* __restrict__ x0 = x[t];
-    for (int64_t i = 0; i < n; ++i) y[i] += a0 * acc_t(x0[i]);
+// Sums the rows of one block row and stores them: for r < rows,
+// c_rows[r][0:n] = Σ_t a[r][t] · x[r][t][0:n] over count[r] terms. x is B in its
+// own dtype when that is fp32/fp64 (converted to acc_t in registers: no fp64
+// copy of B per call), in fp32 for fp16/bf16.
+//
+// Each row is summed a few 64-byte vectors of output columns at a time in
+// registers, four terms per add into them, then converted and stored once: at
+// the 1-3 non-zeros per row of power-grid and random matrices, zeroing,
+// reloading and copying an accumulator row in memory cost more than the
+// products. Rows with more than kTermsPerPartial terms are summed that many
+// terms at a time into partial sums added to the total, as a blocked GEMM does
+// over k: the rounding error grows with the number of partials plus the
+// partial's length, not with the row's length. One call per block row (not per
+// row), for the call overhead at a few non-zeros per row.
+constexpr int64_t kTermsPerPartial = 64;
+
+// 64 bytes of acc_t: one AVX-512 register, two AVX2 ones, four SSE ones in the
+// baseline clone (GCC vector extensions lower to whatever the clone has).
+template <typename acc_t>
+using acc_vector __attribute__((vector_size(64))) = acc_t;
+
+// `lanes` values of x_t at p as V: a vector of acc_t, or one acc_t.
+template <typename V, typename x_t>
+inline __attribute__((always_inline)) V load_as(const x_t* p) {
+  if constexpr (std::is_arithmetic_v<V>) {
+    return V(*p);
+  } else {
+    using x_vector __attribute__((vector_size(sizeof(V) / sizeof(V{}[0]) * sizeof(x_t)))) = x_t;
+    x_vector v;
+    std::memcpy(&v, p, sizeof(v));
+    return __builtin_convertvector(v, V);
   }
 }
 
-// Sums the rows of one block row and stores them: for r < rows,
-// c_rows[r][0:n] = Σ_t a[r][t] · x[r][t][0:n] over count[r] terms. Rows with more
-// than kTermsPerPartial terms are summed that many terms at a time into a
-// partial row added to y, as a blocked GEMM does over k: the rounding error
-// grows with the number of partials plus the partial's length, not with the
-// row's length. One call per block row (not per row): at the 2-3 non-zeros per
-// row of power-grid matrices the per-row call overhead was the kernel's cost.
-constexpr int64_t kTermsPerPartial = 64;
+// Columns [c0, c0 + kCount · lanes of V) of one row, in kCount registers.
+template <typename V, int kCount, typename acc_t, typename x_t, typename out_t>
+inline __attribute__((always_inline)) void sum_row_columns(const acc_t* a, const x_t* const* x, int64_t terms,
+                                                           out_t* __restrict__ c_row, int64_t c0) {
+  constexpr int64_t kLanes = sizeof(V) / sizeof(acc_t);
+  V total[kCount] = {};
+  for (int64_t t_begin = 0; t_begin < terms; t_begin += kTermsPerPartial) {
+    const int64_t t_end = std::min(terms, t_begin + kTermsPerPartial);
+    V partial[kCount] = {};
+    int64_t t = t_begin;
+    for (; t + 4 <= t_end; t += 4) {
+      const acc_t a0 = a[t], a1 = a[t + 1], a2 = a[t + 2], a3 = a[t + 3];
+      const x_t *x0 = x[t] + c0, *x1 = x[t + 1] + c0, *x2 = x[t + 2] + c0, *x3 = x[t + 3] + c0;
+#pragma GCC unroll 4
+      for (int v = 0; v < kCount; ++v) {
+        partial[v] += a0 * load_as<V>(x0 + v * kLanes) + a1 * load_as<V>(x1 + v * kLanes) +
+                      a2 * load_as<V>(x2 + v * kLanes) + a3 * load_as<V>(x3 + v * kLanes);
+      }
+    }
+    for (; t < t_end; ++t) {
+      const acc_t a0 = a[t];
+      const x_t* x0 = x[t] + c0;
+#pragma GCC unroll 4
+      for (int v = 0; v < kCount; ++v) partial[v] += a0 * load_as<V>(x0 + v * kLanes);
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < kCount; ++v) total[v] += partial[v];
+  }
+  acc_t sums[kCount * kLanes];
+  std::memcpy(sums, total, sizeof(sums));
+  for (int64_t i = 0; i < kCount * kLanes; ++i) c_row[c0 + i] = static_cast<out_t>(sums[i]);
+}
 
 template <typename acc_t, typename x_t, typename out_t>
 inline __attribute__((always_inline)) void sum_rows(int64_t rows, const acc_t* const* a, const x_t* const* const* x,
-                                                    const int64_t* count, out_t* const* c_rows, acc_t* y,
-                                                    acc_t* partial, int64_t n) {
+                                                    const int64_t* count, out_t* const* c_rows, int64_t n) {
+  using V = acc_vector<acc_t>;
+  constexpr int64_t kLanes = sizeof(V) / sizeof(acc_t);
   for (int64_t r = 0; r < rows; ++r) {
-    std::fill(y, y + n, acc_t(0));
-    if (count[r] <= kTermsPerPartial) {
-      accumulate_terms(y, a[r], x[r], count[r], n);
-    } else {
-      for (int64_t t = 0; t < count[r]; t += kTermsPerPartial) {
-        std::fill(partial, partial + n, acc_t(0));
-        accumulate_terms(partial, a[r] + t, x[r] + t, std::min(kTermsPerPartial, count[r] - t), n);
-        for (int64_t i = 0; i < n; ++i) y[i] += partial[i];
-      }
-    }
-    out_t* __restrict__ c_row = c_rows[r];
-    for (int64_t i = 0; i < n; ++i) c_row[i] = static_cast<out_t>(y[i]);
+    int64_t c0 = 0;
+    for (; c0 + 4 * kLanes <= n; c0 += 4 * kLanes) sum_row_columns<V, 4>(a[r], x[r], count[r], c_rows[r], c0);
+    for (; c0 + kLanes <= n; c0 += kLanes) sum_row_columns<V, 1>(a[r], x[r], count[r], c_rows[r], c0);
+    for (; c0 < n; ++c0) sum_row_columns<acc_t, 1>(a[r], x[r], count[r], c_rows[r], c0);
   }
 }
 
 // One multiversioned (AVX-512 / AVX2 / baseline) instance per (acc, B, out) type.
-#define MLX_BSR_SUM_ROWS(acc_t, x_t, out_t)                                                                  \
-  MLX_CPU_MULTIVERSION void sum_rows_mv(int64_t rows, const acc_t* const* a, const x_t* const* const* x,     \
-                                        const int64_t* count, out_t* const* c_rows, acc_t* y, acc_t* partial, \
-                                        int64_t n) {                                                          \
-    sum_rows(rows, a, x, count, c_rows, y, partial, n);                                                       \
+#define MLX_BSR_SUM_ROWS(acc_t, x_t, out_t)                                                              \
+  MLX_CPU_MULTIVERSION void sum_rows_mv(int64_t rows, const acc_t* const* a, const x_t* const* const* x, \
+                                        const int64_t* count, out_t* const* c_rows, int64_t n) {        \
+    sum_rows(rows, a, x, count, c_rows, n);                                                               \
   }
 MLX_BSR_SUM_ROWS(float, float, c10::Half)
 MLX_BSR_SUM_ROWS(float, float, c10::BFloat16)
@@ -178,7 +204,7 @@ struct SpmmProblem {
 // values (in acc_t) and the B rows they scale.
 template <typename acc_t, typename x_t>
 struct RowTerms {
-  RowTerms(int64_t br, int64_t n) : a(br), b_rows(br), count(br), a_ptr(br), b_rows_ptr(br), y(n), partial(n) {}
+  explicit RowTerms(int64_t br) : a(br), b_rows(br), count(br), a_ptr(br), b_rows_ptr(br) {}
 
   void start(int64_t rows, int64_t capacity) {
     for (int64_t r = 0; r < rows; ++r) {
@@ -199,7 +225,6 @@ struct RowTerms {
   std::vector<int64_t> count;
   std::vector<acc_t*> a_ptr;              // a[r].data()
   std::vector<const x_t**> b_rows_ptr;   // b_rows[r].data()
-  std::vector<acc_t> y, partial;
 };
 
 // Runs C = A·B over block rows, `gather(rb, rows, terms)` listing the non-zero
@@ -216,7 +241,7 @@ void spmm_block_rows(const SpmmProblem<index_t, acc_t, x_t, out_t>& p, int64_t s
   const std::vector<int64_t> bounds = balanced_bounds(p.crow, p.block_rows, parts);
 
   at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
-    RowTerms<acc_t, x_t> terms(p.br, p.n);
+    RowTerms<acc_t, x_t> terms(p.br);
     std::vector<out_t*> c_rows(p.br);
     auto thread_gather = gather;  // each thread's own copy of the gather's scratch
     for (int64_t rb = bounds[part_begin]; rb < bounds[part_end]; ++rb) {
@@ -227,8 +252,7 @@ void spmm_block_rows(const SpmmProblem<index_t, acc_t, x_t, out_t>& p, int64_t s
         const int64_t stored_row = rb * p.br + r;
         c_rows[r] = p.out + (p.perm != nullptr ? p.perm[stored_row] : stored_row) * p.n;
       }
-      sum_rows_mv(rows, terms.a_ptr.data(), terms.b_rows_ptr.data(), terms.count.data(), c_rows.data(),
-                  terms.y.data(), terms.partial.data(), p.n);
+      sum_rows_mv(rows, terms.a_ptr.data(), terms.b_rows_ptr.data(), terms.count.data(), c_rows.data(), p.n);
     }
   });
 }
