@@ -28,9 +28,9 @@ MLX_LIBRARY(m) {
   m.def("bsr_spmm(Tensor crow, Tensor col, Tensor blocks, Tensor b, int m, Tensor? row_perm=None) -> Tensor");
   // Internal (CPU) helpers of BlockSparseMatrix: SMaT row reordering and CSR -> BCSR.
   m.def("bsr_reorder_rows(Tensor crow, Tensor col, int k, int block_rows, int block_cols) -> Tensor");
-  // Internal (CPU, int64 indices): bsr_spmm on blocks packed as two-level bit
+  // Internal (CPU, int64 indices): bsr_spmm on blocks packed as row-major bit
   // maps, BlockSparseMatrix's CPU form (see python/mlx_kernels/bsr.py).
-  m.def("bsr_spmm_packed(Tensor crow, Tensor col, Tensor block_row_bits, Tensor row_col_bits, Tensor values, Tensor b, int m, int block_rows, int block_cols, Tensor? row_perm=None) -> Tensor");
+  m.def("bsr_spmm_packed(Tensor crow, Tensor col, Tensor row_words, Tensor row_values, Tensor word_blocks, Tensor word_cols, Tensor values, Tensor b, int m, int block_rows, int block_cols, Tensor? row_perm=None) -> Tensor");
   m.def("bsr_from_csr(Tensor crow, Tensor col, Tensor values, int k, int block_rows, int block_cols, Tensor? row_perm=None) -> (Tensor bcrow, Tensor bcol, Tensor blocks)");
 
   // Atomic row-wise SpGEMM (SMASH)

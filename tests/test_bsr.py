@@ -85,20 +85,46 @@ def test_bsr_spmm_dtypes(device, dtype, block):
 @pytest.mark.parametrize("block", [(16, 16), (16, 8), (3, 5), (2, 64), (64, 3), (1, 1)])
 @pytest.mark.parametrize("reorder", [False, True])
 def test_packed_cpu_path_matches_dense_blocks(dtype, block, reorder):
-    # On the CPU, a @ b runs on the packed blocks (bsr_spmm_packed); the public op
+    # On the CPU, a @ b runs on the packed rows (bsr_spmm_packed); the public op
     # on the dense blocks visits the same terms in the same order: equal bit for bit.
     a_dense = random_sparse(77, 150, 0.1, dtype)
     a_dense[20:30] = 0
     a = BlockSparseMatrix.from_dense(a_dense, block=block, reorder=reorder)
     assert a._packed is not None
-    block_row_bits, row_col_bits, values = a._packed
-    assert block_row_bits.shape == (a.nblocks,) and values.numel() == a.nnz
-    assert row_col_bits.numel() == int((a.blocks != 0).any(dim=2).sum())
+    _, _, row_words, row_values, word_blocks, word_cols, values = a._packed
+    nonzero_rows = (a.blocks != 0).any(dim=2)
+    assert word_blocks.numel() == word_cols.numel() == int(nonzero_rows.sum()) == int(row_words[-1])
+    assert values.numel() == a.nnz == int(row_values[-1])
+    # Each row lists its blocks in ascending order (the dense path's term order).
+    for s in range(77):
+        blocks_of_row = word_blocks[row_words[s]:row_words[s + 1]]
+        assert bool((blocks_of_row.diff() > 0).all())
     b = torch.randn(150, 33, dtype=dtype)
     packed = a @ b
     torch.testing.assert_close(packed, mlx_kernels.bsr_spmm(a.crow, a.col, a.blocks, b, 77, a.row_perm),
                                rtol=0, atol=0)
     check_product(a, a_dense, b)
+
+
+def test_packed_error_in_a_later_part_is_raised_once():
+    # Large enough for several parallel parts: a bad word in the last row is found
+    # by its part's kernel and reported after the loop, the same error each time.
+    a = BlockSparseMatrix.from_dense(random_sparse(600, 300, 0.05), block=(16, 16), reorder=False)
+    b = torch.randn(300, 256)
+    crow, col, row_words, row_values, word_blocks, word_cols, values = a._packed
+    word_blocks = word_blocks.clone()
+    word_blocks[int(row_words[-2])] = 0  # the last row's first word names a block of block row 0
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match=r"'word_blocks'\[\d+\] = 0 is not a block of stored row 599"):
+            ops.bsr_spmm_packed(crow, col, row_words, row_values, word_blocks, word_cols, values, b, 600, 16, 16)
+
+
+def test_malformed_structure_falls_back_to_the_checked_dense_op():
+    a = BlockSparseMatrix.from_dense(random_sparse(40, 50, 0.3), block=(16, 16), reorder=False)
+    broken = BlockSparseMatrix(a.crow.flip(0), a.col, a.blocks, a.shape)
+    assert broken._packed is None
+    with pytest.raises(RuntimeError, match=r"bsr_spmm: .*'crow' must start at 0"):
+        broken @ torch.randn(50, 3)
 
 
 def test_blocks_wider_than_64_use_dense_blocks():

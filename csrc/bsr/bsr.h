@@ -8,6 +8,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -73,54 +75,82 @@ inline void check_bsr_spmm_shapes(const at::Tensor& crow, const at::Tensor& col,
 }
 
 // Shape, dtype and device checks of bsr_spmm_packed (a CPU op on int64 indices).
-inline void check_bsr_spmm_packed_shapes(const at::Tensor& crow, const at::Tensor& col,
-                                         const at::Tensor& block_row_bits, const at::Tensor& row_col_bits,
-                                         const at::Tensor& values, const at::Tensor& b, int64_t m, int64_t block_rows,
-                                         int64_t block_cols, const c10::optional<at::Tensor>& row_perm) {
+inline void check_bsr_spmm_packed_shapes(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& row_words,
+                                         const at::Tensor& row_values, const at::Tensor& word_blocks,
+                                         const at::Tensor& word_cols, const at::Tensor& values, const at::Tensor& b,
+                                         int64_t m, int64_t block_rows, int64_t block_cols,
+                                         const c10::optional<at::Tensor>& row_perm) {
   constexpr const char* op = kSpmmPackedOp;
   const at::Tensor* perm = row_perm.has_value() ? &*row_perm : nullptr;
-  check_same_device(op, {{"crow", &crow}, {"col", &col}, {"block_row_bits", &block_row_bits},
-                         {"row_col_bits", &row_col_bits}, {"values", &values}, {"b", &b}, {"row_perm", perm}});
-  check_dtype(op, "crow", crow, {at::kLong});
-  check_dtype(op, "block_row_bits", block_row_bits, {at::kLong});
-  check_dtype(op, "row_col_bits", row_col_bits, {at::kLong});
+  check_same_device(op, {{"crow", &crow}, {"col", &col}, {"row_words", &row_words}, {"row_values", &row_values},
+                         {"word_blocks", &word_blocks}, {"word_cols", &word_cols}, {"values", &values}, {"b", &b},
+                         {"row_perm", perm}});
+  for (const auto& [name, t] : {std::pair{"crow", &crow}, std::pair{"row_words", &row_words},
+                                std::pair{"row_values", &row_values}, std::pair{"word_blocks", &word_blocks},
+                                std::pair{"word_cols", &word_cols}}) {
+    check_dtype(op, name, *t, {at::kLong});
+    check_dim(op, name, *t, 1);
+  }
   check_dtype(op, "values", values, {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble});
   MLX_CHECK(values.scalar_type() == b.scalar_type(), op, "'values' and 'b' must have one dtype, got ",
             dtype_name(values.scalar_type()), " and ", dtype_name(b.scalar_type()));
-  check_dim(op, "block_row_bits", block_row_bits, 1);
-  check_dim(op, "row_col_bits", row_col_bits, 1);
   check_dim(op, "values", values, 1);
   for (const auto& [name, size] : {std::pair{"block_rows", block_rows}, std::pair{"block_cols", block_cols}}) {
     MLX_CHECK(size >= 1 && size <= 64, op, "'", name, "' must be in [1, 64] (one bit per row or column), got ", size);
   }
-  check_bcsr_structure(op, crow, col, block_row_bits.numel(), "one column index per block (block_row_bits' length)",
-                       block_rows, b, m, perm);
+  check_bcsr_structure(op, crow, col, col.numel(), "one column index per block", block_rows, b, m, perm);
+  check_size(op, "row_words", row_words, 0, m + 1, "one offset per row of A plus one (m + 1)");
+  check_size(op, "row_values", row_values, 0, m + 1, "one offset per row of A plus one (m + 1)");
+  check_size(op, "word_cols", word_cols, 0, word_blocks.numel(), "one column word per word block (word_blocks' length)");
 }
 
-// crow [rows + 1] starts at 0, never decreases and ends at `total` (the
-// number of entries it indexes, named `total_name`).
+// Index of the first of the `count` values at p outside [0, bound), or count.
+// The common all-valid case is one vectorised pass without a branch per value.
 template <typename index_t>
-void check_offsets(const char* op, const at::Tensor& crow, int64_t total, const char* total_name) {
-  const index_t* crow_ptr = crow.data_ptr<index_t>();
-  const int64_t rows = crow.numel() - 1;
-  MLX_CHECK(crow_ptr[0] == 0, op, "'crow' must start at 0, got ", int64_t(crow_ptr[0]));
-  for (int64_t r = 0; r < rows; ++r) {
-    MLX_CHECK(crow_ptr[r] <= crow_ptr[r + 1], op, "'crow' must be non-decreasing, but crow[", r,
-              "] = ", int64_t(crow_ptr[r]), " > crow[", r + 1, "] = ", int64_t(crow_ptr[r + 1]));
+int64_t first_out_of_range(const index_t* p, int64_t count, int64_t bound) {
+  bool any_out = false;
+  for (int64_t i = 0; i < count; ++i) any_out |= static_cast<uint64_t>(p[i]) >= static_cast<uint64_t>(bound);
+  if (!any_out) return count;
+  int64_t i = 0;
+  while (static_cast<uint64_t>(p[i]) < static_cast<uint64_t>(bound)) ++i;
+  return i;
+}
+
+// Offsets [rows + 1] (argument `name`) start at 0, never decrease and end at
+// `total` (the number of entries they index, named `total_name`).
+template <typename index_t>
+void check_offsets(const char* op, const char* name, const at::Tensor& offsets, int64_t total,
+                   const char* total_name) {
+  const index_t* p = offsets.data_ptr<index_t>();
+  const int64_t rows = offsets.numel() - 1;
+  MLX_CHECK(p[0] == 0, op, "'", name, "' must start at 0, got ", int64_t(p[0]));
+  bool decreasing = false;
+  for (int64_t r = 0; r < rows; ++r) decreasing |= p[r] > p[r + 1];
+  for (int64_t r = 0; decreasing && r < rows; ++r) {
+    MLX_CHECK(p[r] <= p[r + 1], op, "'", name, "' must be non-decreasing, but ", name, "[", r, "] = ",
+              int64_t(p[r]), " > ", name, "[", r + 1, "] = ", int64_t(p[r + 1]));
   }
-  MLX_CHECK(crow_ptr[rows] == total, op, "'crow' must end at ", total_name, " = ", total, ", got ",
-            int64_t(crow_ptr[rows]));
+  MLX_CHECK(p[rows] == total, op, "'", name, "' must end at ", total_name, " = ", total, ", got ", int64_t(p[rows]));
 }
 
 // row_perm (int64, on the host) is a permutation of 0..m-1.
 inline void check_permutation(const char* op, const at::Tensor& row_perm) {
   const int64_t m = row_perm.numel();
   const int64_t* perm = row_perm.data_ptr<int64_t>();
-  std::vector<bool> seen(m, false);
+  const int64_t out_of_range = first_out_of_range(perm, m, m);
+  std::vector<uint8_t> seen(m, 0);
+  bool repeats = false;
+  for (int64_t r = 0; r < out_of_range; ++r) {
+    repeats |= seen[perm[r]] != 0;
+    seen[perm[r]] = 1;
+  }
+  if (out_of_range == m && !repeats) return;
+  std::fill(seen.begin(), seen.end(), 0);
   for (int64_t r = 0; r < m; ++r) {
-    MLX_CHECK(perm[r] >= 0 && perm[r] < m && !seen[perm[r]], op, "'row_perm' must be a permutation of 0..m-1 (m = ",
-              m, "), but row_perm[", r, "] = ", perm[r], perm[r] >= 0 && perm[r] < m ? " repeats" : " is out of range");
-    seen[perm[r]] = true;
+    const bool in_range = perm[r] >= 0 && perm[r] < m;
+    MLX_CHECK(in_range && !seen[perm[r]], op, "'row_perm' must be a permutation of 0..m-1 (m = ", m,
+              "), but row_perm[", r, "] = ", perm[r], in_range ? " repeats" : " is out of range");
+    seen[perm[r]] = 1;
   }
 }
 
@@ -131,14 +161,13 @@ template <typename index_t>
 void check_bsr_spmm_values(const at::Tensor& crow, const at::Tensor& col, int64_t k, int64_t bc,
                            const c10::optional<at::Tensor>& row_perm, const char* op = kSpmmOp) {
   const int64_t nblocks = col.numel();
-  check_offsets<index_t>(op, crow, nblocks, "nblocks");
+  check_offsets<index_t>(op, "crow", crow, nblocks, "nblocks");
   const int64_t block_cols = ceil_div(k, bc);
   const index_t* col_ptr = col.data_ptr<index_t>();
-  for (int64_t j = 0; j < nblocks; ++j) {
-    MLX_CHECK(col_ptr[j] >= 0 && col_ptr[j] < block_cols, op, "'col'[", j, "] = ", int64_t(col_ptr[j]),
-              " is out of range: b has k = ", k, " rows, so A has ceil(k / bc) = ", block_cols,
-              " block columns of width bc = ", bc, " (b's rows must equal A's columns)");
-  }
+  const int64_t bad = first_out_of_range(col_ptr, nblocks, block_cols);
+  MLX_CHECK(bad == nblocks, op, "'col'[", bad, "] = ", int64_t(col_ptr[bad]),
+            " is out of range: b has k = ", k, " rows, so A has ceil(k / bc) = ", block_cols,
+            " block columns of width bc = ", bc, " (b's rows must equal A's columns)");
   if (row_perm.has_value()) check_permutation(op, *row_perm);
 }
 

@@ -5,22 +5,22 @@
 // fp64 inputs, see acc_type) and stored once per output row, through row_perm
 // when the BCSR holds A's rows permuted. On a CPU a multiply by zero costs as
 // much as any other, so the zero padding inside blocks (1 - fill of the stored
-// entries) is skipped: each output row gathers the non-zero (a, B row) terms of
-// its block row and sums them four at a time into one accumulator row, which
-// keeps that row in registers/L1 and reads each needed row of B once.
+// entries) is skipped: each output row lists the non-zero (a, B row) terms of
+// its blocks and sums them in registers (sum_row), reading each needed row of
+// B once and storing the row once.
 //
-// Two block payloads feed that loop:
+// Two block payloads feed that sum:
 // - bsr_spmm: dense blocks (the tensor-core layout). The block row's non-zeros
 //   are found by scanning its blocks, which at the fills of real sparse
 //   matrices (1-5%) reads 20-100x more bytes than the non-zeros themselves.
-// - bsr_spmm_packed: each block as two-level bit maps (the tile format of
-//   TileSpGEMM): a word marking its non-zero rows, a word per such row marking
-//   its non-zero columns, and the non-zeros in block order. BlockSparseMatrix
-//   keeps this form next to the dense blocks on the CPU: the same blocks and B
-//   tiles, without reading the padding.
+// - bsr_spmm_packed: the blocks as bit maps, row by row: for each row, a word
+//   per block of its block row marking the row's non-zero columns in that
+//   block, then the row's non-zeros. BlockSparseMatrix keeps this form next to
+//   the dense blocks on the CPU: the same blocks and B tiles, without reading
+//   the padding, and already in row order.
 //
-// Threads take contiguous ranges of block rows balanced by work (blocks + 1 per
-// block row), so a few dense block rows do not leave the other threads idle.
+// Threads take contiguous ranges of rows balanced by work (stored entries + 1
+// per row), so a few dense block rows do not leave the other threads idle.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -107,16 +107,20 @@ inline __attribute__((always_inline)) void sum_row_columns(const acc_t* a, const
 }
 
 template <typename acc_t, typename x_t, typename out_t>
-inline __attribute__((always_inline)) void sum_rows(int64_t rows, const acc_t* const* a, const x_t* const* const* x,
-                                                    const int64_t* count, out_t* const* c_rows, int64_t n) {
+inline __attribute__((always_inline)) void sum_row(const acc_t* a, const x_t* const* x, int64_t count,
+                                                   out_t* c_row, int64_t n) {
   using V = acc_vector<acc_t>;
   constexpr int64_t kLanes = sizeof(V) / sizeof(acc_t);
-  for (int64_t r = 0; r < rows; ++r) {
-    int64_t c0 = 0;
-    for (; c0 + 4 * kLanes <= n; c0 += 4 * kLanes) sum_row_columns<V, 4>(a[r], x[r], count[r], c_rows[r], c0);
-    for (; c0 + kLanes <= n; c0 += kLanes) sum_row_columns<V, 1>(a[r], x[r], count[r], c_rows[r], c0);
-    for (; c0 < n; ++c0) sum_row_columns<acc_t, 1>(a[r], x[r], count[r], c_rows[r], c0);
-  }
+  int64_t c0 = 0;
+  for (; c0 + 4 * kLanes <= n; c0 += 4 * kLanes) sum_row_columns<V, 4>(a, x, count, c_row, c0);
+  for (; c0 + kLanes <= n; c0 += kLanes) sum_row_columns<V, 1>(a, x, count, c_row, c0);
+  for (; c0 < n; ++c0) sum_row_columns<acc_t, 1>(a, x, count, c_row, c0);
+}
+
+template <typename acc_t, typename x_t, typename out_t>
+inline __attribute__((always_inline)) void sum_rows(int64_t rows, const acc_t* const* a, const x_t* const* const* x,
+                                                    const int64_t* count, out_t* const* c_rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) sum_row(a[r], x[r], count[r], c_rows[r], n);
 }
 
 // One multiversioned (AVX-512 / AVX2 / baseline) instance per (acc, B, out) type.
@@ -289,32 +293,111 @@ void spmm_dense_blocks(const SpmmProblem<index_t, acc_t, x_t, scalar_t>& p, cons
   });
 }
 
-// Packed blocks (two-level bitmaps): bit r of block_row_bits[j] marks the
-// non-zero rows of block j; each such row, in block order, has a word of
-// row_col_bits marking its non-zero columns, and its non-zeros follow in
-// `values`. starts[rb] = (first word, first value) of block row rb.
-struct PackedStarts {
-  std::vector<int64_t> words, values;
+// Packed rows (bit maps, row-major): stored row s has words row_words[s] ..
+// row_words[s+1]-1, one per block of its block row holding a non-zero in that
+// row, in block order; word w names its block, word_blocks[w], and marks the
+// row's non-zero columns in it, word_cols[w]. The row's non-zeros are
+// values[row_values[s] .. row_values[s+1]), word by word, column by column.
+// Row-major, so each row's terms are listed by one walk over its own words and
+// summed at once, from L1: at 1-3 non-zeros per word, walking blocks and then
+// their rows (and regrouping the terms by row) cost more than the products.
+template <typename scalar_t>
+struct PackedRows {
+  const int64_t *row_words, *row_values, *word_blocks, *word_cols;
+  const scalar_t* values;
+  int64_t words;
 };
 
-template <typename scalar_t, typename index_t, typename acc_t, typename x_t>
-void spmm_packed_blocks(const SpmmProblem<index_t, acc_t, x_t, scalar_t>& p, const int64_t* block_row_bits,
-                        const int64_t* row_col_bits, const scalar_t* values, const PackedStarts& starts) {
-  const int64_t stored = starts.values[p.block_rows] + starts.words[p.block_rows] + p.crow[p.block_rows];
-  spmm_block_rows(p, stored, [&](int64_t rb, int64_t, RowTerms<acc_t, x_t>& terms) {
-    // Rows past m hold no non-zeros (checked), so every set row bit is a row < rows.
-    int64_t w = starts.words[rb], v = starts.values[rb];
-    for (int64_t j = p.crow[rb]; j < p.crow[rb + 1]; ++j) {
-      const x_t* b_tile = p.b + static_cast<int64_t>(p.col[j]) * p.bc * p.n;
-      for (uint64_t rows = static_cast<uint64_t>(block_row_bits[j]); rows != 0; rows &= rows - 1) {
-        const int64_t r = __builtin_ctzll(rows);
-        for (uint64_t cols = static_cast<uint64_t>(row_col_bits[w++]); cols != 0; cols &= cols - 1) {
-          terms.add(r, static_cast<acc_t>(values[v++]), b_tile + __builtin_ctzll(cols) * p.n);
-        }
+// Checks of one word of stored row s (block row rb) before it is used: its
+// block lies in the row's block row and it marks no column past the block
+// width or past k. word_mask(k0) is the bits allowed at block column k0 / bc.
+struct PackedWordCheck {
+  int64_t bc, k;
+  uint64_t full_width;
+
+  PackedWordCheck(int64_t bc, int64_t k) : bc(bc), k(k), full_width(bc >= 64 ? ~uint64_t{0} : (uint64_t{1} << bc) - 1) {}
+  uint64_t word_mask(int64_t k0) const {
+    return k0 + 64 <= k ? full_width : full_width & ((uint64_t{1} << (k - k0)) - 1);
+  }
+};
+
+// Stored rows [s_begin, s_end): lists each row's terms into a_terms / b_terms
+// (room for the part's longest row), checking its offsets and each word before
+// it is used (PackedWordCheck, and the row's words mark exactly its values),
+// then sums the row. Returns the first row that fails a check (its message is
+// built by explain_bad_packed_row, outside the multiversioned kernel), or s_end.
+template <typename scalar_t, typename acc_t, typename x_t>
+inline __attribute__((always_inline)) int64_t spmm_packed_rows(const SpmmProblem<int64_t, acc_t, x_t, scalar_t>& p,
+                                                               const PackedRows<scalar_t>& a, int64_t s_begin,
+                                                               int64_t s_end, acc_t* a_terms, const x_t** b_terms) {
+  const PackedWordCheck check(p.bc, p.k);
+  const int64_t n = p.n;
+  for (int64_t s = s_begin; s < s_end; ++s) {
+    const int64_t rb = s / p.br, first_block = p.crow[rb], end_block = p.crow[rb + 1];
+    const int64_t w_begin = a.row_words[s], w_end = a.row_words[s + 1];
+    if (w_begin > w_end || w_end > a.words) return s;
+    const int64_t v = a.row_values[s], values = a.row_values[s + 1] - v;
+    int64_t count = 0;
+    for (int64_t w = w_begin; w < w_end; ++w) {
+      const int64_t j = a.word_blocks[w];
+      if (j < first_block || j >= end_block) return s;
+      const int64_t k0 = p.col[j] * p.bc;
+      uint64_t cols = static_cast<uint64_t>(a.word_cols[w]);
+      if ((cols & ~check.word_mask(k0)) != 0 || count + __builtin_popcountll(cols) > values) return s;
+      const x_t* b_tile = p.b + k0 * n;
+      for (; cols != 0; cols &= cols - 1, ++count) {
+        a_terms[count] = static_cast<acc_t>(a.values[v + count]);
+        b_terms[count] = b_tile + __builtin_ctzll(cols) * n;
       }
     }
-  });
+    if (count != values) return s;
+    sum_row(a_terms, b_terms, count, p.out + (p.perm != nullptr ? p.perm[s] : s) * n, n);
+  }
+  return s_end;
 }
+
+// Raises the error of stored row s, which failed a check of spmm_packed_rows.
+template <typename scalar_t>
+[[noreturn]] void explain_bad_packed_row(const int64_t* crow, const int64_t* col, const PackedRows<scalar_t>& a,
+                                         int64_t s, int64_t br, int64_t bc, int64_t k) {
+  constexpr const char* op = kSpmmPackedOp;
+  const PackedWordCheck check(bc, k);
+  const int64_t rb = s / br, first_block = crow[rb], end_block = crow[rb + 1];
+  const int64_t w_begin = a.row_words[s], w_end = a.row_words[s + 1];
+  MLX_CHECK(w_begin <= w_end && w_end <= a.words, op, "'row_words' must be non-decreasing and end at ",
+            "word_blocks.numel() = ", a.words, ", but row_words[", s, "] = ", w_begin, ", row_words[", s + 1,
+            "] = ", w_end);
+  const int64_t values = a.row_values[s + 1] - a.row_values[s];
+  int64_t count = 0;
+  for (int64_t w = w_begin; w < w_end; ++w) {
+    const int64_t j = a.word_blocks[w];
+    MLX_CHECK(j >= first_block && j < end_block, op, "'word_blocks'[", w, "] = ", j, " is not a block of stored row ",
+              s, "'s block row ", rb, " (blocks ", first_block, " .. ", end_block - 1, ")");
+    const uint64_t cols = static_cast<uint64_t>(a.word_cols[w]);
+    MLX_CHECK((cols & ~check.word_mask(col[j] * bc)) == 0, op, "'word_cols'[", w,
+              "] marks a column past block_cols = ", bc, " or past k = ", k);
+    count += __builtin_popcountll(cols);
+    MLX_CHECK(count <= values, op, "stored row ", s, "'s words mark more values than 'row_values' gives it (",
+              values, ")");
+  }
+  MLX_CHECK(false, op, "stored row ", s, "'s words mark ", count, " values, but 'row_values' gives it ", values);
+  __builtin_unreachable();
+}
+
+// One multiversioned instance per value type: the walk's popcount is one
+// instruction in the AVX2/AVX-512 clones (a libgcc call in the baseline).
+#define MLX_BSR_PACKED_ROWS(scalar_t)                                                                             \
+  MLX_CPU_MULTIVERSION int64_t spmm_packed_rows_mv(                                                                 \
+      const SpmmProblem<int64_t, acc_type<scalar_t>, b_type<scalar_t>, scalar_t>& p,                             \
+      const PackedRows<scalar_t>& a, int64_t s_begin, int64_t s_end, acc_type<scalar_t>* a_terms,              \
+      const b_type<scalar_t>** b_terms) {                                                                        \
+    return spmm_packed_rows(p, a, s_begin, s_end, a_terms, b_terms);                                             \
+  }
+MLX_BSR_PACKED_ROWS(c10::Half)
+MLX_BSR_PACKED_ROWS(c10::BFloat16)
+MLX_BSR_PACKED_ROWS(float)
+MLX_BSR_PACKED_ROWS(double)
+#undef MLX_BSR_PACKED_ROWS
 
 // B as the inner loop reads it (see b_type), contiguous.
 at::Tensor b_for_accumulation(const at::Tensor& b) {
@@ -360,99 +443,61 @@ at::Tensor bsr_spmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, con
   return out;
 }
 
-// Checks block row rb of the packed form and counts its values into *values:
-// no row bit past the block height or past m, no column bit past the block
-// width or past k. Returns false on a bad bit. These helpers are
-// multiversioned for the popcnt instruction (the baseline x86-64 build calls a
-// libgcc routine).
-MLX_CPU_MULTIVERSION
-int64_t popcount_sum(const int64_t* words, int64_t count) {
-  int64_t bits = 0;
-  for (int64_t i = 0; i < count; ++i) bits += __builtin_popcountll(static_cast<uint64_t>(words[i]));
-  return bits;
-}
-
-// The words' total is checked before (so every word read here exists).
-MLX_CPU_MULTIVERSION
-bool count_packed_block_row(const int64_t* crow, const int64_t* col, const int64_t* block_row_bits,
-                            const int64_t* row_col_bits, int64_t rb, int64_t word_start,
-                            int64_t allowed_rows, int64_t bc, int64_t k, int64_t* values) {
-  const uint64_t row_mask = allowed_rows >= 64 ? ~uint64_t{0} : (uint64_t{1} << allowed_rows) - 1;
-  int64_t w = word_start, count = 0;
-  for (int64_t j = crow[rb]; j < crow[rb + 1]; ++j) {
-    const uint64_t rows = static_cast<uint64_t>(block_row_bits[j]);
-    const int64_t width = std::min(bc, k - col[j] * bc);
-    const uint64_t col_mask = width >= 64 ? ~uint64_t{0} : (uint64_t{1} << width) - 1;
-    const int64_t nrows = __builtin_popcountll(rows);
-    if ((rows & ~row_mask) != 0) return false;
-    for (int64_t t = 0; t < nrows; ++t, ++w) {
-      const uint64_t cols = static_cast<uint64_t>(row_col_bits[w]);
-      if ((cols & ~col_mask) != 0) return false;
-      count += __builtin_popcountll(cols);
-    }
-  }
-  *values = count;
-  return true;
-}
-
-// Where each block row's column words and values begin, checking every bit
-// (see count_packed_block_row) and the word and value totals.
-PackedStarts packed_starts(const int64_t* crow, const int64_t* col, const int64_t* block_row_bits,
-                           const int64_t* row_col_bits, int64_t words_total, int64_t values_total,
-                           int64_t block_rows, int64_t br, int64_t bc, int64_t m, int64_t k) {
+at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, const at::Tensor& row_words_in,
+                               const at::Tensor& row_values_in, const at::Tensor& word_blocks_in,
+                               const at::Tensor& word_cols_in, const at::Tensor& values_in, const at::Tensor& b,
+                               int64_t m, int64_t block_rows, int64_t block_cols,
+                               const c10::optional<at::Tensor>& row_perm_in) {
   constexpr const char* op = kSpmmPackedOp;
-  // Word starts need the row counts of every earlier block row: one cheap
-  // popcount pass over the row bits, then the checked pass in parallel.
-  PackedStarts starts{std::vector<int64_t>(block_rows + 1, 0), std::vector<int64_t>(block_rows + 1, 0)};
-  for (int64_t rb = 0; rb < block_rows; ++rb) {
-    starts.words[rb + 1] = starts.words[rb] + popcount_sum(block_row_bits + crow[rb], crow[rb + 1] - crow[rb]);
-  }
-  MLX_CHECK(starts.words[block_rows] == words_total, op, "'row_col_bits' must hold one word per set bit of ",
-            "'block_row_bits' (", starts.words[block_rows], "), got ", words_total);
-  std::atomic<int64_t> bad_block_row{block_rows};
-  at::parallel_for(0, block_rows, std::max<int64_t>(1, kMinPartWork / (16 * br)), [&](int64_t begin, int64_t end) {
-    for (int64_t rb = begin; rb < end; ++rb) {
-      if (!count_packed_block_row(crow, col, block_row_bits, row_col_bits, rb, starts.words[rb],
-                                  std::min(br, m - rb * br), bc, k, &starts.values[rb + 1])) {
-        bad_block_row = rb;
-        return;
-      }
-    }
-  });
-  MLX_CHECK(bad_block_row.load() == block_rows, op, "block row ", bad_block_row.load(),
-            " marks entries outside its blocks: a 'block_row_bits' bit past the block height or past m, or a ",
-            "'row_col_bits' bit past block_cols = ", bc, " or past k = ", k);
-  for (int64_t rb = 0; rb < block_rows; ++rb) starts.values[rb + 1] += starts.values[rb];
-  MLX_CHECK(starts.values[block_rows] == values_total, op, "'values' must hold one entry per set bit of ",
-            "'row_col_bits' (", starts.values[block_rows], "), got ", values_total);
-  return starts;
-}
-
-at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_in,
-                               const at::Tensor& block_row_bits_in, const at::Tensor& row_col_bits_in,
-                               const at::Tensor& values_in, const at::Tensor& b, int64_t m, int64_t block_rows,
-                               int64_t block_cols, const c10::optional<at::Tensor>& row_perm_in) {
-  check_bsr_spmm_packed_shapes(crow_in, col_in, block_row_bits_in, row_col_bits_in, values_in, b, m, block_rows,
-                               block_cols, row_perm_in);
+  check_bsr_spmm_packed_shapes(crow_in, col_in, row_words_in, row_values_in, word_blocks_in, word_cols_in, values_in,
+                               b, m, block_rows, block_cols, row_perm_in);
   const at::Tensor crow = crow_in.contiguous(), col = col_in.contiguous();
-  const at::Tensor block_row_bits = block_row_bits_in.contiguous(), row_col_bits = row_col_bits_in.contiguous();
+  const at::Tensor row_words = row_words_in.contiguous(), row_values = row_values_in.contiguous();
+  const at::Tensor word_blocks = word_blocks_in.contiguous(), word_cols = word_cols_in.contiguous();
   const at::Tensor values = values_in.contiguous();
   const c10::optional<at::Tensor> row_perm = contiguous_perm(row_perm_in);
   const int64_t k = b.size(0), n = b.size(1);
-  check_bsr_spmm_values<int64_t>(crow, col, k, block_cols, row_perm, kSpmmPackedOp);
-  const PackedStarts starts = packed_starts(crow.data_ptr<int64_t>(), col.data_ptr<int64_t>(),
-                                            block_row_bits.data_ptr<int64_t>(), row_col_bits.data_ptr<int64_t>(),
-                                            row_col_bits.numel(), values.numel(), crow.numel() - 1, block_rows,
-                                            block_cols, m, k);
+  check_bsr_spmm_values<int64_t>(crow, col, k, block_cols, row_perm, op);
+  check_offsets<int64_t>(op, "row_values", row_values, values.numel(), "values.numel()");
+  const int64_t* row_words_ptr = row_words.data_ptr<int64_t>();
+  MLX_CHECK(row_words_ptr[0] == 0 && row_words_ptr[m] == word_blocks.numel(), op, "'row_words' must start at 0 ",
+            "and end at word_blocks.numel() = ", word_blocks.numel(), ", got ", row_words_ptr[0], " and ",
+            row_words_ptr[m]);
 
   at::Tensor out = at::empty({m, n}, b.options());
   if (m == 0 || n == 0) return out;
   const at::Tensor b_acc = b_for_accumulation(b);
   const int64_t* perm = row_perm.has_value() ? row_perm->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "bsr_spmm_packed_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    using x_t = b_type<scalar_t>;
     const auto problem = make_problem<scalar_t, int64_t>(crow, col, b_acc, out, m, block_rows, block_cols, perm);
-    spmm_packed_blocks(problem, block_row_bits.data_ptr<int64_t>(), row_col_bits.data_ptr<int64_t>(),
-                       values.data_ptr<scalar_t>(), starts);
+    const PackedRows<scalar_t> packed{row_words_ptr, row_values.data_ptr<int64_t>(), word_blocks.data_ptr<int64_t>(),
+                                      word_cols.data_ptr<int64_t>(), values.data_ptr<scalar_t>(), word_blocks.numel()};
+    // Parts of about equal work (values plus one per row), none
+    // smaller than kMinPartWork: below that, waking threads costs more than the work.
+    const int64_t work = values.numel() + word_blocks.numel() + m * n;
+    const int64_t parts = std::clamp<int64_t>(work / kMinPartWork, 1, std::min<int64_t>(m, 8 * at::get_num_threads()));
+    const std::vector<int64_t> bounds = balanced_bounds(packed.row_values, m, parts);
+    std::vector<int64_t> bad_rows(parts, m);  // the first row failing a check, per part
+    at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
+      for (int64_t part = part_begin; part < part_end; ++part) {
+        const int64_t s_begin = bounds[part], s_end = bounds[part + 1];
+        int64_t longest = 0;
+        for (int64_t s = s_begin; s < s_end; ++s) {
+          longest = std::max(longest, packed.row_values[s + 1] - packed.row_values[s]);
+        }
+        std::vector<acc_t> a_terms(longest);
+        std::vector<const x_t*> b_terms(longest);
+        const int64_t bad = spmm_packed_rows_mv(problem, packed, s_begin, s_end, a_terms.data(), b_terms.data());
+        if (bad != s_end) {
+          bad_rows[part] = bad;
+          return;
+        }
+      }
+    });
+    const int64_t bad = *std::min_element(bad_rows.begin(), bad_rows.end());
+    if (bad != m) explain_bad_packed_row(problem.crow, problem.col, packed, bad, block_rows, block_cols, k);
   });
   return out;
 }

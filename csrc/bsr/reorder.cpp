@@ -53,11 +53,9 @@ template <typename index_t>
 void check_csr(const char* op, const at::Tensor& crow, const at::Tensor& col, int64_t k) {
   const index_t* col_ptr = col.data_ptr<index_t>();
   const int64_t nnz = col.numel();
-  check_offsets<index_t>(op, crow, nnz, "nnz = col.numel()");
-  for (int64_t i = 0; i < nnz; ++i) {
-    MLX_CHECK(col_ptr[i] >= 0 && col_ptr[i] < k, op, "'col'[", i, "] = ", int64_t(col_ptr[i]),
-              " is out of range [0, k = ", k, ")");
-  }
+  check_offsets<index_t>(op, "crow", crow, nnz, "nnz = col.numel()");
+  const int64_t bad = first_out_of_range(col_ptr, nnz, k);
+  MLX_CHECK(bad == nnz, op, "'col'[", bad, "] = ", int64_t(col_ptr[bad]), " is out of range [0, k = ", k, ")");
 }
 
 void check_csr_args(const char* op, const at::Tensor& crow, const at::Tensor& col, int64_t k,

@@ -11,7 +11,9 @@ namespace mlx_kernels {
 // baseline x86-64) and picked at load time, so one wheel runs well on any x86
 // machine without -march=native. The micro-architecture levels are selected by
 // CPU feature; model names ("arch=haswell") would send every AMD CPU to the
-// baseline clone.
+// baseline clone. An exception cannot leave a clone (GCC terminates the
+// process), so a multiversioned function checks nothing that raises: it
+// returns a status and its caller builds the error.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define MLX_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else

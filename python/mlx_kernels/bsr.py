@@ -11,11 +11,12 @@ moved back to the input's device.
 
 On the CPU a zero inside a block costs as much as any value (no tensor cores
 make the padding free), so a CPU-resident matrix also keeps its blocks packed as
-two-level bit maps (as TileSpGEMM stores its tiles): per block, a word marking
-its non-zero rows; per such row, a word marking its non-zero columns; then the
-non-zeros in block order. ``a @ b`` on the CPU multiplies those
+bit maps, row by row: for each row, one word per block of its block row holding
+a non-zero in that row (the block's index and a bit per non-zero column), then
+the row's non-zeros. ``a @ b`` on the CPU multiplies those
 (``bsr_spmm_packed``): the same blocks and B tiles, without reading the padding,
-which at the 1-5% fill of real sparse matrices is 20-100x the non-zeros.
+which at the 1-5% fill of real sparse matrices is 20-100x the non-zeros, and in
+row order, so each output row is summed in registers in one pass.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class BlockSparseMatrix:
         self.row_perm = row_perm
         # Stored non-zeros of the source matrix (defaults to the non-zero block entries).
         self.nnz = int(nnz) if nnz is not None else int(torch.count_nonzero(blocks))
-        self._packed = _pack_blocks(blocks) if blocks.device.type == "cpu" and max(blocks.shape[1:]) <= 64 else None
+        self._packed = _pack_rows(crow, col, blocks, self.shape) if blocks.device.type == "cpu" else None
 
     # --- constructors -----------------------------------------------------------------
 
@@ -150,8 +151,7 @@ class BlockSparseMatrix:
             raise ValueError(f"BlockSparseMatrix @ b: A is {self.shape}, so b must be [{self.shape[1]}, n] "
                              f"(or [{self.shape[1]}]), got shape {tuple(b.shape)}")
         if self._packed is not None and b.device.type == "cpu":
-            out = ops.bsr_spmm_packed(self.crow.long(), self.col.long(), *self._packed, b, self.shape[0],
-                                      *self.block, self.row_perm)
+            out = ops.bsr_spmm_packed(*self._packed, b, self.shape[0], *self.block, self.row_perm)
         else:
             out = ops.bsr_spmm(self.crow, self.col, self.blocks, b, self.shape[0], self.row_perm)
         return out.squeeze(1) if vector else out
@@ -162,17 +162,35 @@ class BlockSparseMatrix:
                 f"device={self.device})")
 
 
-def _pack_blocks(blocks: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """blocks [nblocks, br, bc] (br, bc <= 64) -> (block_row_bits int64 [nblocks],
-    row_col_bits int64 [non-zero block rows], values [nnz]): bit r of block_row_bits[j]
-    is set when row r of block j holds a non-zero; each such row (block by block, row
-    by row) has a word whose bit c is set when entry (r, c) is non-zero; values holds
-    those entries in the same order."""
-    nonzero = blocks != 0
-    row_nonzero = nonzero.any(dim=2)
+def _pack_rows(crow: Tensor, col: Tensor, blocks: Tensor, shape: Tuple[int, int]) -> Optional[Tuple[Tensor, ...]]:
+    """The leading arguments of bsr_spmm_packed for this BCSR: (crow, col as int64, row_words,
+    row_values, word_blocks, word_cols, values). Stored row s has one word per block of its
+    block row with a non-zero in row s, in block order: word_blocks holds the block, bit c of
+    word_cols marks column c of that block; values holds the non-zeros row by row, word by
+    word, column by column; row_words / row_values [m + 1] are where each row's words / values
+    begin. None when a block is taller or wider than 64 (one bit per column) or the structure
+    is malformed: the dense blocks then run, and bsr_spmm reports what is wrong."""
+    m, k = shape
+    nblocks, br, bc = blocks.shape
+    block_rows = -(-m // br)
+    crow, col = crow.long(), col.long()
+    counts = crow.diff()
+    if (max(br, bc) > 64 or crow.dim() != 1 or crow.numel() != block_rows + 1 or col.numel() != nblocks
+            or int(crow[0]) != 0 or int(crow[-1]) != nblocks or bool((counts < 0).any())):
+        return None
+    rows = torch.repeat_interleave(torch.arange(block_rows), counts)[:, None] * br + torch.arange(br)
+    cols = col[:, None] * bc + torch.arange(bc)
+    nonzero = (blocks != 0) & (rows < m)[:, :, None] & (cols < k)[:, None, :]  # padding is never read
+    j, r = nonzero.any(dim=2).nonzero(as_tuple=True)  # (block, row) of each word, block-major
+    order = torch.argsort(rows[j, r] * max(nblocks, 1) + j)  # row-major, blocks ascending within a row
+    j, r = j[order], r[order]
+    stored_row = rows[j, r]
+    word_bits = nonzero[j, r]  # [words, bc]
+    word_cols = (word_bits.long() * (torch.ones(bc, dtype=torch.int64) << torch.arange(bc))).sum(dim=1)
 
-    def bits(flags: Tensor) -> Tensor:  # flags [..., w] -> int64 [...] with bit i = flags[..., i]
-        weights = torch.ones(flags.shape[-1], dtype=torch.int64) << torch.arange(flags.shape[-1])
-        return (flags.to(torch.int64) * weights).sum(dim=-1)  # distinct bits: the sum is their OR
+    def offsets(per_word: Tensor) -> Tensor:  # [m + 1]: per-row sums of per_word, accumulated
+        per_row = torch.zeros(m, dtype=torch.int64).index_add_(0, stored_row, per_word)
+        return torch.cat([per_row.new_zeros(1), per_row.cumsum(0)])
 
-    return bits(row_nonzero), bits(nonzero[row_nonzero]), blocks[nonzero]
+    return (crow, col, offsets(torch.ones_like(j)), offsets(word_bits.sum(dim=1)), j, word_cols,
+            blocks[j, r][word_bits])

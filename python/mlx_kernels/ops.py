@@ -159,20 +159,22 @@ def bsr_spmm(
 
 
 @torch.library.register_fake(_name("bsr_spmm_packed"))
-def _bsr_spmm_packed_fake(crow, col, block_row_bits, row_col_bits, values, b, m, block_rows, block_cols,
-                          row_perm=None):
+def _bsr_spmm_packed_fake(crow, col, row_words, row_values, word_blocks, word_cols, values, b, m, block_rows,
+                          block_cols, row_perm=None):
     return b.new_empty((m, b.shape[1]))
 
 
 def bsr_spmm_packed(
-    crow: Tensor, col: Tensor, block_row_bits: Tensor, row_col_bits: Tensor, values: Tensor, b: Tensor, m: int,
-    block_rows: int, block_cols: int, row_perm: Optional[Tensor] = None,
+    crow: Tensor, col: Tensor, row_words: Tensor, row_values: Tensor, word_blocks: Tensor, word_cols: Tensor,
+    values: Tensor, b: Tensor, m: int, block_rows: int, block_cols: int, row_perm: Optional[Tensor] = None,
 ) -> Tensor:
-    """bsr_spmm on packed blocks (CPU, int64 indices): bit r of block_row_bits[j] marks the
-    non-zero rows of block j; each, in block order, has a word of row_col_bits marking its
-    non-zero columns; values holds those entries in the same order."""
-    return ops.bsr_spmm_packed(crow, col, block_row_bits, row_col_bits, values, b, m, block_rows, block_cols,
-                               row_perm)
+    """bsr_spmm on blocks packed row by row (CPU, int64 indices): stored row s has words
+    row_words[s] .. row_words[s+1]-1, one per block of its block row with a non-zero in
+    that row, in block order; word w names its block (word_blocks[w]) and marks the row's
+    non-zero columns in that block (bit c of word_cols[w]); the row's non-zeros are
+    values[row_values[s] .. row_values[s+1]), word by word, column by column."""
+    return ops.bsr_spmm_packed(crow, col, row_words, row_values, word_blocks, word_cols, values, b, m, block_rows,
+                               block_cols, row_perm)
 
 
 @torch.library.register_fake(_name("bsr_reorder_rows"))

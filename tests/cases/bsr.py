@@ -57,13 +57,15 @@ def _cpu_only(factory):
 def _packed_args(n=7, **kwargs):
     a = _bsr(**kwargs)
     b = torch.randn(a.shape[1], n, dtype=a.dtype)
-    return [a.crow, a.col, *a._packed, b, a.shape[0], *a.block, a.row_perm]
+    return [*a._packed, b, a.shape[0], *a.block, a.row_perm]
 
 
 def _packed_call(change):
-    """A zero-argument call of bsr_spmm_packed (CPU only) with one argument broken by `change(args)`."""
+    """A zero-argument call of bsr_spmm_packed (CPU only) with one argument broken by `change(args)`.
+    args: crow 0, col 1, row_words 2, row_values 3, word_blocks 4, word_cols 5, values 6, b 7, m 8,
+    block_rows 9, block_cols 10, row_perm 11."""
     args = _packed_args()
-    args[9] = torch.arange(args[6] - 1, -1, -1)  # a valid row_perm to break
+    args[11] = torch.arange(args[8] - 1, -1, -1)  # a valid row_perm to break
     change(args)
     return lambda: mlx_kernels.ops.bsr_spmm_packed(*args)
 
@@ -131,42 +133,57 @@ BAD_INPUTS += [(name, _cpu_only(factory), exc, pattern) for name, factory, exc, 
 _PACKED = op_pattern("bsr_spmm_packed")
 
 
-def _extra_bit(index, bit):
-    """Sets `bit` in a word of args[index] (block_row_bits: the last block, in the last
-    block row; row_col_bits: the first row of a block in the last block column), adding
-    the values the new bit would need."""
+def _flip_column_bit(pick):
+    """Flips one bit of a word_cols entry: pick(args) -> (word, bit)."""
     def change(args):
-        words = args[index].clone()
-        if index == 2:  # block_row_bits: the last block
-            position = -1
-            args[3] = torch.cat([args[3], args[3][:1]])
-        else:  # row_col_bits: the first row word of a block in the last block column
-            last = int((args[1] == args[1].max()).nonzero()[0, 0])
-            position = int(sum(bin(int(w) & (2 ** 64 - 1)).count("1") for w in args[2][:last]))
-        words[position] |= 1 << bit
-        args[index] = words
-        args[4] = torch.cat([args[4], args[4][:1]])
+        word, bit = pick(args)
+        args[5] = args[5].clone()
+        args[5][word] ^= 1 << bit
     return change
+
+
+def _last_block_column_word(args):
+    # The first word in A's last block column (k = 45: its 16-wide block holds columns 32..44).
+    return int((args[1][args[4]] == args[1].max()).nonzero()[0, 0]), 15
+
+
+def _clear_bit(args):
+    return 0, (int(args[5][0]) & -int(args[5][0])).bit_length() - 1  # word 0's lowest set bit
+
+
+def _unset_bit(args):
+    return 0, next(c for c in range(13) if not int(args[5][0]) >> c & 1)  # a clear bit below k in every block
 
 
 BAD_INPUTS += [(name, _cpu_only(lambda d, change=change: _packed_call(change)), exc, pattern)
                for name, change, exc, pattern in [
     ("bsr_spmm_packed_index_dtype", _set(0, lambda a: a[0].int()), RuntimeError, _PACKED + r".*'crow'.*int64"),
-    ("bsr_spmm_packed_bits_dtype", _set(2, lambda a: a[2].int()), RuntimeError,
-     _PACKED + r".*'block_row_bits'.*int64"),
-    ("bsr_spmm_packed_bits_length", _set(2, lambda a: a[2][:-1]), RuntimeError, _PACKED + r".*'col'"),
-    ("bsr_spmm_packed_values_dtype", _set(4, lambda a: a[4].double()), RuntimeError,
+    ("bsr_spmm_packed_words_dtype", _set(2, lambda a: a[2].int()), RuntimeError, _PACKED + r".*'row_words'.*int64"),
+    ("bsr_spmm_packed_words_length", _set(2, lambda a: a[2][:-1]), RuntimeError, _PACKED + r".*'row_words'.*m \+ 1"),
+    ("bsr_spmm_packed_values_dtype", _set(6, lambda a: a[6].double()), RuntimeError,
      _PACKED + r".*'values' and 'b' must have one dtype"),
-    ("bsr_spmm_packed_word_count", _set(3, lambda a: a[3][:-1]), RuntimeError,
-     _PACKED + r".*'row_col_bits' must hold one word per set bit"),
-    ("bsr_spmm_packed_values_count", _set(4, lambda a: a[4][:-1]), RuntimeError,
-     _PACKED + r".*'values' must hold one entry per set bit"),
-    ("bsr_spmm_packed_block_cols", _set(8, lambda a: 65), RuntimeError, _PACKED + r".*'block_cols' must be in \[1, 64\]"),
-    ("bsr_spmm_packed_bit_past_bc", _set(8, lambda a: 4), RuntimeError, _PACKED + r".*marks entries outside its blocks"),
-    ("bsr_spmm_packed_row_past_m", _extra_bit(2, 15), RuntimeError,
-     _PACKED + r".*block row 2 marks entries outside its blocks"),
-    ("bsr_spmm_packed_column_past_k", _extra_bit(3, 15), RuntimeError,
-     _PACKED + r".*marks entries outside its blocks.*past k = 45"),
+    ("bsr_spmm_packed_word_cols_length", _set(5, lambda a: a[5][:-1]), RuntimeError,
+     _PACKED + r".*'word_cols'.*word_blocks' length"),
+    ("bsr_spmm_packed_words_end", _poke(2, -1, 1000), RuntimeError,
+     _PACKED + r".*'row_words' must start at 0 and end at word_blocks.numel\(\)"),
+    ("bsr_spmm_packed_words_decreasing", lambda a: _poke(2, -2, int(a[2][-1]) + 1)(a), RuntimeError,
+     _PACKED + r".*'row_words' must be non-decreasing"),
+    ("bsr_spmm_packed_values_count", _set(6, lambda a: a[6][:-1]), RuntimeError,
+     _PACKED + r".*'row_values' must end at values.numel\(\)"),
+    ("bsr_spmm_packed_row_values_decreasing", _poke(3, 1, 1000), RuntimeError,
+     _PACKED + r".*'row_values' must be non-decreasing"),
+    ("bsr_spmm_packed_block_cols", _set(10, lambda a: 65), RuntimeError,
+     _PACKED + r".*'block_cols' must be in \[1, 64\]"),
+    ("bsr_spmm_packed_bit_past_bc", _set(10, lambda a: 4), RuntimeError,
+     _PACKED + r".*'word_cols'\[\d+\] marks a column past block_cols = 4"),
+    ("bsr_spmm_packed_column_past_k", _flip_column_bit(_last_block_column_word), RuntimeError,
+     _PACKED + r".*marks a column past block_cols = 16 or past k = 45"),
+    ("bsr_spmm_packed_word_block", _poke(4, 0, 0x7FFF), RuntimeError,
+     _PACKED + r".*'word_blocks'\[0\] = 32767 is not a block of stored row \d+'s block row"),
+    ("bsr_spmm_packed_more_values", _flip_column_bit(_unset_bit), RuntimeError,
+     _PACKED + r".*words mark more values than 'row_values' gives it"),
+    ("bsr_spmm_packed_fewer_values", _flip_column_bit(_clear_bit), RuntimeError,
+     _PACKED + r".*words mark \d+ values, but 'row_values' gives it \d+"),
     ("bsr_spmm_packed_col_range", _poke(1, 0, 3), RuntimeError, _PACKED + r".*'col'\[0\] = 3 is out of range"),
-    ("bsr_spmm_packed_perm", _poke(9, 0, 1), RuntimeError, _PACKED + r".*'row_perm' must be a permutation"),
+    ("bsr_spmm_packed_perm", _poke(11, 0, 1), RuntimeError, _PACKED + r".*'row_perm' must be a permutation"),
 ]]
