@@ -33,14 +33,9 @@ def discover() -> Dict[str, Callable]:
 
 def run_case(case: core.Case, device: str, quick: bool) -> dict:
     ours, baselines = case.make()
-    ours_ms = core.time_fn(ours, device, quick)
-    baselines_ms = {}
-    for name, fn in baselines.items():
-        try:
-            baselines_ms[name] = core.time_fn(fn, device, quick)
-        except Exception as exc:  # a baseline that cannot run this shape is reported, not fatal
-            print(f"\n  baseline {name} failed on {case.label}: {type(exc).__name__}: {exc}")
-            baselines_ms[name] = float("nan")
+    ours()  # our kernel failing is a bug: let it raise (a baseline's failure is reported below)
+    baselines_ms = core.time_fns({"ours": ours, **baselines}, case.label, device, quick)
+    ours_ms = baselines_ms.pop("ours")
     del ours, baselines
     measure = case.measure
     ours_tp = core.throughput(measure, ours_ms)

@@ -138,22 +138,42 @@ def time_cuda(fn: Callable[[], object], warmup_ms: float = 25.0, rep_ms: float =
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
-def time_cpu(fn: Callable[[], object], budget_s: float = 1.0, min_reps: int = 3, max_reps: int = 50) -> float:
-    """Median wall-clock milliseconds of ``fn`` after one warm-up call."""
-    fn()
-    times: List[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < min_reps or (len(times) < max_reps and time.perf_counter() < deadline):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def time_cpu(fns: Dict[str, Callable[[], object]], label: str, budget_s: float = 1.0, min_reps: int = 3,
+             max_reps: int = 50) -> Dict[str, float]:
+    """Median wall-clock milliseconds of each fn after one warm-up call, timed in
+    rounds that call every fn once: on a shared machine, load that comes and goes
+    then slows ours and the baselines alike instead of skewing their ratio. A fn
+    that raises is reported (NaN) and left out of the rounds."""
+    times: Dict[str, List[float]] = {}
+    for name, fn in fns.items():
+        try:
+            fn()
+            times[name] = []
+        except Exception as exc:  # a baseline that cannot run this shape is reported, not fatal
+            print(f"\n  {name} failed on {label}: {type(exc).__name__}: {exc}")
+    deadline = time.perf_counter() + budget_s * max(1, len(times))
+    rounds = 0
+    while rounds < min_reps or (rounds < max_reps and time.perf_counter() < deadline):
+        for name in times:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    return {name: statistics.median(times[name]) if name in times else float("nan") for name in fns}
 
 
-def time_fn(fn: Callable[[], object], device: str, quick: bool) -> float:
+def time_fns(fns: Dict[str, Callable[[], object]], label: str, device: str, quick: bool) -> Dict[str, float]:
+    """Milliseconds per call of each fn of case `label` (NaN for one that raises)."""
     if device == "cuda":
-        return time_cuda(fn, warmup_ms=10 if quick else 25, rep_ms=30 if quick else 100)
-    return time_cpu(fn, budget_s=0.2 if quick else 1.0, min_reps=2 if quick else 3)
+        out = {}
+        for name, fn in fns.items():
+            try:
+                out[name] = time_cuda(fn, warmup_ms=10 if quick else 25, rep_ms=30 if quick else 100)
+            except Exception as exc:  # a baseline that cannot run this shape is reported, not fatal
+                print(f"\n  {name} failed on {label}: {type(exc).__name__}: {exc}")
+                out[name] = float("nan")
+        return out
+    return time_cpu(fns, label, budget_s=0.2 if quick else 1.0, min_reps=2 if quick else 3)
 
 
 # --- reporting ---------------------------------------------------------------
