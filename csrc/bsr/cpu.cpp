@@ -330,28 +330,41 @@ template <typename scalar_t, typename acc_t, typename x_t>
 inline __attribute__((always_inline)) int64_t spmm_packed_rows(const SpmmProblem<int64_t, acc_t, x_t, scalar_t>& p,
                                                                const PackedRows<scalar_t>& a, int64_t s_begin,
                                                                int64_t s_end, acc_t* a_terms, const x_t** b_terms) {
+  // Locals, not loads through p and a: the stores of B row pointers below could
+  // alias p.b for all the compiler knows, which reloaded every field per term.
   const PackedWordCheck check(p.bc, p.k);
-  const int64_t n = p.n;
+  const int64_t n = p.n, br = p.br, bc = p.bc, words = a.words;
+  const int64_t *crow = p.crow, *col = p.col, *perm = p.perm;
+  const int64_t *row_words = a.row_words, *row_values = a.row_values;
+  const int64_t *word_blocks = a.word_blocks, *word_cols = a.word_cols;
+  const scalar_t* values = a.values;
+  const x_t* b = p.b;
+  scalar_t* out = p.out;
+  int64_t rb = s_begin / br, first_block = crow[rb], end_block = crow[rb + 1];
   for (int64_t s = s_begin; s < s_end; ++s) {
-    const int64_t rb = s / p.br, first_block = p.crow[rb], end_block = p.crow[rb + 1];
-    const int64_t w_begin = a.row_words[s], w_end = a.row_words[s + 1];
-    if (w_begin > w_end || w_end > a.words) return s;
-    const int64_t v = a.row_values[s], values = a.row_values[s + 1] - v;
-    int64_t count = 0;
+    if (s == (rb + 1) * br) first_block = end_block, end_block = crow[++rb + 1];
+    const int64_t w_begin = row_words[s], w_end = row_words[s + 1];
+    if (w_begin > w_end || w_end > words) return s;
+    const scalar_t* value = values + row_values[s];
+    const scalar_t* const row_end = values + row_values[s + 1];
+    acc_t* a_out = a_terms;
+    const x_t** b_out = b_terms;
     for (int64_t w = w_begin; w < w_end; ++w) {
-      const int64_t j = a.word_blocks[w];
+      const int64_t j = word_blocks[w];
       if (j < first_block || j >= end_block) return s;
-      const int64_t k0 = p.col[j] * p.bc;
-      uint64_t cols = static_cast<uint64_t>(a.word_cols[w]);
-      if ((cols & ~check.word_mask(k0)) != 0 || count + __builtin_popcountll(cols) > values) return s;
-      const x_t* b_tile = p.b + k0 * n;
-      for (; cols != 0; cols &= cols - 1, ++count) {
-        a_terms[count] = static_cast<acc_t>(a.values[v + count]);
-        b_terms[count] = b_tile + __builtin_ctzll(cols) * n;
+      const int64_t k0 = col[j] * bc;
+      uint64_t cols = static_cast<uint64_t>(word_cols[w]);
+      const int64_t marked = __builtin_popcountll(cols);
+      if ((cols & ~check.word_mask(k0)) != 0 || marked > row_end - value) return s;
+      const x_t* b_tile = b + k0 * n;
+      for (int64_t t = 0; t < marked; ++t, cols &= cols - 1) {
+        a_out[t] = static_cast<acc_t>(value[t]);
+        b_out[t] = b_tile + __builtin_ctzll(cols) * n;
       }
+      value += marked, a_out += marked, b_out += marked;
     }
-    if (count != values) return s;
-    sum_row(a_terms, b_terms, count, p.out + (p.perm != nullptr ? p.perm[s] : s) * n, n);
+    if (value != row_end) return s;
+    sum_row(a_terms, b_terms, a_out - a_terms, out + (perm != nullptr ? perm[s] : s) * n, n);
   }
   return s_end;
 }
