@@ -154,6 +154,10 @@ def test_bsr_spmm_never_reads_padding_columns_past_k():
     b = torch.randn(21, 3)
     out = mlx_kernels.bsr_spmm(a.crow, a.col, blocks, b, 20)
     torch.testing.assert_close(out.double(), a_dense.double() @ b.double(), rtol=1e-5, atol=1e-5)
+    # The packed CPU form drops the padding (rows past m too) when it is built.
+    blocks[int(a.crow[1]):, 4:] = float("nan")  # block row 1 holds rows 16..31 of an m = 20 matrix
+    packed = BlockSparseMatrix(a.crow, a.col, blocks, a.shape)
+    torch.testing.assert_close((packed @ b).double(), a_dense.double() @ b.double(), rtol=1e-5, atol=1e-5)
 
 
 def test_bsr_spmm_empty_rows_and_all_empty(device):

@@ -180,7 +180,9 @@ def _pack_rows(crow: Tensor, col: Tensor, blocks: Tensor, shape: Tuple[int, int]
         return None
     rows = torch.repeat_interleave(torch.arange(block_rows), counts)[:, None] * br + torch.arange(br)
     cols = col[:, None] * bc + torch.arange(bc)
-    nonzero = (blocks != 0) & (rows < m)[:, :, None] & (cols < k)[:, None, :]  # padding is never read
+    nonzero = blocks != 0  # [nblocks, br, bc], then without the padding past m or k (never read)
+    nonzero &= (rows < m)[:, :, None]
+    nonzero &= (cols < k)[:, None, :]
     j, r = nonzero.any(dim=2).nonzero(as_tuple=True)  # (block, row) of each word, block-major
     order = torch.argsort(rows[j, r] * max(nblocks, 1) + j)  # row-major, blocks ascending within a row
     j, r = j[order], r[order]
