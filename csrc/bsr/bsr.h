@@ -101,7 +101,8 @@ inline void check_bsr_spmm_packed_shapes(const at::Tensor& crow, const at::Tenso
   check_bcsr_structure(op, crow, col, col.numel(), "one column index per block", block_rows, b, m, perm);
   check_size(op, "row_words", row_words, 0, m + 1, "one offset per row of A plus one (m + 1)");
   check_size(op, "row_values", row_values, 0, m + 1, "one offset per row of A plus one (m + 1)");
-  check_size(op, "word_cols", word_cols, 0, word_blocks.numel(), "one column word per word block (word_blocks' length)");
+  check_size(op, "word_cols", word_cols, 0, word_blocks.numel(),
+             "one column word per word block (word_blocks' length)");
 }
 
 // Index of the first of the `count` values at p outside [0, bound), or count.

@@ -126,8 +126,8 @@ inline __attribute__((always_inline)) void sum_rows(int64_t rows, const acc_t* c
 // One multiversioned (AVX-512 / AVX2 / baseline) instance per (acc, B, out) type.
 #define MLX_BSR_SUM_ROWS(acc_t, x_t, out_t)                                                              \
   MLX_CPU_MULTIVERSION void sum_rows_mv(int64_t rows, const acc_t* const* a, const x_t* const* const* x, \
-                                        const int64_t* count, out_t* const* c_rows, int64_t n) {        \
-    sum_rows(rows, a, x, count, c_rows, n);                                                               \
+                                        const int64_t* count, out_t* const* c_rows, int64_t n) {         \
+    sum_rows(rows, a, x, count, c_rows, n);                                                              \
   }
 MLX_BSR_SUM_ROWS(float, float, c10::Half)
 MLX_BSR_SUM_ROWS(float, float, c10::BFloat16)
@@ -315,7 +315,8 @@ struct PackedWordCheck {
   int64_t bc, k;
   uint64_t full_width;
 
-  PackedWordCheck(int64_t bc, int64_t k) : bc(bc), k(k), full_width(bc >= 64 ? ~uint64_t{0} : (uint64_t{1} << bc) - 1) {}
+  PackedWordCheck(int64_t bc, int64_t k)
+      : bc(bc), k(k), full_width(bc >= 64 ? ~uint64_t{0} : (uint64_t{1} << bc) - 1) {}
   uint64_t word_mask(int64_t k0) const {
     return k0 + 64 <= k ? full_width : full_width & ((uint64_t{1} << (k - k0)) - 1);
   }
@@ -399,12 +400,12 @@ template <typename scalar_t>
 
 // One multiversioned instance per value type: the walk's popcount is one
 // instruction in the AVX2/AVX-512 clones (a libgcc call in the baseline).
-#define MLX_BSR_PACKED_ROWS(scalar_t)                                                                             \
-  MLX_CPU_MULTIVERSION int64_t spmm_packed_rows_mv(                                                                 \
-      const SpmmProblem<int64_t, acc_type<scalar_t>, b_type<scalar_t>, scalar_t>& p,                             \
-      const PackedRows<scalar_t>& a, int64_t s_begin, int64_t s_end, acc_type<scalar_t>* a_terms,              \
-      const b_type<scalar_t>** b_terms) {                                                                        \
-    return spmm_packed_rows(p, a, s_begin, s_end, a_terms, b_terms);                                             \
+#define MLX_BSR_PACKED_ROWS(scalar_t)                                                             \
+  MLX_CPU_MULTIVERSION int64_t spmm_packed_rows_mv(                                               \
+      const SpmmProblem<int64_t, acc_type<scalar_t>, b_type<scalar_t>, scalar_t>& p,              \
+      const PackedRows<scalar_t>& a, int64_t s_begin, int64_t s_end, acc_type<scalar_t>* a_terms, \
+      const b_type<scalar_t>** b_terms) {                                                         \
+    return spmm_packed_rows(p, a, s_begin, s_end, a_terms, b_terms);                              \
   }
 MLX_BSR_PACKED_ROWS(c10::Half)
 MLX_BSR_PACKED_ROWS(c10::BFloat16)
