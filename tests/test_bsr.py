@@ -119,6 +119,38 @@ def test_packed_error_in_a_later_part_is_raised_once():
             ops.bsr_spmm_packed(crow, col, row_words, row_values, word_blocks, word_cols, values, b, 600, 16, 16)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_cpu_ops_survive_corrupted_indices(packed):
+    # No index array is trusted: random corruptions (any position, values in and far
+    # out of range, single flipped bits) raise a RuntimeError naming the op or give a
+    # result, and never read or write out of bounds (that would crash this process).
+    a = BlockSparseMatrix.from_dense(random_sparse(70, 90, 0.1), block=(16, 16), reorder=True)
+    b = torch.randn(90, 5)
+    if packed:
+        op, name, args = ops.bsr_spmm_packed, "bsr_spmm_packed", [*a._packed, b, 70, 16, 16, a.row_perm]
+        indices = [0, 1, 2, 3, 4, 5, 11]  # crow, col, row_words, row_values, word_blocks, word_cols, row_perm
+    else:
+        op, name, args = ops.bsr_spmm, "bsr_spmm", [a.crow, a.col, a.blocks, b, 70, a.row_perm]
+        indices = [0, 1, 5]  # crow, col, row_perm
+    g = torch.Generator().manual_seed(1)
+    choices = [-(2 ** 62), -1, 0, 1, 15, 16, 63, 64, 1000, 2 ** 62]
+    for trial in range(300):
+        broken = list(args)
+        index = indices[int(torch.randint(0, len(indices), (1,), generator=g))]
+        broken[index] = broken[index].clone()
+        position = int(torch.randint(0, broken[index].numel(), (1,), generator=g))
+        if trial % 2:
+            broken[index][position] = choices[int(torch.randint(0, len(choices), (1,), generator=g))]
+        else:
+            broken[index][position] ^= 1 << int(torch.randint(0, 63, (1,), generator=g))
+        try:
+            out = op(*broken)
+        except RuntimeError as e:
+            assert name in str(e)
+        else:
+            assert out.shape == (70, 5)
+
+
 def test_malformed_structure_falls_back_to_the_checked_dense_op():
     a = BlockSparseMatrix.from_dense(random_sparse(40, 50, 0.3), block=(16, 16), reorder=False)
     broken = BlockSparseMatrix(a.crow.flip(0), a.col, a.blocks, a.shape)
