@@ -153,10 +153,18 @@ def test_cpu_ops_survive_corrupted_indices(packed):
 
 def test_malformed_structure_falls_back_to_the_checked_dense_op():
     a = BlockSparseMatrix.from_dense(random_sparse(40, 50, 0.3), block=(16, 16), reorder=False)
+    b = torch.randn(50, 3)
     broken = BlockSparseMatrix(a.crow.flip(0), a.col, a.blocks, a.shape)
     assert broken._packed is None
     with pytest.raises(RuntimeError, match=r"bsr_spmm: .*'crow' must start at 0"):
-        broken @ torch.randn(50, 3)
+        broken @ b
+    for crow, blocks, error in [(a.crow.float(), a.blocks, r"'crow' must have dtype int32 or int64"),
+                                (a.crow, a.blocks.flatten(1), r"'blocks' must be 3-D"),
+                                (a.crow, a.blocks[:, :0], r"'blocks' must be \[nblocks, br, bc\] with br, bc >= 1")]:
+        broken = BlockSparseMatrix(crow, a.col, blocks, a.shape, nnz=1)
+        assert broken._packed is None
+        with pytest.raises(RuntimeError, match=r"bsr_spmm: .*" + error):
+            broken @ b
 
 
 def test_blocks_wider_than_64_use_dense_blocks():

@@ -171,12 +171,16 @@ def _pack_rows(crow: Tensor, col: Tensor, blocks: Tensor, shape: Tuple[int, int]
     begin. None when a block is taller or wider than 64 (one bit per column) or the structure
     is malformed: the dense blocks then run, and bsr_spmm reports what is wrong."""
     m, k = shape
+    index_dtypes = (torch.int32, torch.int64)
+    if (blocks.dim() != 3 or crow.dim() != 1 or col.dim() != 1 or crow.dtype not in index_dtypes
+            or col.dtype not in index_dtypes or not (1 <= blocks.shape[1] <= 64 and 1 <= blocks.shape[2] <= 64)):
+        return None
     nblocks, br, bc = blocks.shape
     block_rows = -(-m // br)
     crow, col = crow.long(), col.long()
     counts = crow.diff()
-    if (max(br, bc) > 64 or crow.dim() != 1 or crow.numel() != block_rows + 1 or col.numel() != nblocks
-            or int(crow[0]) != 0 or int(crow[-1]) != nblocks or bool((counts < 0).any())):
+    if (crow.numel() != block_rows + 1 or col.numel() != nblocks or int(crow[0]) != 0 or int(crow[-1]) != nblocks
+            or bool((counts < 0).any())):
         return None
     rows = torch.repeat_interleave(torch.arange(block_rows), counts)[:, None] * br + torch.arange(br)
     cols = col[:, None] * bc + torch.arange(bc)
