@@ -19,15 +19,15 @@
 //   the dense blocks on the CPU: the same blocks and B tiles, without reading
 //   the padding, and already in row order.
 //
-// Threads take contiguous ranges of rows balanced by work (stored entries + 1
-// per row), so a few dense block rows do not leave the other threads idle.
+// Threads take contiguous ranges of block rows (dense blocks) or rows (packed
+// rows) balanced by work (stored entries + 1 per row), so a few dense block rows
+// do not leave the other threads idle.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -177,18 +177,23 @@ uint64_t nonzero_mask(const scalar_t* p, int64_t count) {
   return mask;
 }
 
-// Splits block rows [0, block_rows) into `parts` contiguous ranges of about equal
-// work, work(rb) = blocks in rows < rb plus rb; returns the parts + 1 bounds.
+// Splits rows [0, rows) into contiguous parts of about equal work, work(r) =
+// offsets[r] + r (the entries of earlier rows plus one per row): enough parts to
+// balance the threads, but none smaller than kMinPartWork of `work` (the call's
+// stored entries plus output values), below which waking threads costs more
+// than the work. Returns the parts + 1 bounds.
 template <typename index_t>
-std::vector<int64_t> balanced_bounds(const index_t* crow, int64_t block_rows, int64_t parts) {
-  const int64_t total = static_cast<int64_t>(crow[block_rows]) + block_rows;
-  std::vector<int64_t> bounds(parts + 1, block_rows);
+std::vector<int64_t> part_bounds(const index_t* offsets, int64_t rows, int64_t work) {
+  const int64_t max_parts = std::min<int64_t>(rows, 8 * at::get_num_threads());
+  const int64_t parts = std::clamp<int64_t>(work / kMinPartWork, 1, max_parts);
+  const int64_t total = static_cast<int64_t>(offsets[rows]) + rows;
+  std::vector<int64_t> bounds(parts + 1, rows);
   bounds[0] = 0;
-  int64_t rb = 0;
+  int64_t r = 0;
   for (int64_t p = 1; p < parts; ++p) {
     const int64_t target = total * p / parts;
-    while (rb < block_rows && static_cast<int64_t>(crow[rb]) + rb < target) ++rb;
-    bounds[p] = rb;
+    while (r < rows && static_cast<int64_t>(offsets[r]) + r < target) ++r;
+    bounds[p] = r;
   }
   return bounds;
 }
@@ -231,64 +236,47 @@ struct RowTerms {
   std::vector<const x_t**> b_rows_ptr;   // b_rows[r].data()
 };
 
-// Runs C = A·B over block rows, `gather(rb, rows, terms)` listing the non-zero
-// terms of block row rb's first `rows` rows; sums each row and stores it. The
-// gather is copied per thread, with any scratch it captures.
-template <typename index_t, typename acc_t, typename x_t, typename out_t, typename Gather>
-void spmm_block_rows(const SpmmProblem<index_t, acc_t, x_t, out_t>& p, int64_t stored_entries, const Gather& gather) {
-  // Enough parts to balance the threads, but none smaller than kMinPartWork
-  // (stored entries + output values): below that, waking threads costs more
-  // than the work.
-  const int64_t work = stored_entries + p.m * p.n;
-  const int64_t max_parts = std::min<int64_t>(p.block_rows, 8 * at::get_num_threads());
-  const int64_t parts = std::clamp<int64_t>(work / kMinPartWork, 1, max_parts);
-  const std::vector<int64_t> bounds = balanced_bounds(p.crow, p.block_rows, parts);
-
-  at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
-    RowTerms<acc_t, x_t> terms(p.br);
-    std::vector<out_t*> c_rows(p.br);
-    auto thread_gather = gather;  // each thread's own copy of the gather's scratch
-    for (int64_t rb = bounds[part_begin]; rb < bounds[part_end]; ++rb) {
-      const int64_t rows = std::min(p.br, p.m - rb * p.br);
-      terms.start(rows, (p.crow[rb + 1] - p.crow[rb]) * p.bc);
-      thread_gather(rb, rows, terms);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t stored_row = rb * p.br + r;
-        c_rows[r] = p.out + (p.perm != nullptr ? p.perm[stored_row] : stored_row) * p.n;
-      }
-      sum_rows_mv(rows, terms.a_ptr.data(), terms.b_rows_ptr.data(), terms.count.data(), c_rows.data(), p.n);
-    }
-  });
-}
-
-// Dense blocks: find the block row's non-zero block rows (segments of bc
-// values; its blocks are contiguous) in one pass over memory, then visit only
-// their non-zeros through a bit mask. Columns past k (padding of the last block
-// column) are never touched.
+// Dense blocks, block row by block row: find the block row's non-zero block
+// rows (segments of bc values; its blocks are contiguous) in one pass over
+// memory, list the terms of their non-zeros through a bit mask, then sum each
+// row and store it. Columns past k (padding of the last block column) are never
+// touched.
 template <typename scalar_t, typename index_t, typename acc_t, typename x_t>
 void spmm_dense_blocks(const SpmmProblem<index_t, acc_t, x_t, scalar_t>& p, const scalar_t* blocks,
                        int64_t nblocks) {
   const int64_t br = p.br, bc = p.bc;
-  spmm_block_rows(p, nblocks * br * bc, [&, segments = std::vector<int64_t>()](
-                                            int64_t rb, int64_t rows, RowTerms<acc_t, x_t>& terms) mutable {
-    const int64_t first = p.crow[rb], blocks_here = p.crow[rb + 1] - first;
-    segments.resize(blocks_here * br);
-    const int64_t found = nonzero_segments(reinterpret_cast<const unsigned char*>(blocks + first * br * bc),
-                                           bc * static_cast<int64_t>(sizeof(scalar_t)), blocks_here * br,
-                                           segments.data());
-    for (int64_t f = 0; f < found; ++f) {
-      const int64_t j = first + segments[f] / br, r = segments[f] % br;
-      if (r >= rows) continue;
-      const int64_t k0 = static_cast<int64_t>(p.col[j]) * bc;
-      const scalar_t* a_row = blocks + (j * br + r) * bc;
-      const int64_t width = std::min(bc, p.k - k0);
-      for (int64_t c0 = 0; c0 < width; c0 += 64) {
-        for (uint64_t mask = nonzero_mask(a_row + c0, std::min<int64_t>(64, width - c0)); mask != 0;
-             mask &= mask - 1) {
-          const int64_t c = c0 + __builtin_ctzll(mask);
-          terms.add(r, static_cast<acc_t>(a_row[c]), p.b + (k0 + c) * p.n);
+  const std::vector<int64_t> bounds = part_bounds(p.crow, p.block_rows, nblocks * br * bc + p.m * p.n);
+  at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t part_begin, int64_t part_end) {
+    RowTerms<acc_t, x_t> terms(br);
+    std::vector<scalar_t*> c_rows(br);
+    std::vector<int64_t> segments;
+    for (int64_t rb = bounds[part_begin]; rb < bounds[part_end]; ++rb) {
+      const int64_t rows = std::min(br, p.m - rb * br);
+      const int64_t first = p.crow[rb], blocks_here = p.crow[rb + 1] - first;
+      terms.start(rows, blocks_here * bc);
+      segments.resize(blocks_here * br);
+      const int64_t found = nonzero_segments(reinterpret_cast<const unsigned char*>(blocks + first * br * bc),
+                                             bc * static_cast<int64_t>(sizeof(scalar_t)), blocks_here * br,
+                                             segments.data());
+      for (int64_t f = 0; f < found; ++f) {
+        const int64_t j = first + segments[f] / br, r = segments[f] % br;
+        if (r >= rows) continue;
+        const int64_t k0 = static_cast<int64_t>(p.col[j]) * bc;
+        const scalar_t* a_row = blocks + (j * br + r) * bc;
+        const int64_t width = std::min(bc, p.k - k0);
+        for (int64_t c0 = 0; c0 < width; c0 += 64) {
+          for (uint64_t mask = nonzero_mask(a_row + c0, std::min<int64_t>(64, width - c0)); mask != 0;
+               mask &= mask - 1) {
+            const int64_t c = c0 + __builtin_ctzll(mask);
+            terms.add(r, static_cast<acc_t>(a_row[c]), p.b + (k0 + c) * p.n);
+          }
         }
       }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t stored_row = rb * br + r;
+        c_rows[r] = p.out + (p.perm != nullptr ? p.perm[stored_row] : stored_row) * p.n;
+      }
+      sum_rows_mv(rows, terms.a_ptr.data(), terms.b_rows_ptr.data(), terms.count.data(), c_rows.data(), p.n);
     }
   });
 }
@@ -488,11 +476,9 @@ at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_
     const auto problem = make_problem<scalar_t, int64_t>(crow, col, b_acc, out, m, block_rows, block_cols, perm);
     const PackedRows<scalar_t> packed{row_words_ptr, row_values.data_ptr<int64_t>(), word_blocks.data_ptr<int64_t>(),
                                       word_cols.data_ptr<int64_t>(), values.data_ptr<scalar_t>(), word_blocks.numel()};
-    // Parts of about equal work (values plus one per row), none
-    // smaller than kMinPartWork: below that, waking threads costs more than the work.
-    const int64_t work = values.numel() + word_blocks.numel() + m * n;
-    const int64_t parts = std::clamp<int64_t>(work / kMinPartWork, 1, std::min<int64_t>(m, 8 * at::get_num_threads()));
-    const std::vector<int64_t> bounds = balanced_bounds(packed.row_values, m, parts);
+    const std::vector<int64_t> bounds =
+        part_bounds(packed.row_values, m, values.numel() + word_blocks.numel() + m * n);
+    const int64_t parts = static_cast<int64_t>(bounds.size()) - 1;
     std::vector<int64_t> bad_rows(parts, m);  // the first row failing a check, per part
     at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
       for (int64_t part = part_begin; part < part_end; ++part) {
