@@ -138,6 +138,11 @@ def time_cuda(fn: Callable[[], object], warmup_ms: float = 25.0, rep_ms: float =
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
+def _report_failure(name: str, label: str, exc: Exception) -> None:
+    """A baseline that cannot run a shape is reported, not fatal (timed as NaN)."""
+    print(f"\n  {name} failed on {label}: {type(exc).__name__}: {exc}")
+
+
 def time_cpu(fns: Dict[str, Callable[[], object]], label: str, budget_s: float = 1.0, min_reps: int = 3,
              max_reps: int = 50) -> Dict[str, float]:
     """Median wall-clock milliseconds of each fn after one warm-up call, timed in
@@ -149,8 +154,8 @@ def time_cpu(fns: Dict[str, Callable[[], object]], label: str, budget_s: float =
         try:
             fn()
             times[name] = []
-        except Exception as exc:  # a baseline that cannot run this shape is reported, not fatal
-            print(f"\n  {name} failed on {label}: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            _report_failure(name, label, exc)
     deadline = time.perf_counter() + budget_s * max(1, len(times))
     rounds = 0
     while rounds < min_reps or (rounds < max_reps and time.perf_counter() < deadline):
@@ -169,8 +174,8 @@ def time_fns(fns: Dict[str, Callable[[], object]], label: str, device: str, quic
         for name, fn in fns.items():
             try:
                 out[name] = time_cuda(fn, warmup_ms=10 if quick else 25, rep_ms=30 if quick else 100)
-            except Exception as exc:  # a baseline that cannot run this shape is reported, not fatal
-                print(f"\n  {name} failed on {label}: {type(exc).__name__}: {exc}")
+            except Exception as exc:
+                _report_failure(name, label, exc)
                 out[name] = float("nan")
         return out
     return time_cpu(fns, label, budget_s=0.2 if quick else 1.0, min_reps=2 if quick else 3)
