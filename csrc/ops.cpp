@@ -26,6 +26,10 @@ MLX_LIBRARY(m) {
 
   // Tensor-Core block-sparse SpMM (SMaT)
   m.def("bsr_spmm(Tensor crow, Tensor col, Tensor blocks, Tensor b, int m, Tensor? row_perm=None) -> Tensor");
+  // Internal: bsr_spmm without the index-value checks on CUDA (no device sync),
+  // for BlockSparseMatrix, which checks its indices once when it is built. The
+  // CPU kernel checks them anyway: its memory safety rests on them.
+  m.def("bsr_spmm_unchecked(Tensor crow, Tensor col, Tensor blocks, Tensor b, int m, Tensor? row_perm=None) -> Tensor");
   // Internal (CPU) helpers of BlockSparseMatrix: SMaT row reordering and CSR -> BCSR.
   m.def("bsr_reorder_rows(Tensor crow, Tensor col, int k, int block_rows, int block_cols) -> Tensor");
   // Internal (CPU, int64 indices): bsr_spmm on blocks packed as row-major bit

@@ -119,19 +119,28 @@ def test_packed_error_in_a_later_part_is_raised_once():
             ops.bsr_spmm_packed(crow, col, row_words, row_values, word_blocks, word_cols, values, b, 600, 16, 16)
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_cpu_ops_survive_corrupted_indices(packed):
+@pytest.mark.parametrize("variant", ["bsr_spmm", "bsr_spmm_unchecked", "bsr_spmm_packed"])
+def test_ops_survive_corrupted_indices(variant, device):
     # No index array is trusted: random corruptions (any position, values in and far
     # out of range, single flipped bits) raise a RuntimeError naming the op or give a
-    # result, and never read or write out of bounds (that would crash this process).
-    a = BlockSparseMatrix.from_dense(random_sparse(70, 90, 0.1), block=(16, 16), reorder=True)
-    b = torch.randn(90, 5)
-    if packed:
-        op, name, args = ops.bsr_spmm_packed, "bsr_spmm_packed", [*a._packed, b, 70, 16, 16, a.row_perm]
+    # result, and never read or write out of bounds (on the CPU that would crash this
+    # process; on CUDA it is an illegal-address error here and a compute-sanitizer
+    # finding). bsr_spmm_unchecked checks no index value on CUDA: there every call must
+    # give a result. Block rows of 75 blocks also take CUDA's split-row path.
+    if variant == "bsr_spmm_packed" and device != "cpu":
+        pytest.skip("bsr_spmm_packed is a CPU op")
+    a = BlockSparseMatrix.from_dense(random_sparse(70, 1200, 0.1), block=(16, 16), reorder=False)
+    b = torch.randn(1200, 5)
+    row_perm = torch.randperm(70)  # any permutation: the values of the product are not checked
+    if variant == "bsr_spmm_packed":
+        args = [*a._packed, b, 70, 16, 16, row_perm]
         indices = [0, 1, 2, 3, 4, 5, 11]  # crow, col, row_words, row_values, word_blocks, word_cols, row_perm
     else:
-        op, name, args = ops.bsr_spmm, "bsr_spmm", [a.crow, a.col, a.blocks, b, 70, a.row_perm]
+        a, b = a.to(device), b.to(device)
+        args = [a.crow, a.col, a.blocks, b, 70, row_perm.to(device)]
         indices = [0, 1, 5]  # crow, col, row_perm
+    op, name = getattr(ops, variant), variant.removesuffix("_unchecked")
+    always_a_result = variant == "bsr_spmm_unchecked" and device == "cuda"
     g = torch.Generator().manual_seed(1)
     choices = [-(2 ** 62), -1, 0, 1, 15, 16, 63, 64, 1000, 2 ** 62]
     for trial in range(300):
@@ -145,26 +154,31 @@ def test_cpu_ops_survive_corrupted_indices(packed):
             broken[index][position] ^= 1 << int(torch.randint(0, 63, (1,), generator=g))
         try:
             out = op(*broken)
+            if device == "cuda":
+                torch.cuda.synchronize()  # a fault in the kernels surfaces here
         except RuntimeError as e:
-            assert name in str(e)
+            assert not always_a_result and name in str(e), str(e)
         else:
             assert out.shape == (70, 5)
 
 
-def test_malformed_structure_falls_back_to_the_checked_dense_op():
-    a = BlockSparseMatrix.from_dense(random_sparse(40, 50, 0.3), block=(16, 16), reorder=False)
-    b = torch.randn(50, 3)
-    broken = BlockSparseMatrix(a.crow.flip(0), a.col, a.blocks, a.shape)
-    assert broken._packed is None
-    with pytest.raises(RuntimeError, match=r"bsr_spmm: .*'crow' must start at 0"):
-        broken @ b
-    for crow, blocks, error in [(a.crow.float(), a.blocks, r"'crow' must have dtype int32 or int64"),
-                                (a.crow, a.blocks.flatten(1), r"'blocks' must be 3-D"),
-                                (a.crow, a.blocks[:, :0], r"'blocks' must be \[nblocks, br, bc\] with br, bc >= 1")]:
-        broken = BlockSparseMatrix(crow, a.col, blocks, a.shape, nnz=1)
-        assert broken._packed is None
+def test_malformed_structure_is_reported_when_built(device):
+    # A matrix from raw BCSR tensors is checked once, by bsr_spmm's checks, when it is
+    # built: its products then skip the index checks (a device sync on CUDA).
+    a = BlockSparseMatrix.from_dense(random_sparse(40, 50, 0.3), block=(16, 16), reorder=False).to(device)
+    for crow, col, blocks, row_perm, error in [
+            (a.crow.flip(0), a.col, a.blocks, None, r"'crow' must start at 0"),
+            (a.crow, a.col + 3, a.blocks, None, r"'col'\[\d+\] = \d+ is out of range"),
+            (a.crow, a.col, a.blocks, torch.zeros(40, dtype=torch.int64, device=device),
+             r"'row_perm' must be a permutation"),
+            (a.crow.float(), a.col, a.blocks, None, r"'crow' must have dtype int32 or int64"),
+            (a.crow, a.col, a.blocks.flatten(1), None, r"'blocks' must be 3-D"),
+            (a.crow, a.col, a.blocks[:, :0], None, r"'blocks' must be \[nblocks, br, bc\] with br, bc >= 1")]:
         with pytest.raises(RuntimeError, match=r"bsr_spmm: .*" + error):
-            broken @ b
+            BlockSparseMatrix(crow, col, blocks, a.shape, row_perm)
+    rebuilt = BlockSparseMatrix(a.crow, a.col, a.blocks, a.shape)
+    b = torch.randn(50, 3, device=device)
+    torch.testing.assert_close(rebuilt @ b, a @ b, rtol=0, atol=0)
 
 
 def test_blocks_wider_than_64_use_dense_blocks():

@@ -1,18 +1,29 @@
 // CUDA kernels of bsr_spmm: C [m, n] = A · B, A in BCSR (br × bc blocks), B dense.
 //
+// Index checks. bsr_spmm checks its index values on the device in one pass
+// (crow a row pointer, col in range, row_perm a permutation) and reads one flag
+// back: a sync, as in every op whose checks read device data. Only when the flag
+// is set do the indices come to the host, where the CPU checks name the bad
+// entry, so both devices raise the same message. bsr_spmm_unchecked (what
+// BlockSparseMatrix calls: it checks its indices once, when it is built) skips
+// that pass and never syncs. The kernels below clamp every index they read
+// (block ranges into [0, nblocks], B rows into [0, k), output rows into [0, m),
+// workspace slots into the workspace), so an unchecked bad index gives a wrong
+// result, never an access out of bounds.
+//
 // Work split. Block row rb (blocks crow[rb] .. crow[rb+1]-1) is cut into
 // chunks of at most kChunk blocks; a CTA computes one chunk for one kCtaN-wide
 // column tile of C. An empty block row is one (empty) chunk, so its rows of C
 // are written as zeros. Rows with more than kChunk blocks therefore spread over
 // several CTAs instead of stalling the grid behind one long row: their partial
 // sums go with atomicAdd into a workspace in the accumulation type (one slot
-// per split block row, slots numbered on the device) and a second kernel
-// converts those rows to C.
-// Rows that fit one chunk are stored directly. The chunk → block row map is a
-// prefix sum of chunks per block row computed on the device; each CTA finds its
-// block row by binary search, so no count has to travel back to the host: the
-// grid is sized by an upper bound and surplus CTAs exit (only a workspace bound
-// over 64 MiB is replaced by the exact split-row count, at the cost of a sync).
+// per split block row) and a second kernel converts those rows to C.
+// Rows that fit one chunk are stored directly. One single-CTA kernel scans the
+// block rows for the chunk → block row map (a prefix sum of chunks per block
+// row) and the workspace slots; each CTA finds its block row by binary search,
+// so no count has to travel back to the host: the grid is sized by an upper
+// bound and surplus CTAs exit (only a workspace bound over 64 MiB is replaced by
+// the exact split-row count, at the cost of a sync).
 //
 // Tensor-core path (fp16/bf16, br = 16, bc = 16 or 8): 4 warps, each owning 16
 // columns of the CTA's 64. A stage stages 4 k-steps of 16: the A rows of the
@@ -30,9 +41,6 @@
 //
 // Epilogue: stored row r of block row rb is A's row row_perm[rb·br + r] (when
 // given), so the un-permutation is the store's address; rows ≥ m are dropped.
-// Index values are not validated on the device (that would need a sync); the
-// kernels clamp every index they dereference, so a bad index gives a wrong
-// result, never an out-of-bounds access.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -41,6 +49,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cub/block/block_scan.cuh>
 
 #include <algorithm>
 #include <type_traits>
@@ -57,6 +66,33 @@ constexpr int kChunk = 32;   // blocks per CTA at most
 constexpr int kThreads = 128;
 constexpr int64_t kWorkspaceSyncBytes = int64_t{64} << 20;
 
+// --- index checks (bsr_spmm) --------------------------------------------------------
+
+// Sets *bad when crow is not a row pointer over nblocks blocks (crow[0] = 0,
+// non-decreasing, crow[block_rows] = nblocks), a col is not one of the
+// block_cols block columns, or row_perm is not a permutation of 0..m-1 (a value
+// out of range, or one seen twice: `seen` holds a zeroed flag per row).
+template <typename index_t>
+__global__ void find_bad_index_kernel(const index_t* crow, const index_t* col, const int64_t* row_perm, int* seen,
+                                      int64_t block_rows, int64_t nblocks, int64_t block_cols, int64_t m, int* bad) {
+  const int64_t count = max(max(block_rows + 1, nblocks), row_perm != nullptr ? m : int64_t{0});
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  bool wrong = false;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < count; i += stride) {
+    if (i <= block_rows) {
+      const int64_t offset = crow[i];
+      wrong |= (i == 0 && offset != 0) || (i == block_rows && offset != nblocks) ||
+               (i < block_rows && offset > crow[i + 1]);
+    }
+    if (i < nblocks) wrong |= col[i] < 0 || col[i] >= block_cols;
+    if (row_perm != nullptr && i < m) {
+      const int64_t row = row_perm[i];
+      wrong |= row < 0 || row >= m || atomicExch(seen + row, 1) != 0;
+    }
+  }
+  if (wrong) *bad = 1;
+}
+
 // --- work split and epilogue (shared by both kernels) -------------------------------
 
 template <typename acc_t>
@@ -66,15 +102,74 @@ struct Problem {
   const int* chunk_end;     // [block_rows]: inclusive prefix sum of chunks per block row
   const int* split_slot;    // [block_rows]: workspace slot of a split block row
   const int64_t* row_perm;  // [m] or nullptr
-  acc_t* workspace;         // [split rows · br, n]
+  acc_t* workspace;         // [split_rows · br, n]
   int64_t m, k, n;
   int block_rows, nblocks, br, bc;
+  int split_rows;           // workspace slots
 };
+
+// Blocks [first, last) of block row rb, clamped into [0, nblocks].
+struct BlockRange {
+  int first, last;
+};
+template <typename acc_t>
+__device__ BlockRange block_range(const Problem<acc_t>& p, int rb) {
+  const int first = min(max(p.crow[rb], 0), p.nblocks);
+  return {first, min(max(p.crow[rb + 1], first), p.nblocks)};
+}
 
 struct Chunk {
   int block_row, first, last;  // blocks [first, last) of block_row
-  bool split;                  // the block row has several chunks
+  int split_slot;              // workspace slot when the block row has several chunks, else -1
 };
+
+// The work-split table, by one CTA: per block row its chunks (ceil(blocks /
+// kChunk), and one for an empty row), summed into chunk_end, capped at
+// max_items (the grid size), and a workspace slot (split_slot) for a row of
+// several chunks, -1 for the others. A slot past the split_rows allotted is
+// -1 too: only an unchecked, malformed crow gets there, and such a row's
+// chunks then store straight into C (a wrong result, never a write out of
+// bounds). *split_count gets the number of split rows.
+constexpr int kSplitThreads = 512;
+constexpr int kSplitRowsPerThread = 8;  // consecutive block rows per thread and pass
+
+template <typename acc_t>
+__global__ void __launch_bounds__(kSplitThreads) split_work_kernel(Problem<acc_t> p, int max_items, int* chunk_end,
+                                                                  int* split_slot, int* split_count) {
+  using Scan = cub::BlockScan<int64_t, kSplitThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  int64_t chunks_before = 0, splits_before = 0;
+  for (int64_t pass_first = 0; pass_first < p.block_rows; pass_first += kSplitThreads * kSplitRowsPerThread) {
+    const int64_t first_row = pass_first + threadIdx.x * kSplitRowsPerThread;
+    int64_t chunks[kSplitRowsPerThread], split[kSplitRowsPerThread];
+#pragma unroll
+    for (int i = 0; i < kSplitRowsPerThread; ++i) {
+      chunks[i] = split[i] = 0;
+      if (first_row + i < p.block_rows) {
+        const BlockRange range = block_range(p, static_cast<int>(first_row + i));
+        const int blocks = range.last - range.first;
+        chunks[i] = max(1, ceil_div_dev(blocks, kChunk));
+        split[i] = blocks > kChunk;
+      }
+    }
+    int64_t chunk_sum[kSplitRowsPerThread], split_index[kSplitRowsPerThread], chunk_total, split_total;
+    Scan(scan_storage).InclusiveSum(chunks, chunk_sum, chunk_total);
+    __syncthreads();  // scan_storage is reused
+    Scan(scan_storage).ExclusiveSum(split, split_index, split_total);
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kSplitRowsPerThread; ++i) {
+      const int64_t rb = first_row + i;
+      if (rb >= p.block_rows) break;
+      chunk_end[rb] = static_cast<int>(min(chunks_before + chunk_sum[i], static_cast<int64_t>(max_items)));
+      const int64_t slot = splits_before + split_index[i];
+      split_slot[rb] = split[i] && slot < p.split_rows ? static_cast<int>(slot) : -1;
+    }
+    chunks_before += chunk_total;
+    splits_before += split_total;
+  }
+  if (threadIdx.x == 0) *split_count = static_cast<int>(min(splits_before, static_cast<int64_t>(INT32_MAX)));
+}
 
 // The chunk of work item `item`, or block_row = -1 past the last one.
 template <typename acc_t>
@@ -84,12 +179,11 @@ __device__ Chunk find_chunk(const Problem<acc_t>& p, int item) {
     const int mid = (lo + hi) / 2;
     if (p.chunk_end[mid] > item) hi = mid; else lo = mid + 1;
   }
-  if (lo == p.block_rows) return {-1, 0, 0, false};
-  const int chunk = item - (lo > 0 ? p.chunk_end[lo - 1] : 0);
-  const int row_first = min(max(p.crow[lo], 0), p.nblocks);
-  const int row_last = min(max(p.crow[lo + 1], row_first), p.nblocks);
-  const int first = min(row_first + chunk * kChunk, row_last);
-  return {lo, first, min(first + kChunk, row_last), row_last - row_first > kChunk};
+  if (lo == p.block_rows) return {-1, 0, 0, -1};
+  const int chunk = item - (lo > 0 ? p.chunk_end[lo - 1] : 0);  // in [0, chunks of row lo)
+  const BlockRange range = block_range(p, lo);
+  const int first = min(range.first + chunk * kChunk, range.last);
+  return {lo, first, min(first + kChunk, range.last), p.split_slot[lo]};
 }
 
 template <typename T>
@@ -108,8 +202,8 @@ __device__ void store_result(const Problem<acc_t>& p, out_t* out, const Chunk& c
                              acc_t v) {
   const int64_t stored_row = static_cast<int64_t>(chunk.block_row) * p.br + r;
   if (stored_row >= p.m || column >= p.n) return;
-  if (chunk.split) {
-    atomicAdd(p.workspace + (static_cast<int64_t>(p.split_slot[chunk.block_row]) * p.br + r) * p.n + column, v);
+  if (chunk.split_slot >= 0) {
+    atomicAdd(p.workspace + (static_cast<int64_t>(chunk.split_slot) * p.br + r) * p.n + column, v);
     return;
   }
   const int64_t row = p.row_perm != nullptr ? p.row_perm[stored_row] : stored_row;
@@ -120,9 +214,9 @@ __device__ void store_result(const Problem<acc_t>& p, out_t* out, const Chunk& c
 template <typename out_t, typename acc_t>
 __global__ void store_split_rows_kernel(Problem<acc_t> p, out_t* out) {
   const int rb = blockIdx.x;
-  const int blocks_here = p.crow[rb + 1] - p.crow[rb];
-  if (blocks_here <= kChunk) return;
-  const acc_t* rows = p.workspace + static_cast<int64_t>(p.split_slot[rb]) * p.br * p.n;
+  const int slot = p.split_slot[rb];
+  if (slot < 0) return;
+  const acc_t* rows = p.workspace + static_cast<int64_t>(slot) * p.br * p.n;
   for (int64_t i = threadIdx.x; i < static_cast<int64_t>(p.br) * p.n; i += blockDim.x) {
     const int r = static_cast<int>(i / p.n);
     const int64_t stored_row = static_cast<int64_t>(rb) * p.br + r;
@@ -309,13 +403,41 @@ void launch(Problem<acc_t>& p, const at::Tensor& blocks, const at::Tensor& b, at
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor bsr_spmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, const at::Tensor& blocks_in,
-                         const at::Tensor& b_in, int64_t m, const c10::optional<at::Tensor>& row_perm_in) {
+// bsr_spmm's index-value checks, on the device (see the top of the file).
+void check_bsr_spmm_values_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, int64_t k, int64_t bc,
+                                const c10::optional<at::Tensor>& row_perm_in) {
+  const at::Tensor crow = crow_in.contiguous(), col = col_in.contiguous();
+  c10::optional<at::Tensor> row_perm;
+  if (row_perm_in.has_value()) row_perm = row_perm_in->contiguous();
+  const int64_t block_rows = crow.numel() - 1, nblocks = col.numel(), m = row_perm ? row_perm->numel() : 0;
+  const auto int_options = crow.options().dtype(at::kInt);
+  at::Tensor bad = at::zeros({1}, int_options);
+  at::Tensor seen = at::zeros({m}, int_options);
+  constexpr int threads = 256;
+  const int64_t count = std::max({block_rows + 1, nblocks, m});
+  const int64_t grid = std::min<int64_t>(ceil_div_dev<int64_t>(count, threads),
+                                         int64_t{8} * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "bsr_spmm_check", [&] {
+    find_bad_index_kernel<index_t><<<static_cast<unsigned>(grid), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        crow.data_ptr<index_t>(), col.data_ptr<index_t>(), row_perm ? row_perm->data_ptr<int64_t>() : nullptr,
+        seen.data_ptr<int>(), block_rows, nblocks, ceil_div_dev(k, bc), m, bad.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  if (bad.item<int>() == 0) return;
+  // Something is wrong: the CPU checks find the first bad entry and raise.
+  c10::optional<at::Tensor> row_perm_host;
+  if (row_perm) row_perm_host = row_perm->cpu();
+  AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "bsr_spmm_check", [&] {
+    check_bsr_spmm_values<index_t>(crow.cpu(), col.cpu(), k, bc, row_perm_host);
+  });
+  MLX_CHECK(false, kSpmmOp, "internal: the device found a bad index value that the host checks did not");
+}
+
+// The product, on arguments whose shapes are checked: what bsr_spmm runs after
+// its index checks and bsr_spmm_unchecked runs directly.
+at::Tensor run_bsr_spmm(const at::Tensor& crow_in, const at::Tensor& col_in, const at::Tensor& blocks_in,
+                        const at::Tensor& b_in, int64_t m, const c10::optional<at::Tensor>& row_perm_in) {
   constexpr const char* op = kSpmmOp;
-  // Shapes, dtypes and devices only: the value checks of the CPU op (crow
-  // monotone, col range, row_perm a permutation) would need a device sync.
-  check_bsr_spmm_shapes(crow_in, col_in, blocks_in, b_in, m, row_perm_in);
-  const c10::cuda::CUDAGuard guard(b_in.device());
   const int64_t nblocks = col_in.numel(), br = blocks_in.size(1), bc = blocks_in.size(2);
   const int64_t k = b_in.size(0), n = b_in.size(1), block_rows = crow_in.numel() - 1;
   check_fits_int32(op, "nblocks", nblocks);
@@ -327,7 +449,7 @@ at::Tensor bsr_spmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, co
             "other shapes need br, bc <= ", kSimtMaxSide, " and br · bc <= ", kSimtMaxEntries, ")");
 
   at::Tensor out = at::empty({m, n}, b_in.options());
-  if (m == 0 || n == 0) return out;
+  if (m == 0 || n == 0) return out;  // m > 0 means block_rows > 0
   at::Tensor blocks = blocks_in.contiguous(), b = b_in.contiguous();
   if (!is_aligned_16(blocks)) blocks = blocks.clone();  // a fresh allocation is aligned
   if (!is_aligned_16(b)) b = b.clone();
@@ -335,39 +457,40 @@ at::Tensor bsr_spmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, co
   c10::optional<at::Tensor> row_perm;
   if (row_perm_in.has_value()) row_perm = row_perm_in->contiguous();
 
-  // Chunks per block row (an empty row is one empty chunk), their running
-  // total, and a workspace slot for every block row longer than one chunk.
-  const at::Tensor blocks_per_row = crow.slice(0, 1) - crow.slice(0, 0, block_rows);
-  const at::Tensor chunks = (blocks_per_row + (kChunk - 1)).div(kChunk, "floor").clamp_min(1);
-  const at::Tensor chunk_end = chunks.cumsum(0, at::kInt);
-  const at::Tensor split = blocks_per_row.gt(kChunk);
-  const at::Tensor split_slot = split.cumsum(0, at::kInt) - 1;
-  // Σ ceil(len / kChunk) over rows (≥ 1 each) ≤ block_rows + nblocks / kChunk;
-  // a split row holds more than kChunk blocks. The workspace is sized by that
-  // bound without a host sync while it is small; past kWorkspaceSyncBytes the
-  // exact count is worth one sync.
+  // Σ ceil(len / kChunk) over rows (≥ 1 each) ≤ block_rows + nblocks / kChunk,
+  // and a split row holds more than kChunk blocks. The workspace is sized by
+  // that bound without a host sync while it is small; past kWorkspaceSyncBytes
+  // the exact count is worth one sync.
   const int64_t max_items = block_rows + nblocks / kChunk;
   check_fits_int32(op, "work items", max_items);
   const auto workspace_dtype = acc_dtype(b.scalar_type());
   int64_t split_rows = std::min<int64_t>(block_rows, nblocks / (kChunk + 1));
-  if (split_rows * br * n * at::elementSize(workspace_dtype) > kWorkspaceSyncBytes) {
-    split_rows = split.sum().item<int64_t>();
-  }
-  at::Tensor workspace = at::zeros({split_rows * br, n}, b.options().dtype(workspace_dtype));
+  const bool count_split_rows = split_rows * br * n * at::elementSize(workspace_dtype) > kWorkspaceSyncBytes;
+  // chunk_end, split_slot, then the split-row count.
+  const at::Tensor table = at::empty({2 * block_rows + 1}, crow.options());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "bsr_spmm_cuda", [&] {
     using acc_t = acc_type<scalar_t>;
+    int* chunk_end = table.data_ptr<int>();
     Problem<acc_t> p{crow.data_ptr<int>(),
                      col.data_ptr<int>(),
-                     chunk_end.data_ptr<int>(),
-                     split_slot.data_ptr<int>(),
+                     chunk_end,
+                     chunk_end + block_rows,
                      row_perm.has_value() ? row_perm->data_ptr<int64_t>() : nullptr,
-                     workspace.data_ptr<acc_t>(),
+                     nullptr,
                      m, k, n,
                      static_cast<int>(block_rows), static_cast<int>(nblocks), static_cast<int>(br),
-                     static_cast<int>(bc)};
-    if (block_rows == 0) return;
+                     static_cast<int>(bc), static_cast<int>(split_rows)};
+    split_work_kernel<acc_t><<<1, kSplitThreads, 0, stream>>>(p, static_cast<int>(max_items), chunk_end,
+                                                              chunk_end + block_rows, chunk_end + 2 * block_rows);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (count_split_rows) {
+      split_rows = std::min<int64_t>(split_rows, table[2 * block_rows].item<int>());
+      p.split_rows = static_cast<int>(split_rows);  // every slot handed out is below the count
+    }
+    const at::Tensor workspace = at::zeros({split_rows * br, n}, b.options().dtype(workspace_dtype));
+    p.workspace = workspace.data_ptr<acc_t>();
     launch<scalar_t, acc_t>(p, blocks, b, out, max_items, stream);
     if (split_rows > 0) {
       store_split_rows_kernel<scalar_t, acc_t><<<static_cast<unsigned>(block_rows), 256, 0, stream>>>(
@@ -378,8 +501,26 @@ at::Tensor bsr_spmm_cuda(const at::Tensor& crow_in, const at::Tensor& col_in, co
   return out;
 }
 
+at::Tensor bsr_spmm_cuda(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& blocks,
+                         const at::Tensor& b, int64_t m, const c10::optional<at::Tensor>& row_perm) {
+  check_bsr_spmm_shapes(crow, col, blocks, b, m, row_perm);
+  const c10::cuda::CUDAGuard guard(b.device());
+  check_bsr_spmm_values_cuda(crow, col, b.size(0), blocks.size(2), row_perm);
+  return run_bsr_spmm(crow, col, blocks, b, m, row_perm);
+}
+
+at::Tensor bsr_spmm_unchecked_cuda(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& blocks,
+                                   const at::Tensor& b, int64_t m, const c10::optional<at::Tensor>& row_perm) {
+  check_bsr_spmm_shapes(crow, col, blocks, b, m, row_perm);
+  const c10::cuda::CUDAGuard guard(b.device());
+  return run_bsr_spmm(crow, col, blocks, b, m, row_perm);
+}
+
 }  // namespace
 
-MLX_LIBRARY_IMPL(CUDA, m) { m.impl("bsr_spmm", &bsr_spmm_cuda); }
+MLX_LIBRARY_IMPL(CUDA, m) {
+  m.impl("bsr_spmm", &bsr_spmm_cuda);
+  m.impl("bsr_spmm_unchecked", &bsr_spmm_unchecked_cuda);
+}
 
 }  // namespace mlx_kernels::bsr

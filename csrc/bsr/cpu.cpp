@@ -506,6 +506,7 @@ at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_
 
 MLX_LIBRARY_IMPL(CPU, m) {
   m.impl("bsr_spmm", &bsr_spmm_cpu);
+  m.impl("bsr_spmm_unchecked", &bsr_spmm_cpu);
   m.impl("bsr_spmm_packed", &bsr_spmm_packed_cpu);
 }
 

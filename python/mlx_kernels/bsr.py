@@ -7,7 +7,9 @@ with similar column patterns share block rows (fewer, denser blocks), and
 ``a @ b`` undoes the permutation inside the kernel's output store.
 
 Construction (reordering and blocking) runs on the CPU in C++; the result is
-moved back to the input's device.
+moved back to the input's device. A matrix built from raw BCSR tensors has its
+index values checked once, when it is built; ``a @ b`` then skips those checks
+(``bsr_spmm_unchecked``), which on CUDA would cost a device sync per product.
 
 On the CPU a zero inside a block costs as much as any value (no tensor cores
 make the padding free), so a CPU-resident matrix also keeps its blocks packed as
@@ -35,8 +37,12 @@ class BlockSparseMatrix:
     """A [m, k] in BCSR with br × bc dense blocks; ``a @ b`` = A @ b."""
 
     def __init__(self, crow: Tensor, col: Tensor, blocks: Tensor, shape: Tuple[int, int],
-                 row_perm: Optional[Tensor] = None, nnz: Optional[int] = None):
+                 row_perm: Optional[Tensor] = None, nnz: Optional[int] = None, *, _checked: bool = False):
         m, k = shape
+        if not _checked:
+            # A product with no columns runs every check of bsr_spmm (dtypes, shapes and index
+            # values) and no arithmetic.
+            ops.bsr_spmm(crow, col, blocks, blocks.new_empty((int(k), 0)), int(m), row_perm)
         self.crow, self.col, self.blocks = crow, col, blocks
         self.shape = (int(m), int(k))
         self.row_perm = row_perm
@@ -88,7 +94,7 @@ class BlockSparseMatrix:
         bcrow, bcol, blocks = ops.bsr_from_csr(crow, col, values, k, br, bc, perm)
         nnz = int(torch.count_nonzero(values))
         return cls(bcrow.to(device), bcol.to(device), blocks.to(device), (m, k),
-                   None if perm is None else perm.to(device), nnz)
+                   None if perm is None else perm.to(device), nnz, _checked=True)
 
     # --- properties -------------------------------------------------------------------
 
@@ -118,7 +124,7 @@ class BlockSparseMatrix:
         """A copy on ``device`` (indices, blocks and permutation move together)."""
         perm = None if self.row_perm is None else self.row_perm.to(device)
         return BlockSparseMatrix(self.crow.to(device), self.col.to(device), self.blocks.to(device), self.shape,
-                                 perm, self.nnz)
+                                 perm, self.nnz, _checked=True)
 
     def to_dense(self) -> Tensor:
         """A as a dense [m, k] tensor in the blocks' dtype, in A's original row order."""
@@ -153,7 +159,7 @@ class BlockSparseMatrix:
         if self._packed is not None and b.device.type == "cpu":
             out = ops.bsr_spmm_packed(*self._packed, b, self.shape[0], *self.block, self.row_perm)
         else:
-            out = ops.bsr_spmm(self.crow, self.col, self.blocks, b, self.shape[0], self.row_perm)
+            out = ops.bsr_spmm_unchecked(self.crow, self.col, self.blocks, b, self.shape[0], self.row_perm)
         return out.squeeze(1) if vector else out
 
     def __repr__(self) -> str:
@@ -168,21 +174,15 @@ def _pack_rows(crow: Tensor, col: Tensor, blocks: Tensor, shape: Tuple[int, int]
     block row with a non-zero in row s, in block order: word_blocks holds the block, bit c of
     word_cols marks column c of that block; values holds the non-zeros row by row, word by
     word, column by column; row_words / row_values [m + 1] are where each row's words / values
-    begin. None when a block is taller or wider than 64 (one bit per column) or the structure
-    is malformed: the dense blocks then run, and bsr_spmm reports what is wrong."""
+    begin. None when a block is taller or wider than 64 (one bit per column): the dense
+    blocks then run. The structure must be valid (BlockSparseMatrix checks it first)."""
     m, k = shape
-    index_dtypes = (torch.int32, torch.int64)
-    if (blocks.dim() != 3 or crow.dim() != 1 or col.dim() != 1 or crow.dtype not in index_dtypes
-            or col.dtype not in index_dtypes or not (1 <= blocks.shape[1] <= 64 and 1 <= blocks.shape[2] <= 64)):
-        return None
     nblocks, br, bc = blocks.shape
+    if br > 64 or bc > 64:
+        return None
     block_rows = -(-m // br)
     crow, col = crow.long(), col.long()
-    counts = crow.diff()
-    if (crow.numel() != block_rows + 1 or col.numel() != nblocks or int(crow[0]) != 0 or int(crow[-1]) != nblocks
-            or bool((counts < 0).any())):
-        return None
-    rows = torch.repeat_interleave(torch.arange(block_rows), counts)[:, None] * br + torch.arange(br)
+    rows = torch.repeat_interleave(torch.arange(block_rows), crow.diff())[:, None] * br + torch.arange(br)
     cols = col[:, None] * bc + torch.arange(bc)
     nonzero = blocks != 0  # [nblocks, br, bc], then without the padding past m or k (never read)
     nonzero &= (rows < m)[:, :, None]

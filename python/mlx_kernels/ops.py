@@ -147,6 +147,7 @@ def bipolar_mma_peak(like: Tensor, kind: str, blocks: int, iterations: int) -> T
 
 
 @torch.library.register_fake(_name("bsr_spmm"))
+@torch.library.register_fake(_name("bsr_spmm_unchecked"))
 def _bsr_spmm_fake(crow, col, blocks, b, m, row_perm=None):
     return b.new_empty((m, b.shape[1]))
 
@@ -156,6 +157,15 @@ def bsr_spmm(
 ) -> Tensor:
     """C [m, n] = A @ b for A in BCSR (torch sparse_bsr conventions)."""
     return ops.bsr_spmm(crow, col, blocks, b, m, row_perm)
+
+
+def bsr_spmm_unchecked(
+    crow: Tensor, col: Tensor, blocks: Tensor, b: Tensor, m: int, row_perm: Optional[Tensor] = None
+) -> Tensor:
+    """bsr_spmm without its index-value checks on CUDA (they cost a device sync): for indices
+    checked before, as BlockSparseMatrix does once. A bad index then gives a wrong result,
+    never an access out of bounds. On the CPU it is bsr_spmm, checks included."""
+    return ops.bsr_spmm_unchecked(crow, col, blocks, b, m, row_perm)
 
 
 @torch.library.register_fake(_name("bsr_spmm_packed"))

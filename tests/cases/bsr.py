@@ -49,7 +49,7 @@ def _cpu_only(factory):
         if d != "cpu":
             import pytest
 
-            pytest.skip("CPU only: bsr_spmm's value checks, bsr_spmm_packed")
+            pytest.skip("CPU only: bsr_spmm_packed")
         return factory(d)
     return on_device
 
@@ -76,6 +76,8 @@ OPCHECK = [
                                                                           block=(16, 8))), {})),
     ("bsr_spmm_fp16", lambda d: ("bsr_spmm", tuple(_spmm_args(d, dtype=torch.float16, n=16)), {})),
     ("bsr_spmm_empty", lambda d: ("bsr_spmm", tuple(_spmm_args(d, density=0.0)), {})),
+    ("bsr_spmm_unchecked_perm_bf16", lambda d: ("bsr_spmm_unchecked", tuple(_spmm_args(
+        d, reorder=True, dtype=torch.bfloat16, n=16)), {})),
     ("bsr_spmm_packed", lambda d: _cpu_only(lambda _: ("bsr_spmm_packed", tuple(_packed_args()), {}))(d)),
     ("bsr_spmm_packed_perm_16x8_bf16", lambda d: _cpu_only(lambda _: (
         "bsr_spmm_packed", tuple(_packed_args(reorder=True, block=(16, 8), dtype=torch.bfloat16)), {}))(d)),
@@ -108,9 +110,9 @@ BAD_INPUTS = [
      RuntimeError, _SPMM + r".*'row_perm' must have dtype int64"),
 ]
 
-# Value checks need the indices on the host: CPU only (CUDA checks shapes and
-# dtypes; its kernels clamp every index, see csrc/bsr/bsr_spmm.cu).
-_CPU_ONLY = [
+# Index values: CUDA finds a bad one in one pass on the device, then names it
+# with the CPU checks, so both devices give the same message.
+BAD_INPUTS += [
     ("bsr_spmm_b_rows", lambda d: _spmm_call(d, _set(3, lambda a: a[3][:16])),
      RuntimeError, _SPMM + r".*'col'\[\d+\] = \d+ is out of range: b has k = 16 rows"),
     ("bsr_spmm_col_negative", lambda d: _spmm_call(d, _poke(1, 0, -1)),
@@ -127,8 +129,6 @@ _CPU_ONLY = [
      RuntimeError, _SPMM + r".*'row_perm' must be a permutation.*out of range"),
 ]
 
-
-BAD_INPUTS += [(name, _cpu_only(factory), exc, pattern) for name, factory, exc, pattern in _CPU_ONLY]
 
 _PACKED = op_pattern("bsr_spmm_packed")
 
