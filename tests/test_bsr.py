@@ -84,10 +84,13 @@ def test_bsr_spmm_dtypes(device, dtype, block):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize("block", [(16, 16), (16, 8), (3, 5), (2, 64), (64, 3), (1, 1)])
 @pytest.mark.parametrize("reorder", [False, True])
-def test_packed_cpu_path_matches_dense_blocks(dtype, block, reorder):
-    # On the CPU, a @ b runs on the packed rows (bsr_spmm_packed); the public op
-    # on the dense blocks visits the same terms in the same order: equal bit for bit.
+@pytest.mark.parametrize("n", [1, 33])
+def test_packed_cpu_path_matches_dense_blocks(dtype, block, reorder, n):
+    # On the CPU, a @ b runs on the packed rows (bsr_spmm_packed, its own walk for
+    # n = 1); the public op on the dense blocks visits the same terms in the same
+    # order: equal bit for bit. Rows 0-4 hold more than one 64-term partial sum.
     a_dense = random_sparse(77, 150, 0.1, dtype)
+    a_dense[:5] = random_sparse(5, 150, 0.7, dtype)
     a_dense[20:30] = 0
     a = BlockSparseMatrix.from_dense(a_dense, block=block, reorder=reorder)
     assert a._packed is not None
@@ -99,7 +102,7 @@ def test_packed_cpu_path_matches_dense_blocks(dtype, block, reorder):
     for s in range(77):
         blocks_of_row = word_blocks[row_words[s]:row_words[s + 1]]
         assert bool((blocks_of_row.diff() > 0).all())
-    b = torch.randn(150, 33, dtype=dtype)
+    b = torch.randn(150, n, dtype=dtype)
     packed = a @ b
     torch.testing.assert_close(packed, mlx_kernels.bsr_spmm(a.crow, a.col, a.blocks, b, 77, a.row_perm),
                                rtol=0, atol=0)
