@@ -71,10 +71,11 @@ constexpr int64_t kWorkspaceSyncBytes = int64_t{64} << 20;
 // Sets *bad when crow is not a row pointer over nblocks blocks (crow[0] = 0,
 // non-decreasing, crow[block_rows] = nblocks), a col is not one of the
 // block_cols block columns, or row_perm is not a permutation of 0..m-1 (a value
-// out of range, or one seen twice: `seen` holds a zeroed flag per row).
+// out of range, or one seen twice: `seen` is a zeroed bit per row).
 template <typename index_t>
-__global__ void find_bad_index_kernel(const index_t* crow, const index_t* col, const int64_t* row_perm, int* seen,
-                                      int64_t block_rows, int64_t nblocks, int64_t block_cols, int64_t m, int* bad) {
+__global__ void find_bad_index_kernel(const index_t* crow, const index_t* col, const int64_t* row_perm,
+                                      unsigned* seen, int64_t block_rows, int64_t nblocks, int64_t block_cols,
+                                      int64_t m, int* bad) {
   const int64_t count = max(max(block_rows + 1, nblocks), row_perm != nullptr ? m : int64_t{0});
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   bool wrong = false;
@@ -87,7 +88,8 @@ __global__ void find_bad_index_kernel(const index_t* crow, const index_t* col, c
     if (i < nblocks) wrong |= col[i] < 0 || col[i] >= block_cols;
     if (row_perm != nullptr && i < m) {
       const int64_t row = row_perm[i];
-      wrong |= row < 0 || row >= m || atomicExch(seen + row, 1) != 0;
+      const unsigned bit = 1u << (row & 31);
+      wrong |= row < 0 || row >= m || (atomicOr(seen + (row >> 5), bit) & bit) != 0;
     }
   }
   if (wrong) *bad = 1;
@@ -412,7 +414,7 @@ void check_bsr_spmm_values_cuda(const at::Tensor& crow_in, const at::Tensor& col
   const int64_t block_rows = crow.numel() - 1, nblocks = col.numel(), m = row_perm ? row_perm->numel() : 0;
   const auto int_options = crow.options().dtype(at::kInt);
   at::Tensor bad = at::zeros({1}, int_options);
-  at::Tensor seen = at::zeros({m}, int_options);
+  at::Tensor seen = at::zeros({ceil_div_dev<int64_t>(m, 32)}, int_options);
   constexpr int threads = 256;
   const int64_t count = std::max({block_rows + 1, nblocks, m});
   const int64_t grid = std::min<int64_t>(ceil_div_dev<int64_t>(count, threads),
@@ -420,7 +422,8 @@ void check_bsr_spmm_values_cuda(const at::Tensor& crow_in, const at::Tensor& col
   AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "bsr_spmm_check", [&] {
     find_bad_index_kernel<index_t><<<static_cast<unsigned>(grid), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
         crow.data_ptr<index_t>(), col.data_ptr<index_t>(), row_perm ? row_perm->data_ptr<int64_t>() : nullptr,
-        seen.data_ptr<int>(), block_rows, nblocks, ceil_div_dev(k, bc), m, bad.data_ptr<int>());
+        reinterpret_cast<unsigned*>(seen.data_ptr<int>()), block_rows, nblocks, ceil_div_dev(k, bc), m,
+        bad.data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (bad.item<int>() == 0) return;
