@@ -26,12 +26,14 @@
 // the exact split-row count, at the cost of a sync).
 //
 // Tensor-core path (fp16/bf16, br = 16, bc = 16 or 8): 4 warps, each owning 16
-// columns of the CTA's 64. A stage stages 4 k-steps of 16: the A rows of the
+// columns of the CTA's 64. A stage holds 4 k-steps of 16: the A rows of the
 // next 64/bc blocks (16 × 16 per k-step; two 16 × 8 blocks side by side when
 // bc = 8, which is exactly a k = 16 MMA over both blocks' B rows) and the
-// matching B rows (gathered through col[], zero past row k and column n) in
-// shared memory, B transposed so every MMA fragment is one 32-bit load. Each
-// k-step is one mma.sync.m16n8k16 per 8 columns, accumulating in fp32.
+// matching B rows (gathered through col[], zero past row k and column n),
+// copied with cp.async three stages deep, so the gathers of two stages are in
+// flight while one is multiplied. Fragments come by ldmatrix (B row-major,
+// .trans); each k-step is one mma.sync.m16n8k16 per 8 columns, accumulating in
+// fp32.
 //
 // SIMT path (fp32, fp64, and other block shapes): FMA in fp64 for fp32/fp64
 // inputs (fp32 for 16-bit ones, see acc_type), one thread per column and a
@@ -233,88 +235,116 @@ __global__ void store_split_rows_kernel(Problem<acc_t> p, out_t* out) {
 constexpr int kMmaRows = 16;    // br
 constexpr int kMmaK = 16;       // k per mma.sync
 constexpr int kStageSteps = 4;  // k-steps per shared-memory stage
+constexpr int kStageK = kStageSteps * kMmaK;
+constexpr int kPipeline = 3;    // stages in shared memory: two in flight while one is consumed
 constexpr int kCtaN = 64;       // columns of C per CTA
 constexpr int kWarpN = 16;      // columns per warp: two n = 8 MMAs
-constexpr int kPad = 8;         // halves of row padding: conflict-free fragment loads
+// Rows padded by 16 bytes: the 8 row addresses of each ldmatrix (48- and
+// 144-byte strides) fall in distinct bank groups.
+constexpr int kARowStride = kMmaK + 8;
+constexpr int kBRowStride = kCtaN + 8;
 
-// 8 consecutive values of B's row `row` from column `column` (zeros outside B);
-// v must be 16-byte aligned.
+// 8 consecutive values of B's row `row` from column `column`, one at a time
+// (zeros outside B): for B whose rows are not 16-byte aligned.
 template <typename T>
-__device__ void load_b8(const T* b, int64_t row, int64_t column, int64_t k, int64_t n, bool vector_ok,
-                        T (&v)[8]) {
-  if (row >= 0 && row < k && vector_ok && column + 8 <= n) {
-    *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(b + row * n + column);
-    return;
-  }
+__device__ void load_b8(const T* b, int64_t row, int64_t column, int64_t k, int64_t n, T (&v)[8]) {
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
     v[e] = (row >= 0 && row < k && column + e < n) ? b[row * n + column + e] : T(0.0f);
   }
 }
 
+template <typename T>
+struct MmaTiles {
+  T a[kPipeline][kStageSteps][kMmaRows][kARowStride];  // the stage's A rows, k-step by k-step
+  T b[kPipeline][kStageK][kBRowStride];                // the matching B rows, row-major
+};
+
+// Issues the copies of one stage (the A values and gathered B rows of blocks
+// stage_first ..) into buffer `buf`: cp.async, zero-filled past the chunk's
+// last block, past row k and past column n. B goes through registers when its
+// rows are not 16-byte aligned (b_async false: n % 8 != 0 or an unaligned b).
+template <typename T, int BC>
+__device__ void load_stage(MmaTiles<T>& tiles, int buf, const Problem<float>& p, const Chunk& chunk,
+                           int stage_first, const T* __restrict__ blocks, const T* __restrict__ b, int64_t n0,
+                           bool b_async) {
+  static_assert(kStageSteps * kMmaRows * 2 == kThreads, "one 8-value piece of A per thread and stage");
+  const int tid = threadIdx.x;
+  {
+    const int step = tid / 32, r = (tid / 2) % kMmaRows, piece = tid % 2;
+    const int k_in_stage = step * kMmaK + piece * 8;
+    const int j = stage_first + k_in_stage / BC;
+    const bool valid = j < chunk.last;
+    const T* src = blocks + (static_cast<int64_t>(valid ? j : 0) * kMmaRows + r) * BC + k_in_stage % BC;
+    cp_async_16(&tiles.a[buf][step][r][piece * 8], src, valid);
+  }
+  for (int piece = tid; piece < kStageK * (kCtaN / 8); piece += kThreads) {
+    const int k_in_stage = piece / (kCtaN / 8), column8 = (piece % (kCtaN / 8)) * 8;
+    const int j = stage_first + k_in_stage / BC;
+    const int64_t b_row = j < chunk.last ? static_cast<int64_t>(p.col[j]) * BC + k_in_stage % BC : -1;
+    const int64_t column = n0 + column8;
+    T* dst = &tiles.b[buf][k_in_stage][column8];
+    if (b_async) {
+      const bool valid = b_row >= 0 && b_row < p.k && column < p.n;  // n % 8 == 0: all 8 columns or none
+      cp_async_16(dst, valid ? b + b_row * p.n + column : b, valid);
+    } else {
+      alignas(16) T v[8];
+      load_b8(b, b_row, column, p.k, p.n, v);
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(v);
+    }
+  }
+}
+
 template <typename T, int BC>
 __global__ void __launch_bounds__(kThreads) bsr_spmm_mma_kernel(Problem<float> p, const T* __restrict__ blocks,
-                                                                const T* __restrict__ b, T* out, bool b_vector_ok) {
+                                                                const T* __restrict__ b, T* out, bool b_async) {
   static_assert(BC == 8 || BC == 16, "blocks are 16 × 16 or 16 × 8");
   constexpr int kBlocksPerStep = kMmaK / BC;
   constexpr int kBlocksPerStage = kStageSteps * kBlocksPerStep;
-  static_assert(kStageSteps * kMmaRows * 2 == kThreads, "one 8-value piece of A per thread and stage");
-  __shared__ __align__(16) T a_tile[kStageSteps][kMmaRows][kMmaK + kPad];
-  __shared__ __align__(16) T b_tile[kStageSteps][kCtaN][kMmaK + kPad];  // transposed: [column][k]
+  __shared__ __align__(16) MmaTiles<T> tiles;
 
   const Chunk chunk = find_chunk(p, blockIdx.x);
   if (chunk.block_row < 0) return;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kCtaN;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, quad = lane % 4;  // MMA fragment coordinates
+  const int matrix = lane / 8;                  // ldmatrix.x4: lanes 8m .. 8m+7 address matrix m
+  const int stages = ceil_div_dev(chunk.last - chunk.first, kBlocksPerStage);
 
+  // Main loop, kPipeline-stage cp.async pipeline: stage s + kPipeline − 1 is
+  // issued while stage s is multiplied. One commit group per stage (empty past
+  // the last), so "stage s has landed" is "at most kPipeline − 2 groups pending".
   float acc[kWarpN / 8][4] = {};
-  for (int stage_first = chunk.first; stage_first < chunk.last; stage_first += kBlocksPerStage) {
-    __syncthreads();  // the previous stage is consumed
-    {
-      // A: one 8-value (16-byte) piece of one block row per thread.
-      const int step = tid / 32, r = (tid / 2) % kMmaRows, piece = tid % 2;
-      const int k_in_stage = step * kMmaK + piece * 8;
-      const int j = stage_first + k_in_stage / BC;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (j < chunk.last) {
-        v = *reinterpret_cast<const uint4*>(blocks + (static_cast<int64_t>(j) * kMmaRows + r) * BC + k_in_stage % BC);
-      }
-      *reinterpret_cast<uint4*>(&a_tile[step][r][piece * 8]) = v;
+  for (int s = 0; s < kPipeline - 1; ++s) {
+    if (s < stages) load_stage<T, BC>(tiles, s, p, chunk, chunk.first + s * kBlocksPerStage, blocks, b, n0, b_async);
+    cp_async_commit();
+  }
+  for (int s = 0; s < stages; ++s) {
+    cp_async_wait<kPipeline - 2>();
+    __syncthreads();  // stage s is visible to every warp, and stage s − 1's buffer is consumed
+    const int next = s + kPipeline - 1;
+    if (next < stages) {
+      load_stage<T, BC>(tiles, next % kPipeline, p, chunk, chunk.first + next * kBlocksPerStage, blocks, b, n0,
+                        b_async);
     }
-    // B: the 64 k-rows of the stage × 64 columns, 8 columns per piece.
-    for (int piece = tid; piece < kStageSteps * kMmaK * (kCtaN / 8); piece += kThreads) {
-      const int k_in_stage = piece / (kCtaN / 8), column8 = (piece % (kCtaN / 8)) * 8;
-      const int j = stage_first + k_in_stage / BC;
-      const int64_t b_row = j < chunk.last ? static_cast<int64_t>(p.col[j]) * BC + k_in_stage % BC : -1;
-      alignas(16) T v[8];
-      load_b8(b, b_row, n0 + column8, p.k, p.n, b_vector_ok, v);
-      const int step = k_in_stage / kMmaK, kk = k_in_stage % kMmaK;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) b_tile[step][column8 + e][kk] = v[e];
-    }
-    __syncthreads();
+    cp_async_commit();
 
+    const int buf = s % kPipeline, stage_first = chunk.first + s * kBlocksPerStage;
 #pragma unroll
     for (int step = 0; step < kStageSteps; ++step) {
       if (stage_first + step * kBlocksPerStep >= chunk.last) break;  // uniform across the CTA
-      uint32_t a[4];
-      a[0] = *reinterpret_cast<const uint32_t*>(&a_tile[step][group][quad * 2]);
-      a[1] = *reinterpret_cast<const uint32_t*>(&a_tile[step][group + 8][quad * 2]);
-      a[2] = *reinterpret_cast<const uint32_t*>(&a_tile[step][group][quad * 2 + 8]);
-      a[3] = *reinterpret_cast<const uint32_t*>(&a_tile[step][group + 8][quad * 2 + 8]);
-#pragma unroll
-      for (int t = 0; t < kWarpN / 8; ++t) {
-        const int column = warp * kWarpN + t * 8 + group;
-        uint32_t bf[2];
-        bf[0] = *reinterpret_cast<const uint32_t*>(&b_tile[step][column][quad * 2]);
-        bf[1] = *reinterpret_cast<const uint32_t*>(&b_tile[step][column][quad * 2 + 8]);
-        mma_m16n8k16<T>(acc[t], a, bf[0], bf[1]);
-      }
+      // A: matrices (rows +0/+8) × (k +0/+8). B is [k][n]: ldmatrix.trans gives
+      // the column-major fragments, matrices (k +0/+8) × (columns +0/+8).
+      uint32_t a[4], bf[4];
+      ldmatrix_x4(a, &tiles.a[buf][step][lane % 16][lane / 16 * 8]);
+      ldmatrix_x4_trans(bf, &tiles.b[buf][step * kMmaK + matrix % 2 * 8 + lane % 8][warp * kWarpN + matrix / 2 * 8]);
+      mma_m16n8k16<T>(acc[0], a, bf[0], bf[1]);
+      mma_m16n8k16<T>(acc[1], a, bf[2], bf[3]);
     }
   }
+  cp_async_wait<0>();
 
-  // Accumulator layout of m16n8: c0, c1 at (group, 2·quad + {0, 1}); c2, c3 at row group + 8.
+  // Epilogue. Accumulator layout of m16n8: c0, c1 at (group, 2·quad + {0, 1}); c2, c3 at row group + 8.
 #pragma unroll
   for (int t = 0; t < kWarpN / 8; ++t) {
     const int64_t column = n0 + warp * kWarpN + t * 8 + quad * 2;
@@ -391,11 +421,12 @@ void launch(Problem<acc_t>& p, const at::Tensor& blocks, const at::Tensor& b, at
   if constexpr (kHalfType) {
     if (mma) {
       MLX_CHECK(is_aligned_16(blocks), kSpmmOp, "internal: blocks must be 16-byte aligned");
-      const bool b_vector_ok = is_aligned_16(b) && p.n % 8 == 0;
+      // cp.async needs 16-byte aligned B rows (and a real address even for its zero-fills).
+      const bool b_async = is_aligned_16(b) && p.n % 8 == 0 && p.k > 0;
       if (p.bc == 16) {
-        bsr_spmm_mma_kernel<T, 16><<<grid, kThreads, 0, stream>>>(p, blocks_ptr, b_ptr, out_ptr, b_vector_ok);
+        bsr_spmm_mma_kernel<T, 16><<<grid, kThreads, 0, stream>>>(p, blocks_ptr, b_ptr, out_ptr, b_async);
       } else {
-        bsr_spmm_mma_kernel<T, 8><<<grid, kThreads, 0, stream>>>(p, blocks_ptr, b_ptr, out_ptr, b_vector_ok);
+        bsr_spmm_mma_kernel<T, 8><<<grid, kThreads, 0, stream>>>(p, blocks_ptr, b_ptr, out_ptr, b_async);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
