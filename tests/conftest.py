@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import torch
 
@@ -10,13 +13,33 @@ import mlx_kernels
 HAS_CUDA = torch.cuda.is_available() and mlx_kernels.WITH_CUDA
 
 # Every op test that takes a `device` runs on CPU, and on CUDA when a GPU and a
-# CUDA build are both present (skipped cleanly otherwise).
+# CUDA build are both present (skipped cleanly otherwise). Both carry the
+# `cuda` mark: `pytest -m cuda` runs exactly the tests that need the GPU.
+_NEEDS_CUDA = "needs a GPU and a CUDA build"
 DEVICES = [
     "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")),
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason=_NEEDS_CUDA)]),
 ]
 
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build")
+
+def requires_cuda(test):
+    """Decorator for a test that only runs on the GPU."""
+    return pytest.mark.cuda(pytest.mark.skipif(not HAS_CUDA, reason=_NEEDS_CUDA)(test))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a GPU and a CUDA build (select with -m cuda)")
+
+
+# MLX_TEST_DEADLINE (seconds since the epoch): stop cleanly between tests once it
+# passes, with the usual summary. scripts/gpu_session.sh time-boxes runs with it
+# (under compute-sanitizer too, which then still prints its own summary).
+_DEADLINE = float(os.environ.get("MLX_TEST_DEADLINE", "inf"))
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if nextitem is not None and time.time() > _DEADLINE:
+        item.session.shouldstop = "MLX_TEST_DEADLINE reached"
 
 
 @pytest.fixture(params=DEVICES)

@@ -1,9 +1,11 @@
 """Every input check of every family: a clear exception naming the op and the argument."""
 
 import pytest
+import torch
 
+import mlx_kernels
 from cases import collect
-from conftest import DEVICES
+from conftest import DEVICES, requires_cuda
 
 CASES = collect("BAD_INPUTS")
 
@@ -16,14 +18,8 @@ def test_bad_input_raises(device, case_id, factory, exc, pattern):
         call()
 
 
+@requires_cuda
 def test_mixed_devices_rejected():
-    import torch
-
-    import mlx_kernels
-    from conftest import HAS_CUDA
-
-    if not HAS_CUDA:
-        pytest.skip("needs a GPU and a CUDA build")
     a = torch.zeros(4, 8, dtype=torch.int8)
     with pytest.raises(RuntimeError, match="one device"):
         mlx_kernels.int8_mm(a, a.cuda())
