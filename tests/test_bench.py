@@ -3,10 +3,12 @@ measured by the CLI, never asserted here)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
+from mlx_kernels.bench import __main__ as cli
 from mlx_kernels.bench import core
 from mlx_kernels.bench.__main__ import run_case
 
@@ -39,3 +41,23 @@ def test_run_case_reports_ratios_and_lets_our_failure_raise():
     with pytest.raises(RuntimeError, match="kernel bug"):
         run_case(core.Case(label="bad", params={}, measure=core.Measure(1.0), make=lambda: (broken, {})),
                  "cpu", quick=True)
+
+
+def test_interrupted_run_keeps_finished_ops_and_cases(monkeypatch, tmp_path):
+    # A time-boxed GPU session stops the CLI with SIGINT: what finished must be on disk.
+    def case(label, interrupt=False):
+        def make():
+            if interrupt:
+                raise KeyboardInterrupt
+            return (lambda: None), {}
+        return core.Case(label=label, params={}, measure=core.Measure(1.0), make=make)
+
+    plan = {"first": lambda device, quick: [case("a"), case("b")],
+            "second": lambda device, quick: [case("c"), case("stop", interrupt=True), case("never")]}
+    monkeypatch.setattr(cli, "discover", lambda: plan)
+    monkeypatch.setenv("MLX_COMMIT", "abc123")
+    assert cli.main(["--device", "cpu", "--quick", "--out", str(tmp_path), "--ops", "first", "second"]) == 130
+    written = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+    labels = {name.split("-")[-1]: [r["label"] for r in d["results"]] for name, d in written.items()}
+    assert labels == {"first.json": ["a", "b"], "second.json": ["c"]}
+    assert all(d["environment"]["commit"] == "abc123" for d in written.values())

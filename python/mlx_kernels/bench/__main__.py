@@ -86,25 +86,43 @@ def main(argv: List[str] | None = None) -> int:
 
     env = core.environment(device)
     print(f"device: {env['device']} | torch {env['torch']} | CUDA {env['cuda']} | commit {env['commit']}")
-    plan = [(op, case) for op in ops for case in benchmarks[op](device, args.quick)]
-    results: Dict[str, List[dict]] = {op: [] for op in ops}
-    for op, case in tqdm(plan, desc="benchmarks", unit="case", file=sys.stderr, dynamic_ncols=True):
-        results[op].append(run_case(case, device, args.quick))
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
+    plan = {op: benchmarks[op](device, args.quick) for op in ops}
 
-    for op in ops:
-        if not results[op]:
-            continue
+    def report(op: str, rows: List[dict]) -> None:
         print()
-        print(core.format_table(op, results[op]))
-        paths = core.write_results(args.out, device, op, results[op])
+        print(core.format_table(op, rows))
+        paths = core.write_results(args.out, device, op, rows)
         if args.plot:
-            png = core.plot_results(args.out, device, op, results[op])
+            png = core.plot_results(args.out, device, op, rows)
             if png:
                 paths.append(png)
         print("wrote " + ", ".join(paths))
+
+    # Each op's results are written as soon as its cases are done, so a run
+    # stopped early (Ctrl-C, or SIGINT from a time-boxed GPU session) keeps
+    # every finished op and the finished cases of the current one.
+    progress = tqdm(total=sum(map(len, plan.values())), desc="benchmarks", unit="case", file=sys.stderr,
+                    dynamic_ncols=True)
+    rows: List[dict] = []
+    op = ""
+    try:
+        for op, cases in plan.items():
+            rows = []
+            for case in cases:
+                rows.append(run_case(case, device, args.quick))
+                progress.update()
+                gc.collect()
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+            if rows:
+                report(op, rows)
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"\ninterrupted: {op} has {len(rows)} of {len(plan[op])} cases", file=sys.stderr)
+        if rows:
+            report(op, rows)
+        return 130
+    progress.close()
     return 0
 
 

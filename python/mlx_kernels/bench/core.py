@@ -83,6 +83,10 @@ def device_slug(device: str) -> str:
 
 
 def git_commit() -> str:
+    """The source commit: MLX_COMMIT when set (a copy of the tree without .git,
+    as on a device machine), else git's HEAD (+ "-dirty")."""
+    if os.environ.get("MLX_COMMIT"):
+        return os.environ["MLX_COMMIT"]
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         out = subprocess.run(
