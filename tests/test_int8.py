@@ -33,13 +33,20 @@ def test_int8_mm_matches_oracle(device, m, n, k):
 
 
 def test_int8_mm_extreme_values_large_k(device):
-    # Every product at its largest magnitude: (-128)·(-128) summed over a K that
-    # keeps the result just inside int32.
-    k = (2**31 - 1) // (128 * 128) - 7
+    # Every product at its largest magnitude: (-128)·(-128) summed over the
+    # largest K int8_mm accepts, which keeps the result just inside int32.
+    k = (2**31 - 1) // (128 * 128)
     a = torch.full((3, k), -128, dtype=torch.int8, device=device)
     b = torch.full((2, k), -128, dtype=torch.int8, device=device)
     out = mlx_kernels.int8_mm(a, b)
     assert (out.cpu().long() == k * 128 * 128).all()
+
+
+def test_int8_mm_refuses_the_first_k_that_can_overflow(device):
+    k = 2**31 // (128 * 128)  # k · (-128)·(-128) = 2^31
+    a = torch.full((1, k), -128, dtype=torch.int8, device=device)
+    with pytest.raises(RuntimeError, match=r"int8_mm.*overflow"):
+        mlx_kernels.int8_mm(a, a)
 
 
 @pytest.mark.parametrize("layout", ["a_transposed", "b_transposed", "sliced", "offset"])
@@ -155,6 +162,30 @@ def test_vectorwise_quant_zero_rows(device):
     assert (x_i8[1] == 0).all() and (x_i8[2] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_vectorwise_quant_tiny_rows(device, dtype):
+    # absmax below 127 / FLT_MAX: 127 / absmax alone would be inf (every value ±127, zeros NaN).
+    x = torch.tensor([[2.0**-125, 2.0**-126, 0.0, -2.0**-127], [1.0, 0.5, 0.0, -0.25]]).to(dtype).to(device)
+    x_i8, row_absmax, _ = mlx_kernels.int8_vectorwise_quant(x, 0.0)
+    assert x_i8.cpu().tolist() == [[127, 64, 0, -32], [127, 64, 0, -32]]
+    assert_quant_matches_oracle(x, 0.0, x_i8, row_absmax, torch.zeros(0, dtype=torch.long))
+
+
+def test_nan_in_a_row_reaches_its_outputs(device):
+    # fmaxf/std::max skip NaN: without care a NaN row would quantize as if the NaN were 0.
+    x = torch.randn(3, 64, device=device)
+    x[1, 7] = float("nan")
+    x_i8, row_absmax, _ = mlx_kernels.int8_vectorwise_quant(x, 0.0)
+    assert torch.isnan(row_absmax[1]) and not torch.isnan(row_absmax[[0, 2]]).any()
+    _, w_i8, w_absmax = quantized_weight(5, 64, device)
+    for m in (3, 40):  # the GEMV and the tensor-core paths on CUDA
+        xm = x.repeat(m // 3 + 1, 1)[:m]
+        out = mlx_kernels.int8_gemm(xm, w_i8, w_absmax, None, 6.0)
+        nan_rows = torch.isnan(out).any(1).cpu()
+        assert nan_rows.tolist() == [r % 3 == 1 for r in range(m)]
+        assert torch.isnan(out[1]).all()
+
+
 def test_vectorwise_quant_non_contiguous(device):
     x = torch.randn(40, 64, device=device).t()[::2]
     assert_quant_matches_oracle(x, 1.5, *mlx_kernels.int8_vectorwise_quant(x, 1.5))
@@ -234,6 +265,17 @@ def test_int8_gemm_empty(device, m, n, k):
     assert out.shape == (m, n)
     # K = 0: an empty sum, only the bias remains.
     torch.testing.assert_close(out.cpu(), (torch.zeros(m, n) + bias.cpu()) if k == 0 else out.cpu())
+
+
+@pytest.mark.parametrize("m", [1, 17])  # the GEMV and the tensor-core paths on CUDA
+def test_int8_gemm_largest_k_is_exact(device, m):
+    # x_i8 = 127 and w_i8 = -128 everywhere: every term at int8_gemm's largest
+    # magnitude, over the largest K it accepts (CUDA pads K to a multiple of 16).
+    k = 2**31 // (127 * 128) - 1
+    x = torch.ones(m, k, device=device)
+    w_i8 = torch.full((3, k), -128, dtype=torch.int8, device=device)
+    out = mlx_kernels.int8_gemm(x, w_i8, torch.ones(3, device=device), None, 0.0)
+    torch.testing.assert_close(out.cpu(), torch.full((m, 3), -k * 128 / 127), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)

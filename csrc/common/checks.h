@@ -89,6 +89,14 @@ inline void check_same_device(const char* op,
   }
 }
 
+// Rows of x [..., K] viewed as a [rows, K] matrix. Unlike x.reshape({-1, K}),
+// well defined when K = 0.
+inline int64_t leading_rows(const at::Tensor& x) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+  return rows;
+}
+
 // Index arithmetic inside kernels is int32 where the sizes allow it; sizes that
 // do not fit are refused instead of silently wrapping.
 inline void check_fits_int32(const char* op, const char* what, int64_t value) {

@@ -62,8 +62,8 @@ std::vector<uint8_t> outlier_column_mask(const scalar_t* x, int64_t rows, int64_
   return mask;
 }
 
-// Per row: absmax over non-outlier columns, then round(x * 127 / absmax).
-// A row whose absmax is 0 quantizes to zeros.
+// Per row: absmax over non-outlier columns, then round(x * 127 / absmax)
+// (absmax_with, row_scale and quantize_value: the CUDA kernel's arithmetic).
 template <typename scalar_t>
 void quantize_rows(const scalar_t* x, int64_t rows, int64_t K, const uint8_t* outlier_mask, int8_t* x_i8,
                    float* row_absmax) {
@@ -74,14 +74,13 @@ void quantize_rows(const scalar_t* x, int64_t rows, int64_t K, const uint8_t* ou
       float absmax = 0.0f;
       for (int64_t c = 0; c < K; ++c) {
         const float v = std::abs(static_cast<float>(row[c]));
-        absmax = std::max(absmax, (outlier_mask != nullptr && outlier_mask[c]) ? 0.0f : v);
+        absmax = absmax_with(absmax, (outlier_mask != nullptr && outlier_mask[c]) ? 0.0f : v);
       }
       row_absmax[r] = absmax;
-      const float scale = absmax > 0.0f ? kInt8Max / absmax : 0.0f;
+      const RowScale scale = row_scale(absmax);
       for (int64_t c = 0; c < K; ++c) {
-        const float v = std::nearbyint(static_cast<float>(row[c]) * scale);
         const bool outlier = outlier_mask != nullptr && outlier_mask[c];
-        q[c] = outlier ? int8_t{0} : static_cast<int8_t>(std::clamp(v, -kInt8Max, kInt8Max));
+        q[c] = outlier ? int8_t{0} : static_cast<int8_t>(quantize_value(static_cast<float>(row[c]), scale));
       }
     }
   });

@@ -4,14 +4,16 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/checks.h"
+#include "common/host_device.h"
 
 namespace mlx_kernels::int8 {
 
 // int8_mm(a_i8 [M, K], b_i8 [N, K]) -> int32 [M, N]. Every |a·b| term is at most
-// 127·128, so the int32 accumulator is exact while K·127·128 < 2^31.
+// (-128)·(-128) = 2^14, so the int32 accumulator is exact while K·2^14 < 2^31.
 inline void check_int8_mm_args(const at::Tensor& a, const at::Tensor& b) {
   constexpr const char* op = MLX_OP_NAME("int8_mm");
   check_same_device(op, {{"a_i8", &a}, {"b_i8", &b}});
@@ -21,8 +23,8 @@ inline void check_int8_mm_args(const at::Tensor& a, const at::Tensor& b) {
   check_dim(op, "b_i8", b, 2);
   MLX_CHECK(a.size(1) == b.size(1), op, "K mismatch: a_i8 is ", a.sizes(), " and b_i8 is ",
             b.sizes(), " (a_i8 [M, K] @ b_i8 [N, K].T needs equal K)");
-  MLX_CHECK(a.size(1) < (int64_t{1} << 31) / (127 * 128), op, "K = ", a.size(1),
-            " can overflow the int32 accumulator (needs K < ", (int64_t{1} << 31) / (127 * 128), ")");
+  MLX_CHECK(a.size(1) < (int64_t{1} << 31) / (128 * 128), op, "K = ", a.size(1),
+            " can overflow the int32 accumulator (needs K < ", (int64_t{1} << 31) / (128 * 128), ")");
   check_fits_int32(op, "M", a.size(0));
   check_fits_int32(op, "N", b.size(0));
 }
@@ -32,11 +34,31 @@ inline void check_int8_mm_args(const at::Tensor& a, const at::Tensor& b) {
 constexpr float kInt8Max = 127.0f;
 constexpr float kInvInt8MaxSquared = 1.0f / (127.0f * 127.0f);
 
-// Rows of x [..., K] viewed as [rows, K] (well defined when K = 0 too).
-inline int64_t leading_rows(const at::Tensor& x) {
-  int64_t rows = 1;
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
-  return rows;
+// The row absmax, one |x| at a time. fmaxf and std::max skip NaN; here a NaN
+// stays, so a row holding one dequantizes to NaN, as nn.Linear's output would.
+MLX_HOST_DEVICE inline float absmax_with(float absmax, float abs_value) {
+  return (absmax != absmax || abs_value != abs_value) ? abs_value + absmax : fmaxf(absmax, abs_value);
+}
+
+// x_i8 = round(x · 127 / absmax), computed as (x · pre) · (127 / (absmax · pre))
+// with pre = 2^100 (exact) for rows whose absmax is below 2^-100, where
+// 127 / absmax would overflow to inf. A row with absmax 0 quantizes to zeros.
+struct RowScale {
+  float pre, scale;
+};
+MLX_HOST_DEVICE inline RowScale row_scale(float absmax) {
+  const float pre = absmax < 0x1p-100f ? 0x1p100f : 1.0f;
+  return {pre, absmax > 0.0f ? kInt8Max / (absmax * pre) : 0.0f};
+}
+
+// Round to nearest even and clamp to [-127, 127]; NaN (a NaN row) gives 0.
+MLX_HOST_DEVICE inline int quantize_value(float x, RowScale s) {
+  const float v = (x * s.pre) * s.scale;
+#if defined(__CUDA_ARCH__)
+  return min(127, max(-127, __float2int_rn(v)));  // cvt.rni: NaN -> 0
+#else
+  return v != v ? 0 : static_cast<int>(std::clamp(std::nearbyint(v), -kInt8Max, kInt8Max));
+#endif
 }
 
 // The outlier half of LLM.int8: the weight columns that meet x's outlier
@@ -85,6 +107,7 @@ inline void check_int8_gemm_args(const at::Tensor& x, const at::Tensor& w_i8, co
     check_size(op, "bias", *bias, 0, w_i8.size(0), "one bias per row of w_i8 [N, K]");
   }
   check_threshold(op, threshold);
+  // x_i8 lies in [-127, 127] and w_i8 in [-128, 127]: each term is at most 127·128.
   MLX_CHECK(x.size(-1) < (int64_t{1} << 31) / (127 * 128), op, "K = ", x.size(-1),
             " can overflow the int32 accumulator (needs K < ", (int64_t{1} << 31) / (127 * 128), ")");
   check_fits_int32(op, "N", w_i8.size(0));

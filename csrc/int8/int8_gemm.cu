@@ -49,7 +49,7 @@ constexpr int kQuantThreads = 256;
 template <typename scalar_t>
 __global__ void outlier_column_mask_kernel(const scalar_t* __restrict__ x, int rows, int K, int rows_per_block,
                                            float threshold, int32_t* __restrict__ mask) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;  // K may be near INT32_MAX
   if (c >= K) return;
   const int r0 = blockIdx.y * rows_per_block;
   const int r1 = min(rows, r0 + rows_per_block);
@@ -63,14 +63,14 @@ __global__ void outlier_column_mask_kernel(const scalar_t* __restrict__ x, int r
 __device__ float block_max(float value) {
   __shared__ float warp_max[kQuantThreads / 32];
   for (int offset = 16; offset > 0; offset /= 2) {
-    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    value = absmax_with(value, __shfl_xor_sync(0xffffffffu, value, offset));
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) warp_max[warp] = value;
   __syncthreads();
   value = lane < blockDim.x / 32 ? warp_max[lane] : 0.0f;
   for (int offset = 16; offset > 0; offset /= 2) {
-    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    value = absmax_with(value, __shfl_xor_sync(0xffffffffu, value, offset));
   }
   return value;
 }
@@ -83,19 +83,19 @@ __global__ void __launch_bounds__(kQuantThreads)
                          int8_t* __restrict__ x_i8, int ld_i8, float* __restrict__ row_absmax) {
   const scalar_t* row = x + static_cast<int64_t>(blockIdx.x) * K;
   float absmax = 0.0f;
-  for (int c = threadIdx.x; c < K; c += blockDim.x) {
+  for (int64_t c = threadIdx.x; c < K; c += blockDim.x) {  // int64: K may be near INT32_MAX
     const bool outlier = outlier_mask != nullptr && outlier_mask[c];
-    absmax = fmaxf(absmax, outlier ? 0.0f : fabsf(static_cast<float>(row[c])));
+    absmax = absmax_with(absmax, outlier ? 0.0f : fabsf(static_cast<float>(row[c])));
   }
   absmax = block_max(absmax);
   if (threadIdx.x == 0) row_absmax[blockIdx.x] = absmax;
 
-  const float scale = absmax > 0.0f ? kInt8Max / absmax : 0.0f;
+  const RowScale scale = row_scale(absmax);
   int8_t* q = x_i8 + static_cast<int64_t>(blockIdx.x) * ld_i8;
-  for (int c = threadIdx.x; c < ld_i8; c += blockDim.x) {
+  for (int64_t c = threadIdx.x; c < ld_i8; c += blockDim.x) {
     int value = 0;
     if (c < K && !(outlier_mask != nullptr && outlier_mask[c])) {
-      value = min(127, max(-127, __float2int_rn(static_cast<float>(row[c]) * scale)));
+      value = quantize_value(static_cast<float>(row[c]), scale);
     }
     q[c] = static_cast<int8_t>(value);
   }
@@ -122,7 +122,7 @@ QuantizedRows quantize_activations(const at::Tensor& x, double threshold, int64_
     if (threshold > 0.0 && K > 0) {
       mask = at::zeros({K}, x.options().dtype(at::kInt));
       const int rows_per_block = std::max<int>(kMaskMinRowsPerBlock, ceil_div_dev(rows, kMaxGridY));
-      const dim3 grid(ceil_div_dev(K, kMaskThreads), ceil_div_dev(rows, rows_per_block));
+      const dim3 grid(static_cast<unsigned>(ceil_div_dev<int64_t>(K, kMaskThreads)), ceil_div_dev(rows, rows_per_block));
       outlier_column_mask_kernel<<<grid, kMaskThreads, 0, stream>>>(
           x_ptr, rows, K, rows_per_block, static_cast<float>(threshold), mask.data_ptr<int32_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -256,7 +256,7 @@ at::Tensor int8_gemm_tensor_core(const QuantizedRows& q, const at::Tensor& w_i8,
                                  const std::optional<at::Tensor>& bias, at::ScalarType dtype) {
   const int64_t M = q.x_i8.size(0), N = w_i8.size(0);
   if (dtype == at::kFloat) {
-    const at::Tensor acc = int8_mm_cuda(q.x_i8, pad_dim_to_multiple(w_i8, 1, 16));
+    const at::Tensor acc = int8_mm_unchecked_cuda(q.x_i8, pad_dim_to_multiple(w_i8, 1, 16));
     at::Tensor out = acc.to(at::kFloat) * q.row_absmax.unsqueeze(1) * (w_absmax * kInvInt8MaxSquared);
     return bias ? out.add_(*bias) : out;
   }

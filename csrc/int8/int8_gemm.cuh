@@ -29,7 +29,9 @@ struct Int8DequantProblem {
 template <typename ElementD, int TileM>
 void run_int8_dequant_gemm_sm80(const Int8DequantProblem& problem, cudaStream_t stream);
 
-// The exact int32 int8_mm (int8_mm.cu): int8_gemm's fp32-output path.
-at::Tensor int8_mm_cuda(const at::Tensor& a, const at::Tensor& b);
+// The exact int32 product of int8_mm (int8_mm.cu) without its argument checks:
+// int8_gemm's fp32-output path, whose own K limit (terms of at most 127·128) is
+// looser than int8_mm's and whose K is already padded to a multiple of 16.
+at::Tensor int8_mm_unchecked_cuda(const at::Tensor& a, const at::Tensor& b);
 
 }  // namespace mlx_kernels::int8

@@ -52,8 +52,7 @@ void run_gemm(const at::Tensor& a, const at::Tensor& b, at::Tensor& c) {
 
 }  // namespace
 
-at::Tensor int8_mm_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
-  check_int8_mm_args(a_in, b_in);
+at::Tensor int8_mm_unchecked_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
   const c10::cuda::CUDAGuard guard(a_in.device());
   const int64_t M = a_in.size(0), N = b_in.size(0), K = a_in.size(1);
   if (M == 0 || N == 0 || K == 0) return at::zeros({M, N}, a_in.options().dtype(at::kInt));
@@ -72,6 +71,15 @@ at::Tensor int8_mm_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
   }
   return b.size(0) == N ? c : c.narrow(1, 0, N).contiguous();
 }
+
+namespace {
+
+at::Tensor int8_mm_cuda(const at::Tensor& a, const at::Tensor& b) {
+  check_int8_mm_args(a, b);
+  return int8_mm_unchecked_cuda(a, b);
+}
+
+}  // namespace
 
 MLX_LIBRARY_IMPL(CUDA, m) { m.impl("int8_mm", &int8_mm_cuda); }
 
