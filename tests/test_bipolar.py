@@ -101,8 +101,10 @@ def test_gemm_ignores_garbage_padding_bits(device):
     w_values, w_planes = packed(11, 40, 2, device)
     expected = a_values.cpu().long() @ w_values.cpu().long().T
     a_dirty, w_dirty = a_planes.clone(), w_planes.clone()
-    a_dirty[..., -1] |= -256  # bits 8..31 of the last word (K = 40 uses bits 0..7)
-    w_dirty[..., -1] |= -256
+    # Bits 8..31 of the last word (K = 40 uses bits 0..7). The two junk patterns differ:
+    # equal junk on both sides would cancel in the ±1 product and hide a missing mask.
+    a_dirty[..., -1] |= -256
+    w_dirty[..., -1] |= 0x35A5C300
     torch.testing.assert_close(mlx_kernels.bipolar_gemm(a_dirty, w_dirty, 40).cpu().long(), expected, rtol=0, atol=0)
 
 
@@ -127,9 +129,10 @@ def test_gemm_property_cpu(m, n, k, a_bits, w_bits):
 
 
 @requires_cuda
-# Decode-sized M with long K runs split-K; the others one pass over K.
-@pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (16, 1000, 4000), (3, 77, 9000), (300, 500, 1000),
-                                   (1024, 1024, 4096)])
+# Decode-sized M with long K runs split-K (40 × 64 × 8192: the large tile with
+# split-K); the others one pass over K.
+@pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (16, 1000, 4000), (3, 77, 9000), (40, 64, 8192),
+                                   (300, 500, 1000), (1024, 1024, 4096)])
 @pytest.mark.parametrize("a_bits,w_bits", [(1, 1), (2, 2), (4, 2), (8, 8)])
 def test_gemm_cuda_matches_cpu(m, n, k, a_bits, w_bits):
     _, a_planes = packed(m, k, a_bits)
@@ -242,6 +245,17 @@ def test_bipolar_linear_empty_k1_and_1d(device):
     assert layer(torch.randn(1, device=device)).shape == (4,)
     x = torch.randn(3, 1, device=device)
     torch.testing.assert_close(layer(x), linear_oracle(x, layer.w_planes, layer.w_scale, 2, layer.bias).float())
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_bipolar_linear_zero_in_features(device, with_bias):
+    # K = 0: every product is an empty sum, so the output is the bias (or zeros).
+    layer = mlx_kernels.BipolarLinear(0, 5, w_bits=2, x_bits=3, bias=with_bias, device=device)
+    if with_bias:
+        layer.bias.copy_(torch.arange(5.0))
+    out = layer(torch.randn(2, 3, 0, device=device))
+    expected = torch.arange(5.0, device=device) if with_bias else torch.zeros(5, device=device)
+    torch.testing.assert_close(out, expected.expand(2, 3, 5), rtol=0, atol=0)
 
 
 def test_bipolar_linear_state_dict_round_trip_and_repr(device):

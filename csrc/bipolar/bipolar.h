@@ -150,9 +150,7 @@ inline void check_linear_args(const at::Tensor& x, const at::Tensor& w_planes, c
     check_dim(op, "bias", *bias, 1);
     check_size(op, "bias", *bias, 0, N, "w_planes [q, N, W]");
   }
-  int64_t rows = 1;
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
-  check_fits_int32(op, "x rows", rows);
+  check_fits_int32(op, "x rows", leading_rows(x));
 }
 
 }  // namespace mlx_kernels::bipolar

@@ -301,7 +301,7 @@ at::Tensor bipolar_linear_cpu(const at::Tensor& x, const at::Tensor& w_planes, c
   const int64_t K = x.size(-1), N = w_planes.size(1);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
-  const at::Tensor x2d = x.reshape({-1, K});
+  const at::Tensor x2d = x.reshape({leading_rows(x), K});
   const int64_t M = x2d.size(0);
   at::Tensor out = at::empty({M, N}, x.options());
   if (out.numel() == 0) return out.view(out_shape);

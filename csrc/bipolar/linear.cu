@@ -67,7 +67,7 @@ at::Tensor bipolar_linear_cuda(const at::Tensor& x, const at::Tensor& w_planes, 
   check_gemm_launch(MLX_OP_NAME("bipolar_linear"), N);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
-  const at::Tensor x2d = x.reshape({-1, K});
+  const at::Tensor x2d = x.reshape({leading_rows(x), K});
   const int64_t M = x2d.size(0);
   if (M == 0 || N == 0) return at::empty(out_shape, x.options());
   if (K == 0) {
