@@ -412,6 +412,20 @@ def test_internal_ops_opcheck():
 
 
 @requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block", [(64, 64), (1, 128), (130, 3), (65, 33)])
+def test_bsr_spmm_cuda_any_block_shape(dtype, block):
+    # Blocks beyond one SIMT slice (64 rows × 32 columns) are taken slice by slice.
+    a_dense = random_sparse(300, 260, 0.05).to(dtype)
+    a_dense[:2] = torch.randn(2, 260).to(dtype)  # long block rows, split over CTAs for small blocks
+    a = BlockSparseMatrix.from_dense(a_dense, block=block, reorder=False)
+    b = torch.randn(260, 45, dtype=dtype)
+    out = (a.to("cuda") @ b.cuda()).cpu()
+    assert_close_to_oracle(out, oracles.bsr_spmm(a.crow, a.col, a.blocks, b, 300, a.row_perm),
+                           reference_same_dtype(a_dense, b))
+
+
+@requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("block", [(16, 16), (16, 8), (32, 32), (8, 8)])
 @pytest.mark.parametrize("n", [1, 32, 77, 128, 512])

@@ -17,13 +17,14 @@
 // are written as zeros. Rows with more than kChunk blocks therefore spread over
 // several CTAs instead of stalling the grid behind one long row: their partial
 // sums go with atomicAdd into a workspace in the accumulation type (one slot
-// per split block row) and a second kernel converts those rows to C.
+// per split block row, zeroed by a small kernel that clears only the slots
+// handed out) and a second kernel converts those rows to C.
 // Rows that fit one chunk are stored directly. One single-CTA kernel scans the
 // block rows for the chunk → block row map (a prefix sum of chunks per block
 // row) and the workspace slots; each CTA finds its block row by binary search,
 // so no count has to travel back to the host: the grid is sized by an upper
-// bound and surplus CTAs exit (only a workspace bound over 64 MiB is replaced by
-// the exact split-row count, at the cost of a sync).
+// bound and surplus CTAs exit (only a workspace bound over 256 MiB is replaced
+// by the exact split-row count, at the cost of a sync).
 //
 // Tensor-core path (fp16/bf16, br = 16, bc = 16 or 8): 4 warps, each owning 16
 // columns of the CTA's 64. A stage holds 4 k-steps of 16: the A rows of the
@@ -66,7 +67,10 @@ namespace {
 
 constexpr int kChunk = 32;   // blocks per CTA at most
 constexpr int kThreads = 128;
-constexpr int64_t kWorkspaceSyncBytes = int64_t{64} << 20;
+// The workspace is allocated by an upper bound on the split rows (never cleared
+// whole, so only its footprint grows with the bound); past this size the exact
+// count is read back instead.
+constexpr int64_t kWorkspaceSyncBytes = int64_t{256} << 20;
 
 // --- index checks (bsr_spmm) --------------------------------------------------------
 
@@ -180,7 +184,7 @@ template <typename acc_t>
 __device__ Chunk find_chunk(const Problem<acc_t>& p, int item) {
   int lo = 0, hi = p.block_rows;  // first block row whose chunk_end > item
   while (lo < hi) {
-    const int mid = (lo + hi) / 2;
+    const int mid = lo + (hi - lo) / 2;
     if (p.chunk_end[mid] > item) hi = mid; else lo = mid + 1;
   }
   if (lo == p.block_rows) return {-1, 0, 0, -1};
@@ -212,6 +216,19 @@ __device__ void store_result(const Problem<acc_t>& p, out_t* out, const Chunk& c
   }
   const int64_t row = p.row_perm != nullptr ? p.row_perm[stored_row] : stored_row;
   if (row >= 0 && row < p.m) out[row * p.n + column] = from_acc<out_t>(v);
+}
+
+// Clears the workspace slots handed out (split_slot >= 0) before the products
+// add into them; the rest of the workspace is never read.
+template <typename acc_t>
+__global__ void zero_split_rows_kernel(Problem<acc_t> p) {
+  const int64_t slot_size = static_cast<int64_t>(p.br) * p.n;
+  for (int rb = blockIdx.x; rb < p.block_rows; rb += gridDim.x) {
+    const int slot = p.split_slot[rb];
+    if (slot < 0) continue;
+    acc_t* rows = p.workspace + slot * slot_size;
+    for (int64_t i = threadIdx.x; i < slot_size; i += blockDim.x) rows[i] = acc_t(0);
+  }
 }
 
 // Rows of split block rows: workspace → C (through row_perm). One CTA per block row.
@@ -355,51 +372,60 @@ __global__ void __launch_bounds__(kThreads) bsr_spmm_mma_kernel(Problem<float> p
   }
 }
 
-// --- SIMT kernel (fp64 FMA for fp32/fp64 inputs, any block up to 64 × 64) ----------
+// --- SIMT kernel (fp64 FMA for fp32/fp64 inputs, and any other block shape) ------
 
-constexpr int kSimtCtaN = 32;               // one column per lane
-constexpr int kSimtWarps = kThreads / 32;   // warp w takes block rows w, w + 4, ...
-constexpr int kSimtMaxSide = 64;
-constexpr int kSimtMaxEntries = 2048;       // br · bc
-constexpr int kSimtRowsPerThread = kSimtMaxSide / kSimtWarps;
+constexpr int kSimtCtaN = 32;                 // one column per lane
+constexpr int kSimtWarps = kThreads / 32;     // warp w takes block rows w, w + 4, ...
+constexpr int kSimtSliceRows = 64;            // a block is taken in slices of at most
+constexpr int kSimtSliceCols = 32;            // 64 rows × 32 columns (any br, bc)
+constexpr int kSimtRowsPerThread = kSimtSliceRows / kSimtWarps;
 
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads) bsr_spmm_simt_kernel(Problem<acc_t> p, const T* __restrict__ blocks,
                                                                  const T* __restrict__ b, T* out) {
-  __shared__ acc_t a_tile[kSimtMaxEntries];
-  __shared__ acc_t b_tile[kSimtMaxSide][kSimtCtaN];
+  __shared__ acc_t a_tile[kSimtSliceRows][kSimtSliceCols];
+  __shared__ acc_t b_tile[kSimtSliceCols][kSimtCtaN];
 
   const Chunk chunk = find_chunk(p, blockIdx.x);
   if (chunk.block_row < 0) return;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kSimtCtaN;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int entries = p.br * p.bc;
+  const int64_t entries = static_cast<int64_t>(p.br) * p.bc;
 
-  acc_t acc[kSimtRowsPerThread] = {};
-  for (int j = chunk.first; j < chunk.last; ++j) {
-    __syncthreads();
-    for (int i = tid; i < entries; i += kThreads) {
-      a_tile[i] = static_cast<acc_t>(blocks[static_cast<int64_t>(j) * entries + i]);
+  // Row slices, then the chunk's blocks, then column slices: every loop bound
+  // is uniform over the CTA, so every thread meets every barrier.
+  for (int r0 = 0; r0 < p.br; r0 += kSimtSliceRows) {
+    const int rows = min(kSimtSliceRows, p.br - r0);
+    acc_t acc[kSimtRowsPerThread] = {};
+    for (int j = chunk.first; j < chunk.last; ++j) {
+      const T* block = blocks + j * entries + static_cast<int64_t>(r0) * p.bc;
+      const int64_t k0 = static_cast<int64_t>(p.col[j]) * p.bc;
+      for (int c0 = 0; c0 < p.bc; c0 += kSimtSliceCols) {
+        const int cols = min(kSimtSliceCols, p.bc - c0);
+        __syncthreads();  // the previous slice has been read
+        for (int i = tid; i < rows * cols; i += kThreads) {
+          a_tile[i / cols][i % cols] = static_cast<acc_t>(block[static_cast<int64_t>(i / cols) * p.bc + c0 + i % cols]);
+        }
+        for (int i = tid; i < cols * kSimtCtaN; i += kThreads) {
+          const int64_t row = k0 + c0 + i / kSimtCtaN, column = n0 + i % kSimtCtaN;
+          b_tile[i / kSimtCtaN][i % kSimtCtaN] =
+              (row >= 0 && row < p.k && column < p.n) ? static_cast<acc_t>(b[row * p.n + column]) : acc_t(0);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < kSimtRowsPerThread; ++i) {
+          const int r = warp + kSimtWarps * i;
+          if (r < rows) {
+            for (int c = 0; c < cols; ++c) acc[i] = fma(a_tile[r][c], b_tile[c][lane], acc[i]);
+          }
+        }
+      }
     }
-    const int64_t k0 = static_cast<int64_t>(p.col[j]) * p.bc;
-    for (int i = tid; i < p.bc * kSimtCtaN; i += kThreads) {
-      const int64_t row = k0 + i / kSimtCtaN, column = n0 + i % kSimtCtaN;
-      b_tile[i / kSimtCtaN][i % kSimtCtaN] =
-          (row >= 0 && row < p.k && column < p.n) ? static_cast<acc_t>(b[row * p.n + column]) : acc_t(0);
-    }
-    __syncthreads();
 #pragma unroll
     for (int i = 0; i < kSimtRowsPerThread; ++i) {
       const int r = warp + kSimtWarps * i;
-      if (r < p.br) {
-        for (int c = 0; c < p.bc; ++c) acc[i] = fma(a_tile[r * p.bc + c], b_tile[c][lane], acc[i]);
-      }
+      if (r < rows) store_result(p, out, chunk, r0 + r, n0 + lane, acc[i]);
     }
-  }
-#pragma unroll
-  for (int i = 0; i < kSimtRowsPerThread; ++i) {
-    const int r = warp + kSimtWarps * i;
-    if (r < p.br) store_result(p, out, chunk, r, n0 + lane, acc[i]);
   }
 }
 
@@ -413,10 +439,7 @@ void launch(Problem<acc_t>& p, const at::Tensor& blocks, const at::Tensor& b, at
   T* out_ptr = reinterpret_cast<T*>(out.data_ptr());
   constexpr bool kHalfType = std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>;
   const bool mma = kHalfType && p.br == kMmaRows && (p.bc == 16 || p.bc == 8);
-  const int64_t cta_n = mma ? kCtaN : kSimtCtaN;
-  const int64_t column_tiles = ceil_div_dev<int64_t>(p.n, cta_n);
-  MLX_CHECK(column_tiles <= 65535, kSpmmOp, "n = ", p.n, " is too large (at most ", 65535 * cta_n,
-            " columns for ", mma ? "tensor-core" : "SIMT", " blocks)");
+  const int64_t column_tiles = ceil_div_dev<int64_t>(p.n, mma ? kCtaN : kSimtCtaN);
   const dim3 grid(static_cast<unsigned>(max_items), static_cast<unsigned>(column_tiles));
   if constexpr (kHalfType) {
     if (mma) {
@@ -476,14 +499,15 @@ at::Tensor run_bsr_spmm(const at::Tensor& crow_in, const at::Tensor& col_in, con
   const int64_t k = b_in.size(0), n = b_in.size(1), block_rows = crow_in.numel() - 1;
   check_fits_int32(op, "nblocks", nblocks);
   check_fits_int32(op, "ceil(m / br) (block rows)", block_rows);
-  const bool half_type = blocks_in.scalar_type() == at::kHalf || blocks_in.scalar_type() == at::kBFloat16;
-  const bool mma = half_type && br == kMmaRows && (bc == 16 || bc == 8);
-  MLX_CHECK(mma || (br <= kSimtMaxSide && bc <= kSimtMaxSide && br * bc <= kSimtMaxEntries), op,
-            "block shape ", br, " × ", bc, " is not supported on CUDA (16 × 16 and 16 × 8 use tensor cores; ",
-            "other shapes need br, bc <= ", kSimtMaxSide, " and br · bc <= ", kSimtMaxEntries, ")");
+  check_fits_int32(op, "ceil(k / bc) (block columns)", ceil_div_dev(k, bc));
 
   at::Tensor out = at::empty({m, n}, b_in.options());
   if (m == 0 || n == 0) return out;  // m > 0 means block_rows > 0
+  const bool half_type = blocks_in.scalar_type() == at::kHalf || blocks_in.scalar_type() == at::kBFloat16;
+  const bool mma = half_type && br == kMmaRows && (bc == 16 || bc == 8);
+  const int64_t cta_n = mma ? kCtaN : kSimtCtaN;
+  MLX_CHECK(ceil_div_dev(n, cta_n) <= 65535, op, "n = ", n, " is too large (at most ", 65535 * cta_n,
+            " columns for ", mma ? "tensor-core" : "SIMT", " blocks)");
   at::Tensor blocks = blocks_in.contiguous(), b = b_in.contiguous();
   if (!is_aligned_16(blocks)) blocks = blocks.clone();  // a fresh allocation is aligned
   if (!is_aligned_16(b)) b = b.clone();
@@ -523,8 +547,13 @@ at::Tensor run_bsr_spmm(const at::Tensor& crow_in, const at::Tensor& col_in, con
       split_rows = std::min<int64_t>(split_rows, table[2 * block_rows].item<int>());
       p.split_rows = static_cast<int>(split_rows);  // every slot handed out is below the count
     }
-    const at::Tensor workspace = at::zeros({split_rows * br, n}, b.options().dtype(workspace_dtype));
+    const at::Tensor workspace = at::empty({split_rows * br, n}, b.options().dtype(workspace_dtype));
     p.workspace = workspace.data_ptr<acc_t>();
+    if (split_rows > 0) {
+      const int64_t grid = std::min<int64_t>(block_rows, 4 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+      zero_split_rows_kernel<acc_t><<<static_cast<unsigned>(grid), 256, 0, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     launch<scalar_t, acc_t>(p, blocks, b, out, max_items, stream);
     if (split_rows > 0) {
       store_split_rows_kernel<scalar_t, acc_t><<<static_cast<unsigned>(block_rows), 256, 0, stream>>>(
