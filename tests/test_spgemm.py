@@ -341,6 +341,29 @@ def test_cuda_matches_cpu_and_cusparse(name):
 
 
 @requires_cuda
+def test_cuda_global_tables_in_several_batches():
+    # 1100 rows of 1000 × 5 products each: every row's hash table lives in global
+    # memory (2^14 slots), more rows than one batch of the 2^24-slot pool holds.
+    a = random_csr(1100, 3000, np.full(1100, 1000), seed=1)
+    b = random_csr(3000, 20000, np.full(3000, 5), seed=2)
+    out = ops.spgemm_csr(*op_args(a, b, device="cuda"))
+    check_csr(out, 1100, 20000, torch.int64, torch.float64, "cuda")
+    check_against_scipy(to_scipy(out, (1100, 20000)), a, b)
+
+
+@requires_cuda
+def test_cuda_one_row_larger_than_the_table_pool():
+    # One output row of 2^23 + 1 columns: its tables (2^25 slots) exceed the pool.
+    n = 2**23 + 1
+    a = sp.csr_matrix(np.array([[2.0]]))
+    b = sp.csr_matrix((np.linspace(-1, 1, n), np.arange(n), np.array([0, n])), shape=(1, n))
+    crow, col, val = ops.spgemm_csr(*op_args(a, b, device="cuda"))
+    assert crow.tolist() == [0, n]
+    assert torch.equal(col.cpu(), torch.arange(n))
+    assert torch.equal(val.cpu(), 2 * torch.from_numpy(b.data))
+
+
+@requires_cuda
 def test_cuda_mixed_devices_rejected():
     a = random_csr(5, 5, np.full(5, 2))
     args = list(op_args(a, a))

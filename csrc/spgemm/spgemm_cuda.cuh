@@ -39,12 +39,14 @@ constexpr int shared_block_threads(int table) {
 // Inserts column `col` into a table of 2^bits slots (shared or global memory)
 // and, numeric, adds v to its value. Returns true when this call created the
 // entry. Keys only ever change from kEmpty to a column, so a stale read can
-// only be a stale kEmpty, which the atomicCAS then corrects.
+// only be a stale kEmpty, which the atomicCAS then corrects. Tables are sized
+// above the row's distinct columns, so a free slot always exists; a full table
+// (a sizing bug) traps the kernel rather than probing forever.
 template <bool kNumeric, typename value_t>
 __device__ __forceinline__ bool hash_accumulate(int* keys, value_t* vals, int bits, int col, value_t v) {
-  const uint32_t mask = (1u << bits) - 1;
+  const uint32_t mask = static_cast<uint32_t>((uint64_t{1} << bits) - 1);  // bits may be 32
   uint32_t slot = hash_slot(static_cast<uint64_t>(col), bits);
-  while (true) {
+  for (uint64_t probes = 0; probes <= mask; ++probes) {
     int key = keys[slot];
     bool created = false;
     if (key == kEmpty) {
@@ -57,6 +59,8 @@ __device__ __forceinline__ bool hash_accumulate(int* keys, value_t* vals, int bi
     }
     slot = (slot + 1) & mask;
   }
+  __trap();
+  return false;  // not reached
 }
 
 // All products of row `row` by the `threads` threads of a group (thread `lane`):
