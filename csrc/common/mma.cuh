@@ -52,6 +52,33 @@ __device__ __forceinline__ void mma_m16n8k16(float (&acc)[4], const uint32_t (&a
   }
 }
 
+// Two floats as T pairs hi + lo (hi = the floats rounded to T, lo = the
+// remainders rounded to T), packed like pack_float2: twice T's significand bits.
+template <typename T>
+__device__ __forceinline__ void split_float2(float a, float b, uint32_t& hi, uint32_t& lo) {
+  hi = pack_float2<T>(a, b);
+  float2 rounded;
+  if constexpr (is_fp16_v<T>) rounded = __half22float2(*reinterpret_cast<const __half2*>(&hi));
+  else rounded = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&hi));
+  lo = pack_float2<T>(a - rounded.x, b - rounded.y);
+}
+
+// The hi and lo parts of an mma fragment of R registers (4 for A, 2 for B).
+template <int R>
+struct SplitFragment {
+  uint32_t hi[R], lo[R];
+};
+
+// acc += (a.hi + a.lo) · (b.hi + b.lo) without the lo·lo term (below the
+// rounding of hi·hi): three MMAs, smallest terms first.
+template <typename T>
+__device__ __forceinline__ void mma_m16n8k16_split(float (&acc)[4], const SplitFragment<4>& a,
+                                                   const SplitFragment<2>& b) {
+  mma_m16n8k16<T>(acc, a.lo, b.hi[0], b.hi[1]);
+  mma_m16n8k16<T>(acc, a.hi, b.lo[0], b.lo[1]);
+  mma_m16n8k16<T>(acc, a.hi, b.hi[0], b.hi[1]);
+}
+
 // 16-byte global -> shared copy that bypasses L1; when !valid, src-size 0
 // zero-fills the destination without reading gmem (which must still be a valid address).
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {

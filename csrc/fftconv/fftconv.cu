@@ -6,20 +6,24 @@
 // as the real and imaginary parts): half the FFTs.
 //
 // Fused kernel (one CTA per task and block of at most kMaxBlock = 16K points,
-// i.e. L <= 8K in one pass): the block lives in shared memory as fp32 SoA
+// i.e. L <= 8K in one pass; 8K points on GPUs with 99 KiB of shared memory per
+// CTA): the block lives in shared memory as fp32 SoA
 // (re[M], im[M], 128 KiB at 16K points) for the whole pipeline:
 //   load u·pregate (zero padded) -> forward column stages -> last stage fused
 //   with the spectrum multiply and the first inverse stage, per 16-point row ->
 //   inverse column stages -> store y·postgate (t < L).
 // Column stages of radix 16 run on tensor cores for fp16/bf16 inputs:
 //   out[f, m] = Σ_j F16[f, j]·x[j, m] as mma.sync m16n8k16 (A = F16 real,
-//   imaginary and negated imaginary parts as fp16/bf16 fragments, B = a 16×8
-//   tile of the data converted from fp32, fp32 accumulators), complex as four
-//   real mmas (Yr = Fr·Xr - Fi·Xi, Yi = Fi·Xr + Fr·Xi), twiddles applied to the
-//   fp32 accumulators. The forward tensor-core stages carry a 1/4 scale each
-//   (exact) so fp16 operands cannot overflow; the spectrum multiply undoes it.
-// fp32 inputs run every stage in fp32 FFMA: fp16/bf16 operand rounding
-// (~1e-3 relative per stage) would exceed the tolerance rule for fp32 inputs.
+//   imaginary and negated imaginary parts, B = a 16×8 tile of the fp32 data,
+//   fp32 accumulators), complex as four real products (Yr = Fr·Xr - Fi·Xi,
+//   Yi = Fi·Xr + Fr·Xi), twiddles applied to the fp32 accumulators. Each
+//   operand is split into bf16 hi + lo and each real product is three MMAs
+//   (hi·hi + hi·lo + lo·hi): 16-bit operands, where a single fp16/bf16 rounding
+//   per stage would give 2-2.5x the error of the fp32 FFT the tolerance rule
+//   compares with. The forward tensor-core stages carry an exact 1/4 scale
+//   each, which the spectrum multiply undoes.
+// fp32 inputs run every stage in fp32 FFMA: even split bf16 operands (16 bits)
+// would exceed the tolerance rule for fp32 inputs.
 // Small radices (2, 4, 8) and the last stage (stride 1) use FFMA in both paths.
 //
 // Two-pass path (N > 16K, up to L = 1M and beyond): the leading stages whose
@@ -49,7 +53,7 @@ at::Tensor fft_conv_spectrum_cuda(const at::Tensor& k_in, int64_t seqlen, int64_
   at::Tensor k_f = at::zeros({H, 2, N}, k.options());
   if (k.numel() == 0) return k_f;
   const Signal<float> signal{k.data_ptr<float>(), nullptr, nullptr, nullptr, {1, H, k.size(1), false}};
-  run_tasks<float, __half, false, true>(signal, H, N, nullptr, k_f.data_ptr<float>(), keep_blocks, k.options());
+  run_tasks<float, false, true>(signal, H, N, nullptr, k_f.data_ptr<float>(), keep_blocks, k.options());
   return k_f;
 }
 
@@ -79,7 +83,7 @@ at::Tensor spectral_cuda(const at::Tensor& u_in, const at::Tensor& k_f_in, int64
       convolve_bfloat16(make_signal<at::BFloat16>(u, pre, post, y), tasks, N, spectrum, keep_blocks, u.options());
       break;
     default:
-      run_tasks<float, __half, false, false>(make_signal<float>(u, pre, post, y), tasks, N, spectrum, nullptr,
+      run_tasks<float, false, false>(make_signal<float>(u, pre, post, y), tasks, N, spectrum, nullptr,
                                              keep_blocks, u.options());
   }
   return y;

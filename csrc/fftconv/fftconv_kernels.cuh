@@ -126,29 +126,38 @@ __device__ void shared_stage_ffma(float* re, float* im, int64_t M, int radix, in
 
 // ---- radix-16 column stage on tensor cores ----------------------------------
 
+// Operands go to the tensor cores as bf16 hi + lo pairs (split_float2): 16
+// significand bits and fp32's range. One bf16 or fp16 rounding per operand and
+// stage would cost 2-2.5x the error of an fp32 FFT (the tests' reference); the
+// split, multiplied as hi·hi + hi·lo + lo·hi, keeps the stages within the fp32
+// FFMA stages' error, and fp16 data can no longer overflow in the stages.
+using mma_t = __nv_bfloat16;
+
 // The A fragments of scale·F16 (real, imaginary, negated imaginary), F16[r, c] = W16^{r·c}.
 // Fragment register i holds rows g (+8 for i odd) and columns 2t, 2t+1 (+8 for i >= 2).
-template <typename mma_t>
-__device__ __forceinline__ void dft16_fragments(const float2* w16, float scale, uint32_t (&fr)[4], uint32_t (&fi)[4],
-                                                uint32_t (&nfi)[4]) {
+struct Dft16Fragments {
+  SplitFragment<4> fr, fi, nfi;
+};
+__device__ __forceinline__ Dft16Fragments dft16_fragments(const float2* w16, float scale) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  Dft16Fragments f;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int row = g + (i % 2) * 8, col = 2 * t + (i / 2) * 8;
     const float2 w0 = w16[(row * col) % 16], w1 = w16[(row * (col + 1)) % 16];
-    fr[i] = pack_float2<mma_t>(scale * w0.x, scale * w1.x);
-    fi[i] = pack_float2<mma_t>(scale * w0.y, scale * w1.y);
-    nfi[i] = pack_float2<mma_t>(-scale * w0.y, -scale * w1.y);
+    split_float2<mma_t>(scale * w0.x, scale * w1.x, f.fr.hi[i], f.fr.lo[i]);
+    split_float2<mma_t>(scale * w0.y, scale * w1.y, f.fi.hi[i], f.fi.lo[i]);
+    split_float2<mma_t>(-scale * w0.y, -scale * w1.y, f.nfi.hi[i], f.nfi.lo[i]);
   }
+  return f;
 }
 
 // A radix-16 column stage over a block of M points in shared memory: each warp
 // takes 16×8 tiles (16 DFT inputs j × 8 consecutive columns m) of the
 // [blocks, 16, stride] view. Needs stride % 8 == 0.
-template <typename mma_t, bool kInverse>
+template <bool kInverse>
 __device__ void shared_stage_mma(float* re, float* im, int64_t M, int64_t stride, float scale, const float2* w16) {
-  uint32_t fr[4], fi[4], nfi[4];
-  dft16_fragments<mma_t>(w16, scale, fr, fi, nfi);
+  const Dft16Fragments f = dft16_fragments(w16, scale);
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t span = kRadix * stride, tiles = M / (kRadix * 8);
   for (int64_t tile = threadIdx.x / 32; tile < tiles; tile += kWarps) {
@@ -156,7 +165,7 @@ __device__ void shared_stage_mma(float* re, float* im, int64_t M, int64_t stride
     float* xr = re + block * span + m;
     float* xi = im + block * span + m;
     // B fragment: rows (k = j) 2t, 2t+1 and 2t+8, 2t+9 of column m.
-    uint32_t br[2], bi[2];
+    SplitFragment<2> br, bi;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float2 v[2];
@@ -166,15 +175,15 @@ __device__ void shared_stage_mma(float* re, float* im, int64_t M, int64_t stride
         v[e] = make_float2(xr[j * stride], xi[j * stride]);
         if (kInverse) v[e] = cmul_conj(v[e], unit_root(j * m, span));
       }
-      br[half] = pack_float2<mma_t>(v[0].x, v[1].x);
-      bi[half] = pack_float2<mma_t>(v[0].y, v[1].y);
+      split_float2<mma_t>(v[0].x, v[1].x, br.hi[half], br.lo[half]);
+      split_float2<mma_t>(v[0].y, v[1].y, bi.hi[half], bi.lo[half]);
     }
     float yr[4] = {0.f, 0.f, 0.f, 0.f}, yi[4] = {0.f, 0.f, 0.f, 0.f};
     // Forward: Yr = Fr·Xr - Fi·Xi, Yi = Fi·Xr + Fr·Xi; inverse with conj(F).
-    mma_m16n8k16<mma_t>(yr, fr, br[0], br[1]);
-    mma_m16n8k16<mma_t>(yr, kInverse ? fi : nfi, bi[0], bi[1]);
-    mma_m16n8k16<mma_t>(yi, kInverse ? nfi : fi, br[0], br[1]);
-    mma_m16n8k16<mma_t>(yi, fr, bi[0], bi[1]);
+    mma_m16n8k16_split<mma_t>(yr, f.fr, br);
+    mma_m16n8k16_split<mma_t>(yr, kInverse ? f.fi : f.nfi, bi);
+    mma_m16n8k16_split<mma_t>(yi, kInverse ? f.nfi : f.fi, br);
+    mma_m16n8k16_split<mma_t>(yi, f.fr, bi);
     __syncwarp();  // every lane's B reads are done before any lane writes the tile
     // C fragment: rows (f) g and g+8, columns 2t, 2t+1 of the tile.
     const int64_t m_out0 = (tile % (stride / 8)) * 8 + 2 * t;
@@ -263,7 +272,7 @@ __device__ __forceinline__ float to_float(scalar_t v) {
 
 // kFromScratch: the block comes from (and goes back to) the two-pass scratch;
 // otherwise from u·pregate and to y·postgate. kSpectrum: forward only, to spectrum_out.
-template <typename scalar_t, typename mma_t, bool kTensorCores, bool kFromScratch, bool kSpectrum>
+template <typename scalar_t, bool kTensorCores, bool kFromScratch, bool kSpectrum>
 __global__ void __launch_bounds__(kThreads) fused_kernel(const FusedArgs<scalar_t> a) {
   extern __shared__ float smem[];
   __shared__ float2 w16[kRadix];
@@ -305,7 +314,7 @@ __global__ void __launch_bounds__(kThreads) fused_kernel(const FusedArgs<scalar_
     if constexpr (kTensorCores) {
       on_tensor_cores = st.radix[s] == kRadix && st.stride[s] % 8 == 0;
       if (on_tensor_cores) {
-        shared_stage_mma<mma_t, false>(re, im, M, st.stride[s], 0.25f, w16);
+        shared_stage_mma<false>(re, im, M, st.stride[s], 0.25f, w16);
         tc_scale_fix *= 4.f;
       }
     }
@@ -329,7 +338,7 @@ __global__ void __launch_bounds__(kThreads) fused_kernel(const FusedArgs<scalar_
     bool on_tensor_cores = false;
     if constexpr (kTensorCores) {
       on_tensor_cores = st.radix[s] == kRadix && st.stride[s] % 8 == 0;
-      if (on_tensor_cores) shared_stage_mma<mma_t, true>(re, im, M, st.stride[s], 1.f, w16);
+      if (on_tensor_cores) shared_stage_mma<true>(re, im, M, st.stride[s], 1.f, w16);
     }
     if (!on_tensor_cores) shared_stage_ffma<true>(re, im, M, st.radix[s], st.stride[s], st.radix[s], rows_out, w16);
     __syncthreads();
@@ -413,7 +422,19 @@ struct HostPlan {
   int64_t block_len;
 };
 
+// Points per fused CTA: kMaxBlock where a CTA may hold its 2·kMaxBlock floats
+// of shared memory (A100, H100), else the largest power of two that fits (99 KiB
+// per CTA on sm_86/sm_89, which run the sm_80 build); w16 takes the rest.
+inline int64_t max_block_points() {
+  const int64_t limit = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
+  int64_t points = kMaxBlock;
+  const int64_t w16_bytes = kRadix * static_cast<int64_t>(sizeof(float2));
+  while (points > kRadix && 2 * points * static_cast<int64_t>(sizeof(float)) + w16_bytes > limit) points /= 2;
+  return points;
+}
+
 inline HostPlan host_plan(int64_t N) {
+  const int64_t max_block = max_block_points();
   HostPlan p;
   p.host = monarch_stages(N);
   TORCH_CHECK(static_cast<int>(p.host.size()) <= kMaxStages, "fft_conv: FFT size ", N, " is too large");
@@ -422,15 +443,15 @@ inline HostPlan host_plan(int64_t N) {
   for (int s = 0; s < p.stages.num; ++s) {
     p.stages.radix[s] = static_cast<int>(p.host[s].radix);
     p.stages.stride[s] = static_cast<int>(p.host[s].stride);
-    if (p.first_fused < 0 && p.host[s].radix * p.host[s].stride <= kMaxBlock) p.first_fused = s;
+    if (p.first_fused < 0 && p.host[s].radix * p.host[s].stride <= max_block) p.first_fused = s;
   }
   p.block_len = p.host[p.first_fused].radix * p.host[p.first_fused].stride;
   return p;
 }
 
-template <typename scalar_t, typename mma_t, bool kTensorCores, bool kFromScratch, bool kSpectrum>
+template <typename scalar_t, bool kTensorCores, bool kFromScratch, bool kSpectrum>
 void launch_fused(const FusedArgs<scalar_t>& args, int64_t tasks, cudaStream_t stream) {
-  auto kernel = fused_kernel<scalar_t, mma_t, kTensorCores, kFromScratch, kSpectrum>;
+  auto kernel = fused_kernel<scalar_t, kTensorCores, kFromScratch, kSpectrum>;
   const size_t smem = 2 * args.block_len * sizeof(float);
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const int64_t grid = tasks * (args.N / args.block_len);
@@ -450,7 +471,7 @@ void launch_global_stage(const Signal<scalar_t>& signal, float* scratch, int64_t
 }
 
 // Runs the convolution (kSpectrum = false) or the spectrum (true) for all tasks.
-template <typename scalar_t, typename mma_t, bool kTensorCores, bool kSpectrum>
+template <typename scalar_t, bool kTensorCores, bool kSpectrum>
 void run_tasks(const Signal<scalar_t>& signal, int64_t tasks, int64_t N, const float* spectrum, float* spectrum_out,
                int64_t keep_blocks, const at::TensorOptions& options) {
   const HostPlan plan = host_plan(N);
@@ -458,7 +479,7 @@ void run_tasks(const Signal<scalar_t>& signal, int64_t tasks, int64_t N, const f
   FusedArgs<scalar_t> args{signal, nullptr, spectrum, spectrum_out, N, 0, plan.block_len, plan.first_fused,
                            static_cast<int>(keep_blocks), plan.stages};
   if (plan.first_fused == 0) {
-    launch_fused<scalar_t, mma_t, kTensorCores, false, kSpectrum>(args, tasks, stream);
+    launch_fused<scalar_t, kTensorCores, false, kSpectrum>(args, tasks, stream);
     return;
   }
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(tasks, kScratchFloats / (2 * N)));
@@ -470,7 +491,7 @@ void run_tasks(const Signal<scalar_t>& signal, int64_t tasks, int64_t N, const f
     for (int s = 0; s < plan.first_fused; ++s) {
       launch_global_stage<scalar_t, false>(signal, args.scratch, N, count, begin, plan, s, stream);
     }
-    launch_fused<scalar_t, mma_t, kTensorCores, true, kSpectrum>(args, count, stream);
+    launch_fused<scalar_t, kTensorCores, true, kSpectrum>(args, count, stream);
     if constexpr (!kSpectrum) {
       for (int s = plan.first_fused - 1; s >= 0; --s) {
         launch_global_stage<scalar_t, true>(signal, args.scratch, N, count, begin, plan, s, stream);
