@@ -230,6 +230,21 @@ def test_merge_empty_sides(device):
     torch.testing.assert_close(out.cpu().double(), expected, rtol=0, atol=1e-6)
 
 
+def test_nan_query_row_gives_nan(device):
+    # softmax(QKᵀ)V by its definition: a NaN score makes its row NaN (an online
+    # softmax whose max skips NaN would report the row as empty: 0, lse −inf).
+    q = rand(1, 3, 2, 16, device=device)
+    k, v = (rand(1, 7, 2, 16, device=device) for _ in range(2))
+    q[0, 1, 0, 5] = float("nan")  # every score of query 1, head 0 is NaN
+    out, lse = mlx_kernels.attention_with_lse(q, k, v)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double()) / 4.0
+    expected = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v.double())
+    assert torch.isnan(expected[0, 1, 0]).all() and torch.isnan(out[0, 1, 0]).all() and torch.isnan(lse[0, 0, 1])
+    finite = ~torch.isnan(expected)
+    torch.testing.assert_close(out[finite].double(), expected[finite], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse.double(), scores.logsumexp(-1), rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
 def test_merge_empty_tensors(device):
     out, lse = mlx_kernels.merge_attention_states(rand(0, 3, 4, 8, device=device), rand(0, 4, 3, device=device),
                                                   rand(0, 3, 4, 8, device=device), rand(0, 4, 3, device=device))
@@ -278,6 +293,22 @@ def test_hierarchical_shared_prefix(device, dtype):
     single = mlx_kernels.hierarchical_shared_prefix_attention(q, [(prompt_k, prompt_v, None)], suffix_k, suffix_v, lens)
     reference = mlx_kernels.shared_prefix_attention(q, prompt_k, prompt_v, suffix_k, suffix_v, lens)
     torch.testing.assert_close(single, reference, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_hierarchical_empty_queries_and_group_ids_checked(device):
+    heads, head_dim = (4, 2), 8
+    doc_k, doc_v = (rand(2, 5, heads[1], head_dim, device=device) for _ in range(2))
+    suffix_k, suffix_v = (rand(3, 4, heads[1], head_dim, device=device) for _ in range(2))
+    doc_of = torch.tensor([1, 0, 1], device=device)
+    empty_q = rand(3, 0, heads[0], head_dim, device=device)
+    out = mlx_kernels.hierarchical_shared_prefix_attention(empty_q, [(doc_k, doc_v, doc_of)], suffix_k, suffix_v)
+    assert out.shape == empty_q.shape
+    q = rand(3, 2, heads[0], head_dim, device=device)
+    for bad in (torch.tensor([0, 2, 1], device=device), torch.tensor([0, -1, 1], device=device)):
+        with pytest.raises(ValueError, match=r"hierarchical_shared_prefix_attention: group_ids must lie in \[0, 2\)"):
+            mlx_kernels.hierarchical_shared_prefix_attention(q, [(doc_k, doc_v, bad)], suffix_k, suffix_v)
+    with pytest.raises(ValueError, match="group_ids must be int32 or int64"):
+        mlx_kernels.hierarchical_shared_prefix_attention(q, [(doc_k, doc_v, doc_of.float())], suffix_k, suffix_v)
 
 
 # --- torch.compile, devices -------------------------------------------------------
@@ -329,6 +360,25 @@ def test_mixed_devices_rejected():
     with pytest.raises(RuntimeError, match="shared_prefix_attention.*one device"):
         mlx_kernels.shared_prefix_attention(q, prefix_k, prefix_v, suffix_k, suffix_v,
                                             torch.zeros(2, dtype=torch.int32))
+    # q on the CPU, the rest on CUDA: the CUDA kernels are picked, and still name the mismatch.
+    with pytest.raises(RuntimeError, match="shared_prefix_attention.*one device"):
+        mlx_kernels.shared_prefix_attention(q.cpu(), prefix_k, prefix_v, suffix_k, suffix_v)
+    with pytest.raises(RuntimeError, match="attention_with_lse.*one device"):
+        mlx_kernels.attention_with_lse(q.cpu(), suffix_k, suffix_v)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_cuda_batch_beyond_one_launch(dtype):
+    # 70000 decode sequences: more than one grid's worth (65535) of batch entries.
+    batch = 70000
+    inputs = make_inputs(batch, 1, (2, 1), 16, 3, dtype=dtype, device="cuda")
+    lens = torch.randint(0, 4, (batch,), dtype=torch.int32, device="cuda")
+    out = mlx_kernels.shared_prefix_attention(*inputs, lens)
+    tail = slice(batch - 5, batch)  # sequences of the second launch
+    cpu_inputs = [inputs[0][tail], inputs[1], inputs[2], inputs[3][tail], inputs[4][tail]]
+    expected = mlx_kernels.shared_prefix_attention(*(t.cpu() for t in cpu_inputs), lens[tail].cpu())
+    torch.testing.assert_close(out[tail].cpu(), expected, rtol=0, atol=2e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
 def test_scale_default_is_inverse_sqrt_head_dim(device):

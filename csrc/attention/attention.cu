@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(32 * kReferenceWarps) reference_attention_kern
   if (row >= p.batch * p.heads_q * p.seq_q) return;
   const int64_t i = row % p.seq_q, head = row / p.seq_q % p.heads_q, b = row / p.seq_q / p.heads_q;
   const int64_t h = head / p.group(), head_dim = p.head_dim;
-  const int64_t key_len = p.key_lens != nullptr ? p.key_lens[b] : p.seq_k;
+  const int64_t key_len = p.key_len(b);
   const int64_t keys = visible_keys(key_len, p.seq_q, i, p.causal);
 
   const T* q = static_cast<const T*>(p.q) + b * p.q_batch_stride + i * p.q_seq_stride + head * head_dim;
@@ -107,9 +107,17 @@ __global__ void __launch_bounds__(32 * kReferenceWarps) reference_attention_kern
   if (lane == 0) p.lse[b * p.lse_batch_stride + head * p.lse_head_stride + i] = e.lse;
 }
 
+// Only head dims the reference kernel can hold fall back to it.
+void check_cuda_head_dim(const char* op, int64_t head_dim) {
+  MLX_CHECK(head_dim <= kMaxReferenceDim, op, "head_dim = ", head_dim, " is not supported on CUDA (at most ",
+            kMaxReferenceDim, "; 64 and 128 run on tensor cores)");
+}
+
+// Runs after the op's argument checks; the first pass of every op fails here
+// before any kernel when a size is beyond the CUDA kernels.
 void run_pass_cuda(const char* op, const AttentionParams& p, at::ScalarType dtype) {
-  MLX_CHECK(p.batch <= kMaxGridYZ && p.heads_kv <= kMaxGridYZ, op, "batch (", p.batch, ") and KV heads (",
-            p.heads_kv, ") must each be at most ", kMaxGridYZ, " on CUDA");
+  check_cuda_head_dim(op, p.head_dim);
+  MLX_CHECK(p.heads_kv <= kMaxGridYZ, op, "KV heads (", p.heads_kv, ") must be at most ", kMaxGridYZ, " on CUDA");
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (flash_attention_supports(p, dtype)) {
     flash_attention_pass(p, dtype, stream);
@@ -125,18 +133,14 @@ void run_pass_cuda(const char* op, const AttentionParams& p, at::ScalarType dtyp
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Only head dims the reference kernel can hold fall back to it.
-void check_cuda_head_dim(const char* op, int64_t head_dim) {
-  MLX_CHECK(head_dim <= kMaxReferenceDim, op, "head_dim = ", head_dim, " is not supported on CUDA (at most ",
-            kMaxReferenceDim, "; 64 and 128 run on tensor cores)");
-}
-
 std::tuple<at::Tensor, at::Tensor> attention_with_lse_cuda(const at::Tensor& q, const at::Tensor& k,
                                                            const at::Tensor& v, bool causal,
                                                            std::optional<double> scale) {
   constexpr const char* op = MLX_OP_NAME("attention_with_lse");
-  const c10::cuda::CUDAGuard guard(q.device());
-  check_cuda_head_dim(op, q.size(-1));
+  // The guard only for a CUDA q: with q on the CPU and k, v on CUDA these
+  // kernels are still picked, and the argument checks must name the mismatch.
+  c10::cuda::OptionalCUDAGuard guard;
+  if (q.is_cuda()) guard.set_device(q.device());
   return attention_with_lse_impl(op, q, k, v, std::nullopt, causal, scale, run_pass_cuda);
 }
 
@@ -144,8 +148,8 @@ std::tuple<at::Tensor, at::Tensor> attention_with_lse_ragged_cuda(const at::Tens
                                                                   const at::Tensor& v, const at::Tensor& key_lens,
                                                                   bool causal, std::optional<double> scale) {
   constexpr const char* op = MLX_OP_NAME("attention_with_lse_ragged");
-  const c10::cuda::CUDAGuard guard(q.device());
-  check_cuda_head_dim(op, q.size(-1));
+  c10::cuda::OptionalCUDAGuard guard;  // as in attention_with_lse_cuda
+  if (q.is_cuda()) guard.set_device(q.device());
   return attention_with_lse_impl(op, q, k, v, key_lens, causal, scale, run_pass_cuda);
 }
 
@@ -198,8 +202,8 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_states_cuda(const at::Tensor&
 at::Tensor shared_prefix_attention_cuda(const at::Tensor& q, const at::Tensor& prefix_k, const at::Tensor& prefix_v,
                                         const at::Tensor& suffix_k, const at::Tensor& suffix_v,
                                         const std::optional<at::Tensor>& suffix_lens, std::optional<double> scale) {
-  const c10::cuda::CUDAGuard guard(q.device());
-  check_cuda_head_dim(MLX_OP_NAME("shared_prefix_attention"), q.size(-1));
+  c10::cuda::OptionalCUDAGuard guard;  // as in attention_with_lse_cuda
+  if (q.is_cuda()) guard.set_device(q.device());
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const auto choose_splits = [sms](int64_t rows, int64_t heads_kv, int64_t prefix_len) {
     return prefix_splits(ceil_div_dev<int64_t>(rows, kFlashTileRows) * heads_kv, kBlocksPerSm * sms, prefix_len);

@@ -45,7 +45,11 @@ struct AttentionParams {
   // out's strides and its LSE (the prefix pass's result in shared_prefix_attention).
   const float* prev_out = nullptr;
   const float* prev_lse = nullptr;
-  const int32_t* key_lens = nullptr;  // [batch] on the kernel's device, or null: seq_k each
+  const int32_t* key_lens = nullptr;  // [batch] on the kernel's device, or null (see key_len)
+  // When >= 0 (the split prefix pass): batch entry b is the b-th run of seq_k
+  // keys out of split_total_keys, so its length is arithmetic and needs no
+  // key_lens tensor (whose host-to-device copy would sync).
+  int64_t split_total_keys = -1;
   int64_t q_batch_stride = 0, q_seq_stride = 0;
   int64_t kv_batch_stride = 0, kv_seq_stride = 0;  // K and V alike
   int64_t out_batch_stride = 0, out_seq_stride = 0;
@@ -57,6 +61,15 @@ struct AttentionParams {
   float scale = 1.0f;
 
   MLX_HOST_DEVICE int64_t group() const { return heads_q / heads_kv; }
+  // Keys that batch entry b has (before the causal limit).
+  MLX_HOST_DEVICE int64_t key_len(int64_t b) const {
+    if (key_lens != nullptr) return key_lens[b];
+    if (split_total_keys >= 0) {
+      const int64_t left = split_total_keys - b * seq_k;
+      return left < seq_k ? left : seq_k;
+    }
+    return seq_k;
+  }
   // Rows of one (batch, KV head): every query position × the group's query heads.
   MLX_HOST_DEVICE int64_t rows() const { return seq_q * group(); }
 };
@@ -88,14 +101,15 @@ inline void check_same_shape(const char* op, const char* arg_a, const at::Tensor
 }
 
 // Per-sequence key counts: int32 [batch], each in [0, max_len]. The range check
-// is one reduction (a device sync on CUDA), cheap next to attention.
+// is one reduction and one read-back (a device sync on CUDA).
 inline void check_lens(const char* op, const char* arg, const at::Tensor& lens, int64_t batch, int64_t max_len) {
   check_dtype(op, arg, lens, {at::kInt});
   check_dim(op, arg, lens, 1);
   check_size(op, arg, lens, 0, batch, "the batch size of 'q'");
   if (lens.numel() == 0) return;
   const auto [lo, hi] = at::aminmax(lens);
-  const int64_t min_len = lo.item<int64_t>(), max_seen = hi.item<int64_t>();
+  const at::Tensor range = at::stack({lo, hi}).cpu();
+  const int64_t min_len = range[0].item<int64_t>(), max_seen = range[1].item<int64_t>();
   MLX_CHECK(min_len >= 0 && max_seen <= max_len, op, "argument '", arg, "' must lie in [0, ", max_len,
             "] (the number of keys), got values in [", min_len, ", ", max_seen, "]");
 }
@@ -237,8 +251,8 @@ inline int64_t prefix_splits(int64_t tiles, int64_t slots, int64_t prefix_len) {
 // With few sequences and KV heads the query-row tiles alone would leave the
 // machine idle, so the prefix is split into `splits` key ranges (flash-decoding
 // style). Split s is simply batch entry s of the same pass: queries with batch
-// stride 0, K/V starting at the split's first key, key_lens[s] = its length;
-// the partial states are then merged by LSE.
+// stride 0, K/V starting at the split's first key, its length from
+// split_total_keys; the partial states are then merged by LSE.
 template <typename RunPass, typename MergeStates>
 std::pair<at::Tensor, at::Tensor> prefix_pass(const char* op, const at::Tensor& all_queries, const at::Tensor& prefix_k,
                                               const at::Tensor& prefix_v, float scale, int64_t splits,
@@ -252,16 +266,12 @@ std::pair<at::Tensor, at::Tensor> prefix_pass(const char* op, const at::Tensor& 
   at::Tensor lse = at::empty({splits, heads_q, rows}, fp32);
   AttentionParams p = make_params(all_queries, prefix_k.unsqueeze(0), prefix_v.unsqueeze(0), out, lse,
                                   /*causal=*/false, scale);
-  at::Tensor split_lens;
   if (splits > 1) {
-    std::vector<int32_t> lens(splits, static_cast<int32_t>(split_len));
-    lens.back() = static_cast<int32_t>(prefix_len - (splits - 1) * split_len);
-    split_lens = at::tensor(lens, at::TensorOptions().dtype(at::kInt)).to(all_queries.device());
     p.batch = splits;
     p.q_batch_stride = 0;
     p.seq_k = split_len;
     p.kv_batch_stride = split_len * prefix_k.stride(0);
-    p.key_lens = split_lens.data_ptr<int32_t>();
+    p.split_total_keys = prefix_len;
   }
   check_kernel_sizes(op, p);
   run_pass(op, p, all_queries.scalar_type());

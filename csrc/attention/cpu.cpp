@@ -88,14 +88,19 @@ struct TaskBuffers {
 // Online softmax over one key tile: scores of row r beyond its visible keys are
 // masked, the running max/sum and the accumulator are rescaled, and the scores
 // are replaced by p = exp(s − max) (0 where masked). A row with nothing visible
-// yet keeps max −inf, sum 0 and p 0 (no −inf − (−inf)).
+// yet keeps max −inf, sum 0 and p 0 (no −inf − (−inf)). A NaN score makes the
+// max NaN (std::max would skip it), so the row's sum and output become NaN.
 void online_softmax_tile(TaskBuffers& buf, int64_t rows, int64_t key0, int64_t keys, int64_t head_dim) {
   for (int64_t r = 0; r < rows; ++r) {
     float* s = buf.scores.data() + r * kTileKeys;
     const int64_t visible = std::clamp<int64_t>(buf.row_keys[r] - key0, 0, keys);
     float tile_max = kNegInf;
-    for (int64_t j = 0; j < visible; ++j) tile_max = std::max(tile_max, s[j]);
-    const float new_max = std::max(buf.row_max[r], tile_max);
+    bool nan_seen = false;
+    for (int64_t j = 0; j < visible; ++j) {
+      tile_max = std::max(tile_max, s[j]);
+      nan_seen |= std::isnan(s[j]);
+    }
+    const float new_max = nan_seen ? std::nanf("") : std::max(buf.row_max[r], tile_max);
     if (new_max == kNegInf) {
       std::fill_n(s, keys, 0.0f);
       continue;
@@ -127,7 +132,7 @@ void attention_pass(const AttentionParams& p) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t tile = task % row_tiles, h = task / row_tiles % p.heads_kv, b = task / row_tiles / p.heads_kv;
       const int64_t row0 = tile * kTileRows, tile_rows = std::min(kTileRows, rows - row0);
-      const int64_t key_len = p.key_lens ? p.key_lens[b] : p.seq_k;
+      const int64_t key_len = p.key_len(b);
 
       // Q rows, pre-scaled; rows past the end stay zero and see no key.
       std::fill(buf.q.begin(), buf.q.end(), 0.0f);

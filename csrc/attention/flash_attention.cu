@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(const Attenti
   const int seq_q = static_cast<int>(p.seq_q);
   const int rows = seq_q * group;
   const int row0 = blockIdx.x * kTileRows;
-  const int key_len = p.key_lens != nullptr ? p.key_lens[b] : static_cast<int>(p.seq_k);
+  const int key_len = static_cast<int>(p.key_len(b));
   // Rows are ordered by query position: the tile's last row sees the most keys.
   const int last_row = min(rows, row0 + kTileRows) - 1;
   const int tile_keys = static_cast<int>(visible_keys(key_len, seq_q, last_row / group, p.causal));
@@ -250,10 +250,27 @@ void launch(const AttentionParams& p, cudaStream_t stream) {
   constexpr int smem_bytes = TileLayout<HeadDim>::kSmemElems * sizeof(T);
   auto* kernel = flash_attention_kernel<T, HeadDim>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
-  const dim3 grid(static_cast<unsigned>(ceil_div_dev<int64_t>(p.rows(), kTileRows)),
-                  static_cast<unsigned>(p.heads_kv), static_cast<unsigned>(p.batch));
-  kernel<<<grid, kThreads, smem_bytes, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // grid.z is at most 65535: larger batches go in slices, each a pass over
+  // batch entries [b0, b0 + slice) with every per-batch pointer moved along.
+  constexpr int64_t kMaxBatchPerLaunch = 65535;
+  for (int64_t b0 = 0; b0 < p.batch; b0 += kMaxBatchPerLaunch) {
+    AttentionParams slice = p;
+    slice.batch = std::min(kMaxBatchPerLaunch, p.batch - b0);
+    slice.q = static_cast<const T*>(p.q) + b0 * p.q_batch_stride;
+    slice.k = static_cast<const T*>(p.k) + b0 * p.kv_batch_stride;
+    slice.v = static_cast<const T*>(p.v) + b0 * p.kv_batch_stride;
+    slice.out = p.out_fp32 ? static_cast<void*>(static_cast<float*>(p.out) + b0 * p.out_batch_stride)
+                           : static_cast<void*>(static_cast<T*>(p.out) + b0 * p.out_batch_stride);
+    slice.lse = p.lse + b0 * p.lse_batch_stride;
+    if (p.prev_out != nullptr) slice.prev_out = p.prev_out + b0 * p.out_batch_stride;
+    if (p.prev_lse != nullptr) slice.prev_lse = p.prev_lse + b0 * p.prev_lse_batch_stride;
+    if (p.key_lens != nullptr) slice.key_lens = p.key_lens + b0;
+    if (p.split_total_keys >= 0) slice.split_total_keys = p.split_total_keys - b0 * p.seq_k;
+    const dim3 grid(static_cast<unsigned>(ceil_div_dev<int64_t>(p.rows(), kTileRows)),
+                    static_cast<unsigned>(p.heads_kv), static_cast<unsigned>(slice.batch));
+    kernel<<<grid, kThreads, smem_bytes, stream>>>(slice);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 template <typename T>

@@ -6,11 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define MLX_HOST_DEVICE __host__ __device__
-#else
-#define MLX_HOST_DEVICE
-#endif
+#include "common/host_device.h"
 
 namespace mlx_kernels::attention {
 
@@ -53,7 +49,8 @@ MLX_HOST_DEVICE inline float merge_weights(float lse_a, float lse_b, float* w_a,
 //   out = w_this · acc + w_prev · prev_out,
 // where acc is the unnormalized accumulator and prev_out/prev_lse an optional
 // earlier state to merge in (prev_lse null: none). A row that saw no key has
-// row_sum 0: it contributes nothing and, alone, gives out 0 and lse −inf.
+// row_sum 0: it contributes nothing and, alone, gives out 0 and lse −inf. A
+// NaN score makes row_sum NaN, and NaN goes on into out and lse (as in SDPA).
 struct RowEpilogue {
   float lse;
   float w_this;
@@ -62,8 +59,9 @@ struct RowEpilogue {
 
 MLX_HOST_DEVICE inline RowEpilogue finish_row(float row_max, float row_sum, const float* prev_lse) {
   RowEpilogue e;
-  e.lse = row_sum > 0.0f ? row_max + logf(row_sum) : -INFINITY;
-  e.w_this = row_sum > 0.0f ? 1.0f / row_sum : 0.0f;
+  const bool saw_no_key = row_sum == 0.0f;
+  e.lse = saw_no_key ? -INFINITY : row_max + logf(row_sum);
+  e.w_this = saw_no_key ? 0.0f : 1.0f / row_sum;
   e.w_prev = 0.0f;
   if (prev_lse != nullptr) {
     float w_new;

@@ -62,14 +62,21 @@ def _level_attention(q: Tensor, k: Tensor, v: Tensor, group_ids: Optional[Tensor
     if group_ids.shape != (batch,):
         raise ValueError(f"hierarchical_shared_prefix_attention: group_ids must have shape [{batch}], "
                          f"got {tuple(group_ids.shape)}")
+    if group_ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"hierarchical_shared_prefix_attention: group_ids must be int32 or int64, got {group_ids.dtype}")
+    if batch > 0 and not bool(((group_ids >= 0) & (group_ids < groups)).all()):
+        # An id outside [0, G) would silently drop the level for that sequence.
+        raise ValueError(f"hierarchical_shared_prefix_attention: group_ids must lie in [0, {groups}) "
+                         f"(the level's prefix copies), got values in [{int(group_ids.min())}, {int(group_ids.max())}]")
     out = q.new_zeros((batch, seq_q, heads_q, head_dim), dtype=torch.float32)
     lse = q.new_full((batch, heads_q, seq_q), float("-inf"), dtype=torch.float32)
     for group in range(groups):
         members = (group_ids == group).nonzero().squeeze(1)
-        queries = q.index_select(0, members).reshape(1, -1, heads_q, head_dim)
+        n = members.numel()  # explicit sizes: -1 cannot be inferred when Sq = 0
+        queries = q.index_select(0, members).reshape(1, n * seq_q, heads_q, head_dim)
         group_out, group_lse = attention_with_lse(queries, k[group:group + 1], v[group:group + 1], scale=scale)
-        out[members] = group_out.view(-1, seq_q, heads_q, head_dim).float()
-        lse[members] = group_lse.view(heads_q, -1, seq_q).transpose(0, 1)
+        out[members] = group_out.view(n, seq_q, heads_q, head_dim).float()
+        lse[members] = group_lse.view(heads_q, n, seq_q).transpose(0, 1)
     return out, lse
 
 
@@ -102,7 +109,7 @@ def hierarchical_shared_prefix_attention(
     if suffix_lens is None:
         suffix_lens = torch.full((batch,), suffix_k.shape[1], dtype=torch.int32, device=q.device)
     out, lse = attention_with_lse_ragged(q, suffix_k, suffix_v, suffix_lens, causal=True, scale=scale)
-    out = out.float()  # merge every level in fp32, round once at the end
+    out = out.float()  # merge in fp32 (each level arrives rounded to q's dtype), round once at the end
     for k, v, group_ids in prefixes:
         level_out, level_lse = _level_attention(q, k, v, group_ids, scale)
         out, lse = merge_attention_states(level_out, level_lse, out, lse)
