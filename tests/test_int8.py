@@ -335,6 +335,21 @@ def test_int8_gemm_cuda_matches_cpu(dtype, m, n, k, threshold):
     torch.testing.assert_close(out.cpu(), cpu, rtol=tol, atol=tol * cpu.abs().max().item())
 
 
+@requires_cuda
+@pytest.mark.parametrize("m", [1, 16])
+def test_int8_gemm_decode_with_outliers_never_syncs(m):
+    # Decode (M <= 16) takes the outlier columns from a device bit mask: no host
+    # sync, so a CUDA graph can capture it (a sync raises during capture).
+    _, w_i8, w_absmax = quantized_weight(300, 520, "cuda")
+    x = with_outlier_columns(torch.randn(m, 520), [0, 31, 32, 519]).cuda()
+    expected = mlx_kernels.int8_gemm(x, w_i8, w_absmax, None, 6.0)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = mlx_kernels.int8_gemm(x, w_i8, w_absmax, None, 6.0)
+    graph.replay()
+    torch.testing.assert_close(captured, expected, rtol=0, atol=0)
+
+
 def test_int8_gemm_torch_compile(device):
     _, w_i8, w_absmax = quantized_weight(24, 64, device)
     x = with_outlier_columns(torch.randn(10, 64), [5]).to(device)

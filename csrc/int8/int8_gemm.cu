@@ -3,7 +3,9 @@
 // int8_vectorwise_quant, two kernels:
 //   1. outlier_column_mask_kernel (threshold > 0 only): one thread per column
 //      and row block, coalesced along the row; a column with any |x| > threshold
-//      gets mask[c] = 1. outlier_cols = nonzero(mask) (sorted).
+//      sets its bit of outlier_bits (a warp's 32 columns are one word).
+//      outlier_cols = the set bits' columns (sorted): a sync, since the count
+//      sizes that tensor.
 //   2. quantize_rows_kernel: one CTA per row: block-wide absmax over the
 //      non-outlier columns, then x_i8 = round_half_even(x · 127 / absmax)
 //      (the CPU kernel's exact arithmetic), outliers and padding columns -> 0.
@@ -15,14 +17,16 @@
 // the gathered outlier columns accumulated into the output:
 //   M <= 16 (decode): int8_gemv_kernel, a weight-streaming dp4a kernel; each
 //     warp owns 4 output features and walks K with 16-byte loads, so every
-//     activation load feeds 4 weight rows. Epilogue in registers.
+//     activation load feeds 4 weight rows. Epilogue in registers, outlier
+//     columns included: it walks outlier_bits itself, so decode never syncs
+//     (and can be captured in a CUDA graph).
 //   M > 16: the CUTLASS tensor-core GEMM with an epilogue visitor tree
 //     (int8_gemm_sm80.cuh) for fp16/bf16 outputs; fp32 outputs use the exact
 //     int8_mm then an elementwise dequantization (fp32 LLM inference is rare,
 //     and it saves two heavy instantiations).
-//   outliers: out += x[:, cols] @ w_deq[:, cols]ᵀ via cuBLAS (addmm_, beta = 1)
-//     in x's dtype; x is never copied densely, only its outlier columns.
-// threshold = 0, or no column over the threshold, runs no outlier work at all.
+//   outliers (M > 16): out += x[:, cols] @ w_deq[:, cols]ᵀ via cuBLAS (addmm_,
+//     beta = 1) in x's dtype; x is never copied densely, only its outlier columns.
+// threshold = 0 runs no outlier work at all.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -46,18 +50,24 @@ constexpr int kMaskMinRowsPerBlock = 64;
 constexpr int kMaxGridY = 65535;
 constexpr int kQuantThreads = 256;
 
+__device__ __forceinline__ bool is_outlier_column(const uint32_t* bits, int64_t c) {
+  return (bits[c >> 5] >> (c & 31)) & 1u;
+}
+
+// outlier_bits: one bit per column, zeroed before the launch.
 template <typename scalar_t>
 __global__ void outlier_column_mask_kernel(const scalar_t* __restrict__ x, int rows, int K, int rows_per_block,
-                                           float threshold, int32_t* __restrict__ mask) {
+                                           float threshold, uint32_t* __restrict__ outlier_bits) {
   const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;  // K may be near INT32_MAX
-  if (c >= K) return;
   const int r0 = blockIdx.y * rows_per_block;
   const int r1 = min(rows, r0 + rows_per_block);
   bool outlier = false;
-  for (int r = r0; r < r1; ++r) {
+  for (int r = r0; c < K && r < r1; ++r) {
     outlier |= fabsf(static_cast<float>(x[static_cast<int64_t>(r) * K + c])) > threshold;
   }
-  if (outlier) mask[c] = 1;  // racing writers all store the same value
+  // Blocks are whole warps from a multiple of 32 columns: one word per warp.
+  const uint32_t word = __ballot_sync(0xffffffffu, outlier);
+  if (threadIdx.x % 32 == 0 && word != 0) atomicOr(outlier_bits + (c >> 5), word);
 }
 
 __device__ float block_max(float value) {
@@ -76,15 +86,15 @@ __device__ float block_max(float value) {
 }
 
 // One CTA per row of x [rows, K]; writes x_i8 [rows, ld_i8] (ld_i8 >= K, the
-// tail zero) and row_absmax [rows]. outlier_mask may be null (no outliers).
+// tail zero) and row_absmax [rows]. outlier_bits may be null (no outliers).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kQuantThreads)
-    quantize_rows_kernel(const scalar_t* __restrict__ x, int K, const int32_t* __restrict__ outlier_mask,
+    quantize_rows_kernel(const scalar_t* __restrict__ x, int K, const uint32_t* __restrict__ outlier_bits,
                          int8_t* __restrict__ x_i8, int ld_i8, float* __restrict__ row_absmax) {
   const scalar_t* row = x + static_cast<int64_t>(blockIdx.x) * K;
   float absmax = 0.0f;
   for (int64_t c = threadIdx.x; c < K; c += blockDim.x) {  // int64: K may be near INT32_MAX
-    const bool outlier = outlier_mask != nullptr && outlier_mask[c];
+    const bool outlier = outlier_bits != nullptr && is_outlier_column(outlier_bits, c);
     absmax = absmax_with(absmax, outlier ? 0.0f : fabsf(static_cast<float>(row[c])));
   }
   absmax = block_max(absmax);
@@ -94,7 +104,7 @@ __global__ void __launch_bounds__(kQuantThreads)
   int8_t* q = x_i8 + static_cast<int64_t>(blockIdx.x) * ld_i8;
   for (int64_t c = threadIdx.x; c < ld_i8; c += blockDim.x) {
     int value = 0;
-    if (c < K && !(outlier_mask != nullptr && outlier_mask[c])) {
+    if (c < K && !(outlier_bits != nullptr && is_outlier_column(outlier_bits, c))) {
       value = quantize_value(static_cast<float>(row[c]), scale);
     }
     q[c] = static_cast<int8_t>(value);
@@ -104,32 +114,39 @@ __global__ void __launch_bounds__(kQuantThreads)
 struct QuantizedRows {
   at::Tensor x_i8;          // int8 [rows, ld]
   at::Tensor row_absmax;    // fp32 [rows]
-  at::Tensor outlier_cols;  // int64 [n_outliers], sorted
+  at::Tensor outlier_bits;  // int32 [ceil(K / 32)] (bit c % 32 of word c / 32), or undefined: no outliers
+  at::Tensor outlier_cols;  // int64 [n_outliers], sorted (only when asked for: it syncs)
 };
 
 // x: contiguous [rows, K] on the current device. ld >= K: x_i8's row stride.
-QuantizedRows quantize_activations(const at::Tensor& x, double threshold, int64_t ld) {
+// with_cols: also list the outlier columns, which reads their count back (a sync).
+QuantizedRows quantize_activations(const at::Tensor& x, double threshold, int64_t ld, bool with_cols) {
   const int rows = static_cast<int>(x.size(0)), K = static_cast<int>(x.size(1));
+  const auto int_options = x.options().dtype(at::kInt);
   QuantizedRows out{at::empty({rows, ld}, x.options().dtype(at::kChar)),
-                    at::empty({rows}, x.options().dtype(at::kFloat)),
+                    at::empty({rows}, x.options().dtype(at::kFloat)), at::Tensor(),
                     at::empty({0}, x.options().dtype(at::kLong))};
   if (rows == 0) return out;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int8_vectorwise_quant", [&] {
     const scalar_t* x_ptr = x.data_ptr<scalar_t>();
-    at::Tensor mask;
+    uint32_t* bits = nullptr;
     if (threshold > 0.0 && K > 0) {
-      mask = at::zeros({K}, x.options().dtype(at::kInt));
+      out.outlier_bits = at::zeros({ceil_div_dev<int64_t>(K, 32)}, int_options);
+      bits = reinterpret_cast<uint32_t*>(out.outlier_bits.data_ptr<int32_t>());
       const int rows_per_block = std::max<int>(kMaskMinRowsPerBlock, ceil_div_dev(rows, kMaxGridY));
       const dim3 grid(static_cast<unsigned>(ceil_div_dev<int64_t>(K, kMaskThreads)), ceil_div_dev(rows, rows_per_block));
-      outlier_column_mask_kernel<<<grid, kMaskThreads, 0, stream>>>(
-          x_ptr, rows, K, rows_per_block, static_cast<float>(threshold), mask.data_ptr<int32_t>());
+      outlier_column_mask_kernel<<<grid, kMaskThreads, 0, stream>>>(x_ptr, rows, K, rows_per_block,
+                                                                    static_cast<float>(threshold), bits);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      out.outlier_cols = at::nonzero(mask).view({-1});  // synchronizes: the count sizes the output
+      if (with_cols) {
+        const at::Tensor bit_of_column = out.outlier_bits.unsqueeze(1).bitwise_right_shift(at::arange(32, int_options))
+                                             .bitwise_and(1).view({-1}).narrow(0, 0, K);
+        out.outlier_cols = at::nonzero(bit_of_column).view({-1});
+      }
     }
-    const int32_t* mask_ptr = out.outlier_cols.numel() > 0 ? mask.data_ptr<int32_t>() : nullptr;
-    quantize_rows_kernel<<<rows, kQuantThreads, 0, stream>>>(x_ptr, K, mask_ptr, out.x_i8.data_ptr<int8_t>(),
+    quantize_rows_kernel<<<rows, kQuantThreads, 0, stream>>>(x_ptr, K, bits, out.x_i8.data_ptr<int8_t>(),
                                                              static_cast<int>(ld), out.row_absmax.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -140,7 +157,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cuda(const 
   check_int8_vectorwise_quant_args(x, threshold);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t K = x.size(-1);
-  QuantizedRows q = quantize_activations(x.reshape({leading_rows(x), K}).contiguous(), threshold, K);
+  QuantizedRows q = quantize_activations(x.reshape({leading_rows(x), K}).contiguous(), threshold, K,
+                                         /*with_cols=*/true);
   return {q.x_i8.view(x.sizes()), q.row_absmax, q.outlier_cols};
 }
 
@@ -157,13 +175,22 @@ __device__ __forceinline__ void dp4a_16_bytes(const int4& x, const int4& w, int3
   acc = __dp4a(x.w, w.w, acc);
 }
 
-// out[m, n] = (x_i8[m] · w_i8[n]) · row_absmax[m] · w_absmax[n] / 127² + bias[n] for
-// m < M <= 16. x_i8 [M, K16], w_i8 [N, K16], K16 % 16 == 0, 16-byte aligned rows.
-// Weights stream through once (the decode bottleneck); the tiny x stays in L1.
+// Each lane ends up owning the outputs (m, j) with m·4 + j = lane or lane + 32.
+constexpr int kGemvOutputsPerLane = kGemvMaxRows * kGemvFeaturesPerWarp / 32;
+static_assert(kGemvOutputsPerLane == 2, "the epilogue's lane -> output map");
+
+// out[m, n] = (x_i8[m] · w_i8[n]) · row_absmax[m] · w_absmax[n] / 127²
+//             + Σ_{outlier c} x[m, c] · w_deq[n, c] + bias[n]
+// for m < M <= 16: x_i8 [M, K16], w_i8 [N, K16], K16 % 16 == 0, 16-byte aligned
+// rows; x [M, K] the activations, outlier_bits their outlier columns (or null),
+// w_deq = w_i8 · w_absmax / 127 rounded to x's dtype, as the CPU op and the
+// 16-bit matmul of the M > 16 path see it. Weights stream through once (the
+// decode bottleneck); the tiny x stays in L1.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     int8_gemv_kernel(const int8_t* __restrict__ x_i8, const int8_t* __restrict__ w_i8, int M, int N, int K16,
                      const float* __restrict__ row_absmax, const float* __restrict__ w_absmax,
+                     const scalar_t* __restrict__ x, int K, const uint32_t* __restrict__ outlier_bits,
                      const float* __restrict__ bias, scalar_t* __restrict__ out) {
   const int lane = threadIdx.x % 32;
   const int n0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * kGemvFeaturesPerWarp;
@@ -190,7 +217,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     }
   }
 
-  // Warp all-reduce, then lane (m·4 + j) % 32 writes output (m, n0 + j).
+  // Warp all-reduce; lane (m·4 + j) % 32 keeps output (m, n0 + j) as value[(m·4 + j) / 32].
+  float value[kGemvOutputsPerLane] = {};
 #pragma unroll
   for (int m = 0; m < kGemvMaxRows; ++m) {
 #pragma unroll
@@ -198,12 +226,43 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
       if (m < M) {
         int32_t sum = acc[m][j];
         for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-        const int n = n0 + j;
-        if ((m * kGemvFeaturesPerWarp + j) % 32 == lane && n < N) {
-          const float value = static_cast<float>(sum) * row_absmax[m] * (w_absmax[n] * kInvInt8MaxSquared);
-          out[static_cast<int64_t>(m) * N + n] = static_cast<scalar_t>(bias != nullptr ? value + bias[n] : value);
+        const int n = n0 + j, output = m * kGemvFeaturesPerWarp + j;
+        if (output % 32 == lane && n < N) {
+          value[output / 32] = static_cast<float>(sum) * row_absmax[m] * (w_absmax[n] * kInvInt8MaxSquared);
         }
       }
+    }
+  }
+
+  // Outlier columns in ascending order (the CPU op's order), found from the
+  // bits: 32 words per step, then each set word's bits, all lanes in step.
+  if (outlier_bits != nullptr) {
+    const int words = (K + 31) / 32;
+    for (int w0 = 0; w0 < words; w0 += 32) {
+      const uint32_t my_word = w0 + lane < words ? outlier_bits[w0 + lane] : 0u;
+      for (uint32_t lanes = __ballot_sync(0xffffffffu, my_word != 0); lanes != 0; lanes &= lanes - 1) {
+        const int source = __ffs(lanes) - 1;
+        for (uint32_t bits = __shfl_sync(0xffffffffu, my_word, source); bits != 0; bits &= bits - 1) {
+          const int c = (w0 + source) * 32 + __ffs(bits) - 1;
+#pragma unroll
+          for (int e = 0; e < kGemvOutputsPerLane; ++e) {
+            const int output = lane + 32 * e, m = output / kGemvFeaturesPerWarp, n = n0 + output % kGemvFeaturesPerWarp;
+            if (m < M && n < N) {
+              const scalar_t w_deq = static_cast<scalar_t>(static_cast<float>(w_i8[static_cast<int64_t>(n) * K16 + c]) *
+                                                           (w_absmax[n] / kInt8Max));
+              value[e] += static_cast<float>(x[static_cast<int64_t>(m) * K + c]) * static_cast<float>(w_deq);
+            }
+          }
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int e = 0; e < kGemvOutputsPerLane; ++e) {
+    const int output = lane + 32 * e, m = output / kGemvFeaturesPerWarp, n = n0 + output % kGemvFeaturesPerWarp;
+    if (m < M && n < N) {
+      out[static_cast<int64_t>(m) * N + n] = static_cast<scalar_t>(bias != nullptr ? value[e] + bias[n] : value[e]);
     }
   }
 }
@@ -234,8 +293,9 @@ WeightOperands prepare_weight(const at::Tensor& w_i8, const at::Tensor& w_absmax
 
 const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
-// out [M, N] = dequantized x_i8 @ w_i8ᵀ (+ bias), x_i8 [M, K16] from the quant kernel.
-void int8_gemv(const QuantizedRows& q, const at::Tensor& w_i8, const at::Tensor& w_absmax,
+// out [M, N] = dequantized x_i8 @ w_i8ᵀ + x's outlier columns @ w_deq's (+ bias),
+// x [M, K] and x_i8 [M, K16] from the quant kernel.
+void int8_gemv(const at::Tensor& x, const QuantizedRows& q, const at::Tensor& w_i8, const at::Tensor& w_absmax,
                const std::optional<at::Tensor>& bias, at::Tensor& out) {
   // The GEMV folds 1/127² into its epilogue: no extra launch on the decode path.
   const WeightOperands w = prepare_weight(w_i8, w_absmax, bias, 1, /*with_col_scale=*/false);
@@ -246,7 +306,9 @@ void int8_gemv(const QuantizedRows& q, const at::Tensor& w_i8, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "int8_gemm", [&] {
     int8_gemv_kernel<scalar_t><<<blocks, kGemvWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
         q.x_i8.data_ptr<int8_t>(), w.w_i8.data_ptr<int8_t>(), M, N, K16, q.row_absmax.data_ptr<float>(),
-        w_absmax_c.data_ptr<float>(), data_or_null(w.bias), out.data_ptr<scalar_t>());
+        w_absmax_c.data_ptr<float>(), x.data_ptr<scalar_t>(), static_cast<int>(x.size(1)),
+        q.outlier_bits.defined() ? reinterpret_cast<const uint32_t*>(q.outlier_bits.data_ptr<int32_t>()) : nullptr,
+        data_or_null(w.bias), out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -292,14 +354,14 @@ at::Tensor int8_gemm_cuda(const at::Tensor& x_in, const at::Tensor& w_i8, const 
   }
 
   const at::Tensor x = x_in.reshape({M, K}).contiguous();
-  const QuantizedRows q = quantize_activations(x, threshold, (K + 15) / 16 * 16);
-  at::Tensor out;
-  if (M <= kGemvMaxRows) {
-    out = at::empty({M, N}, x.options());
-    int8_gemv(q, w_i8, w_absmax, bias, out);
-  } else {
-    out = int8_gemm_tensor_core(q, w_i8, w_absmax, bias, x.scalar_type());
+  const bool decode = M <= kGemvMaxRows;  // the GEMV takes the outlier columns from the bits: no sync
+  const QuantizedRows q = quantize_activations(x, threshold, (K + 15) / 16 * 16, /*with_cols=*/!decode);
+  if (decode) {
+    at::Tensor out = at::empty({M, N}, x.options());
+    int8_gemv(x, q, w_i8, w_absmax, bias, out);
+    return out.view(out_shape);
   }
+  at::Tensor out = int8_gemm_tensor_core(q, w_i8, w_absmax, bias, x.scalar_type());
   if (q.outlier_cols.numel() > 0) {
     const at::Tensor w_cols = dequantized_weight_columns(w_i8, w_absmax, q.outlier_cols, x.scalar_type());
     out.addmm_(x.index_select(1, q.outlier_cols), w_cols.t());
