@@ -15,7 +15,8 @@
 #   MLX_COMMIT=<sha> scripts/gpu_session.sh [FAMILY ...]
 #     FAMILY: int8 bipolar bsr spgemm fftconv attention (default: all six)
 #     GPU_SESSION_SECONDS: the whole budget (default 540)
-# Wheels the machine lacks (nvidia-cutlass, bitsandbytes, ...) are taken from .whl/.
+# Wheels the machine lacks (nvidia-cutlass, bitsandbytes) are installed from .whl/
+# (scripts/fetch_gpu_wheels.sh downloads them; carry .whl with the call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
