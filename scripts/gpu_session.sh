@@ -15,8 +15,8 @@
 #   MLX_COMMIT=<sha> scripts/gpu_session.sh [FAMILY ...]
 #     FAMILY: int8 bipolar bsr spgemm fftconv attention (default: all six)
 #     GPU_SESSION_SECONDS: the whole budget (default 540)
-# Wheels the machine lacks (nvidia-cutlass, bitsandbytes) are installed from .whl/
-# (scripts/fetch_gpu_wheels.sh downloads them; carry .whl with the call).
+# What the machine lacks comes in .carry/ (scripts/prepare_gpu_carry.sh; name
+# .carry in the call's carry): wheels to install, and the SuiteSparse matrices.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -48,10 +48,12 @@ outcome() { grep -E "(passed|failed|skipped|error|no tests ran).* in [0-9.]+s" "
 # A deadline `share` percent of the remaining budget from now (seconds since the epoch).
 deadline_in() { echo $(( $(date +%s) + $(left) * $1 / 100 )); }
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+if compgen -G ".carry/whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .carry/whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+if compgen -G ".carry/matrices/*.mtx" >/dev/null; then export MLX_MATRIX_DIR="$PWD/.carry/matrices"; fi
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" PYTHONUNBUFFERED=1
 
 note "commit ${MLX_COMMIT:-unknown}; families: ${families[*]}; budget ${budget} s"
