@@ -420,7 +420,9 @@ def test_bsr_spmm_cuda_any_block_shape(dtype, block):
     a_dense[:2] = torch.randn(2, 260).to(dtype)  # long block rows, split over CTAs for small blocks
     a = BlockSparseMatrix.from_dense(a_dense, block=block, reorder=False)
     b = torch.randn(260, 45, dtype=dtype)
-    out = (a.to("cuda") @ b.cuda()).cpu()
+    on_gpu = a.to("cuda")
+    assert on_gpu.crow.dtype == on_gpu.col.dtype == torch.int32  # what the kernels read: no cast per product
+    out = (on_gpu @ b.cuda()).cpu()
     assert_close_to_oracle(out, oracles.bsr_spmm(a.crow, a.col, a.blocks, b, 300, a.row_perm),
                            reference_same_dtype(a_dense, b))
 

@@ -93,7 +93,8 @@ class BlockSparseMatrix:
             perm = None  # the original order was already the best one: no gather at all
         bcrow, bcol, blocks = ops.bsr_from_csr(crow, col, values, k, br, bc, perm)
         nnz = int(torch.count_nonzero(values))
-        return cls(bcrow.to(device), bcol.to(device), blocks.to(device), (m, k),
+        index_dtype = _index_dtype(device, bcol.numel())
+        return cls(bcrow.to(device, index_dtype), bcol.to(device, index_dtype), blocks.to(device), (m, k),
                    None if perm is None else perm.to(device), nnz, _checked=True)
 
     # --- properties -------------------------------------------------------------------
@@ -123,8 +124,9 @@ class BlockSparseMatrix:
     def to(self, device) -> "BlockSparseMatrix":
         """A copy on ``device`` (indices, blocks and permutation move together)."""
         perm = None if self.row_perm is None else self.row_perm.to(device)
-        return BlockSparseMatrix(self.crow.to(device), self.col.to(device), self.blocks.to(device), self.shape,
-                                 perm, self.nnz, _checked=True)
+        index_dtype = _index_dtype(device, self.nblocks)
+        return BlockSparseMatrix(self.crow.to(device, index_dtype), self.col.to(device, index_dtype),
+                                 self.blocks.to(device), self.shape, perm, self.nnz, _checked=True)
 
     def to_dense(self) -> Tensor:
         """A as a dense [m, k] tensor in the blocks' dtype, in A's original row order."""
@@ -166,6 +168,12 @@ class BlockSparseMatrix:
         return (f"BlockSparseMatrix(shape={self.shape}, block={self.block}, nblocks={self.nblocks}, "
                 f"fill={self.fill:.3f}, reordered={self.row_perm is not None}, dtype={self.dtype}, "
                 f"device={self.device})")
+
+
+def _index_dtype(device, nblocks: int) -> torch.dtype:
+    """int32 indices on CUDA when they fit: the kernels read int32 and would
+    otherwise convert int64 indices on every product."""
+    return torch.int32 if torch.device(device).type == "cuda" and nblocks < 2**31 else torch.int64
 
 
 def _pack_rows(crow: Tensor, col: Tensor, blocks: Tensor, shape: Tuple[int, int]) -> Optional[Tuple[Tensor, ...]]:
