@@ -336,6 +336,20 @@ def test_int8_gemm_cuda_matches_cpu(dtype, m, n, k, threshold):
 
 
 @requires_cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m", [1, 5, 16])
+def test_int8_gemm_decode_is_bit_exact_with_cpu(dtype, m):
+    # The GEMV follows the CPU op's order and roundings: int8 part, outlier
+    # columns in ascending order, bias.
+    _, w_i8, w_absmax = quantized_weight(70, 333)
+    x = with_outlier_columns(torch.randn(m, 333), [0, 31, 32, 200, 332]).to(dtype)
+    bias = torch.randn(70).to(dtype)
+    cpu = mlx_kernels.int8_gemm(x, w_i8, w_absmax, bias, 6.0)
+    cuda = mlx_kernels.int8_gemm(x.cuda(), w_i8.cuda(), w_absmax.cuda(), bias.cuda(), 6.0)
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=0)
+
+
+@requires_cuda
 @pytest.mark.parametrize("m", [1, 16])
 def test_int8_gemm_decode_with_outliers_never_syncs(m):
     # Decode (M <= 16) takes the outlier columns from a device bit mask: no host

@@ -62,11 +62,14 @@ MLX_HOST_DEVICE inline int quantize_value(float x, RowScale s) {
 }
 
 // The outlier half of LLM.int8: the weight columns that meet x's outlier
-// columns, dequantized (w_i8 · absmax_w / 127) and rounded to x's dtype as the
-// 16-bit matmul sees them. [N, n_outliers]; small, so plain ATen ops.
+// columns, dequantized (w_i8 · (absmax_w / 127)) and rounded to x's dtype as the
+// 16-bit matmul sees them. [N, n_outliers]; small, so plain ATen ops. The 127
+// is a tensor: ATen's CUDA division by a scalar multiplies by its reciprocal,
+// which rounds differently from the CPU (and the decode GEMV's) true division.
 inline at::Tensor dequantized_weight_columns(const at::Tensor& w_i8, const at::Tensor& w_absmax,
                                              const at::Tensor& cols, at::ScalarType dtype) {
-  return (w_i8.index_select(1, cols).to(at::kFloat) * (w_absmax.unsqueeze(1) / kInt8Max)).to(dtype);
+  const at::Tensor int8_max = at::full({1}, kInt8Max, w_absmax.options());
+  return (w_i8.index_select(1, cols).to(at::kFloat) * (w_absmax.unsqueeze(1) / int8_max)).to(dtype);
 }
 
 inline void check_threshold(const char* op, double threshold) {

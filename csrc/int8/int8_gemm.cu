@@ -183,8 +183,8 @@ static_assert(kGemvOutputsPerLane == 2, "the epilogue's lane -> output map");
 //             + Σ_{outlier c} x[m, c] · w_deq[n, c] + bias[n]
 // for m < M <= 16: x_i8 [M, K16], w_i8 [N, K16], K16 % 16 == 0, 16-byte aligned
 // rows; x [M, K] the activations, outlier_bits their outlier columns (or null),
-// w_deq = w_i8 · w_absmax / 127 rounded to x's dtype, as the CPU op and the
-// 16-bit matmul of the M > 16 path see it. Weights stream through once (the
+// w_deq = w_i8 · (w_absmax / 127) rounded to x's dtype, as the CPU op and the
+// 16-bit matmul of the M > 16 path see it (dequantized_weight_columns). Weights stream through once (the
 // decode bottleneck); the tiny x stays in L1.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kGemvWarps * 32)
@@ -227,15 +227,17 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
         int32_t sum = acc[m][j];
         for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
         const int n = n0 + j, output = m * kGemvFeaturesPerWarp + j;
-        if (output % 32 == lane && n < N) {
-          value[output / 32] = static_cast<float>(sum) * row_absmax[m] * (w_absmax[n] * kInvInt8MaxSquared);
+        if (output % 32 == lane && n < N) {  // the CPU op's order and roundings (no FMA contraction)
+          value[output / 32] = __fmul_rn(__fmul_rn(static_cast<float>(sum), row_absmax[m] * kInvInt8MaxSquared),
+                                         w_absmax[n]);
         }
       }
     }
   }
 
-  // Outlier columns in ascending order (the CPU op's order), found from the
-  // bits: 32 words per step, then each set word's bits, all lanes in step.
+  // Outlier columns in ascending order (the CPU op's order, and like it one
+  // rounding per multiply and add), found from the bits: 32 words per step,
+  // then each set word's bits, all lanes in step.
   if (outlier_bits != nullptr) {
     const int words = (K + 31) / 32;
     for (int w0 = 0; w0 < words; w0 += 32) {
@@ -250,7 +252,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
             if (m < M && n < N) {
               const scalar_t w_deq = static_cast<scalar_t>(static_cast<float>(w_i8[static_cast<int64_t>(n) * K16 + c]) *
                                                            (w_absmax[n] / kInt8Max));
-              value[e] += static_cast<float>(x[static_cast<int64_t>(m) * K + c]) * static_cast<float>(w_deq);
+              value[e] = __fadd_rn(value[e], __fmul_rn(static_cast<float>(x[static_cast<int64_t>(m) * K + c]),
+                                                       static_cast<float>(w_deq)));
             }
           }
         }
