@@ -245,6 +245,20 @@ def test_nan_query_row_gives_nan(device):
     torch.testing.assert_close(lse.double(), scores.logsumexp(-1), rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_minus_inf_first_score_gets_zero_weight(device, dtype):
+    # Key 0 scores −inf for every query (q[..., 0] > 0, k[:, 0, :, 0] = −inf): it must
+    # simply drop out, also when it is the first key an online softmax sees.
+    q = rand(2, 3, 2, 64, dtype=dtype, device=device)
+    q[..., 0] = 1.0
+    k, v = (rand(2, 9, 2, 64, dtype=dtype, device=device) for _ in range(2))
+    k[:, 0, :, 0] = float("-inf")
+    out, lse = mlx_kernels.attention_with_lse(q, k, v)
+    expected, expected_lse = mlx_kernels.attention_with_lse(q, k[:, 1:].contiguous(), v[:, 1:].contiguous())
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-2)
+    torch.testing.assert_close(lse, expected_lse, rtol=1e-6, atol=1e-5)
+
+
 def test_merge_empty_tensors(device):
     out, lse = mlx_kernels.merge_attention_states(rand(0, 3, 4, 8, device=device), rand(0, 4, 3, device=device),
                                                   rand(0, 3, 4, 8, device=device), rand(0, 4, 3, device=device))

@@ -78,8 +78,10 @@ __global__ void __launch_bounds__(32 * kReferenceWarps) reference_attention_kern
     }
     const float score = warp_sum(partial);
     const float new_max = fmaxf(row_max, score);
-    const float rescale = expf(row_max - new_max);  // 0 for the first key (row_max = −inf)
-    const float weight = expf(score - new_max);
+    // While every score so far is −inf, subtract 0: −inf − (−inf) would be NaN.
+    const float base = new_max == -INFINITY ? 0.0f : new_max;
+    const float rescale = expf(row_max - base);  // 0 for the first key (row_max = −inf)
+    const float weight = expf(score - base);
     row_sum = row_sum * rescale + weight;
 #pragma unroll
     for (int c = 0; c < kDimsPerLane; ++c) {

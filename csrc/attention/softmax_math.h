@@ -29,6 +29,10 @@ MLX_HOST_DEVICE inline int64_t visible_keys(int64_t key_len, int64_t seq_q, int6
 // read as empty too. Both empty gives weights 0 and lse −inf: the max is
 // subtracted only when it is finite, so −inf − (−inf) = NaN never happens.
 MLX_HOST_DEVICE inline float merge_weights(float lse_a, float lse_b, float* w_a, float* w_b) {
+  if (lse_a != lse_a || lse_b != lse_b) {  // a NaN state (a NaN score) stays NaN, fmaxf would drop it
+    *w_a = *w_b = NAN;
+    return NAN;
+  }
   if (lse_a == INFINITY) lse_a = -INFINITY;
   if (lse_b == INFINITY) lse_b = -INFINITY;
   const float max_lse = fmaxf(lse_a, lse_b);

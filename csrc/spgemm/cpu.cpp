@@ -275,7 +275,7 @@ class RowAccumulator {
 
   // The slot holding column c, or the empty slot where it belongs.
   uint32_t find_slot(index_t c, int bits) const {
-    const uint32_t mask = (uint32_t{1} << bits) - 1;
+    const uint32_t mask = static_cast<uint32_t>((uint64_t{1} << bits) - 1);  // bits may be 32
     uint32_t slot = hash_slot(static_cast<uint64_t>(c), bits);
     while (keys_[slot] != c && keys_[slot] >= 0) slot = (slot + 1) & mask;
     return slot;
