@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One batched, time-boxed GPU session on a device machine (README, "Building for
 # a GPU"), sized for one call of at most 10 minutes:
-#   1. build against the machine's own torch (sm_90a only),
+#   1. build and install against the machine's own torch (sm_90a only),
 #   2. every CUDA test of every family (`pytest -m cuda`),
 #   3. compute-sanitizer memcheck and racecheck, side by side, on the small CUDA
 #      tests of the chosen families,
@@ -60,9 +60,10 @@ note "commit ${MLX_COMMIT:-unknown}; families: ${families[*]}; budget ${budget} 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | sed 's/^/gpu: /' | tee -a "$summary"
 python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" | tee -a "$summary"
 
-# 1. Build.
+# 1. Build. A regular (not editable) install: an editable one re-checks the build
+# on every import, and 8 test workers would run ninja in one build folder at once.
 t=$(date +%s)
-if ! timeout "$(at_least $(( $(left) - 120 )) 60)" python3 -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1 ||
+if ! timeout "$(at_least $(( $(left) - 120 )) 60)" python3 -m pip install --no-build-isolation --no-deps . >"$out/build.log" 2>&1 ||
    ! python3 -c "import mlx_kernels, sys; sys.exit(0 if mlx_kernels.WITH_CUDA else 1)" >>"$out/build.log" 2>&1; then
   note "build FAILED after $(( $(date +%s) - t )) s"
   tail -60 "$out/build.log"
