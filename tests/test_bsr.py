@@ -122,16 +122,17 @@ def test_packed_error_in_a_later_part_is_raised_once():
             ops.bsr_spmm_packed(crow, col, row_words, row_values, word_blocks, word_cols, values, b, 600, 16, 16)
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32], ids=str)
 @pytest.mark.parametrize("variant", ["bsr_spmm", "bsr_spmm_unchecked", "bsr_spmm_packed"])
-def test_ops_survive_corrupted_indices(variant, device):
+def test_ops_survive_corrupted_indices(variant, index_dtype, device):
     # No index array is trusted: random corruptions (any position, values in and far
     # out of range, single flipped bits) raise a RuntimeError naming the op or give a
     # result, and never read or write out of bounds (on the CPU that would crash this
     # process; on CUDA it is an illegal-address error here and a compute-sanitizer
     # finding). bsr_spmm_unchecked checks no index value on CUDA: there every call must
     # give a result. Block rows of 75 blocks also take CUDA's split-row path.
-    if variant == "bsr_spmm_packed" and device != "cpu":
-        pytest.skip("bsr_spmm_packed is a CPU op")
+    if variant == "bsr_spmm_packed" and (device != "cpu" or index_dtype != torch.int64):
+        pytest.skip("bsr_spmm_packed is a CPU op with int64 indices")
     a = BlockSparseMatrix.from_dense(random_sparse(70, 1200, 0.1), block=(16, 16), reorder=False)
     b = torch.randn(1200, 5)
     row_perm = torch.randperm(70)  # any permutation: the values of the product are not checked
@@ -140,21 +141,23 @@ def test_ops_survive_corrupted_indices(variant, device):
         indices = [0, 1, 2, 3, 4, 5, 11]  # crow, col, row_words, row_values, word_blocks, word_cols, row_perm
     else:
         a, b = a.to(device), b.to(device)
-        args = [a.crow, a.col, a.blocks, b, 70, row_perm.to(device)]
+        args = [a.crow.to(index_dtype), a.col.to(index_dtype), a.blocks, b, 70, row_perm.to(device)]
         indices = [0, 1, 5]  # crow, col, row_perm
     op, name = getattr(ops, variant), variant.removesuffix("_unchecked")
     always_a_result = variant == "bsr_spmm_unchecked" and device == "cuda"
     g = torch.Generator().manual_seed(1)
-    choices = [-(2 ** 62), -1, 0, 1, 15, 16, 63, 64, 1000, 2 ** 62]
     for trial in range(300):
         broken = list(args)
         index = indices[int(torch.randint(0, len(indices), (1,), generator=g))]
         broken[index] = broken[index].clone()
         position = int(torch.randint(0, broken[index].numel(), (1,), generator=g))
+        bits = torch.iinfo(broken[index].dtype).bits  # values far out of range, in the array's type
+        far = 2 ** (bits - 2)
         if trial % 2:
+            choices = [-far, -1, 0, 1, 15, 16, 63, 64, 1000, far]
             broken[index][position] = choices[int(torch.randint(0, len(choices), (1,), generator=g))]
         else:
-            broken[index][position] ^= 1 << int(torch.randint(0, 63, (1,), generator=g))
+            broken[index][position] ^= 1 << int(torch.randint(0, bits - 1, (1,), generator=g))
         try:
             out = op(*broken)
             if device == "cuda":

@@ -223,7 +223,7 @@ __device__ void store_result(const Problem<acc_t>& p, out_t* out, const Chunk& c
 template <typename acc_t>
 __global__ void zero_split_rows_kernel(Problem<acc_t> p) {
   const int64_t slot_size = static_cast<int64_t>(p.br) * p.n;
-  for (int rb = blockIdx.x; rb < p.block_rows; rb += gridDim.x) {
+  for (int64_t rb = blockIdx.x; rb < p.block_rows; rb += gridDim.x) {
     const int slot = p.split_slot[rb];
     if (slot < 0) continue;
     acc_t* rows = p.workspace + slot * slot_size;
@@ -499,10 +499,13 @@ at::Tensor run_bsr_spmm(const at::Tensor& crow_in, const at::Tensor& col_in, con
   const int64_t k = b_in.size(0), n = b_in.size(1), block_rows = crow_in.numel() - 1;
   check_fits_int32(op, "nblocks", nblocks);
   check_fits_int32(op, "ceil(m / br) (block rows)", block_rows);
-  check_fits_int32(op, "ceil(k / bc) (block columns)", ceil_div_dev(k, bc));
 
   at::Tensor out = at::empty({m, n}, b_in.options());
   if (m == 0 || n == 0) return out;  // m > 0 means block_rows > 0
+  check_fits_int32(op, "ceil(k / bc) (block columns)", ceil_div_dev(k, bc));
+  // The SIMT kernel steps through a block by whole slices in int.
+  check_fits_int32(op, "br + 64 (the block height, sliced)", br + kSimtSliceRows);
+  check_fits_int32(op, "bc + 32 (the block width, sliced)", bc + kSimtSliceCols);
   const bool half_type = blocks_in.scalar_type() == at::kHalf || blocks_in.scalar_type() == at::kBFloat16;
   const bool mma = half_type && br == kMmaRows && (bc == 16 || bc == 8);
   const int64_t cta_n = mma ? kCtaN : kSimtCtaN;
