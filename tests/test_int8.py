@@ -209,7 +209,10 @@ def llm_int8_plain_torch(x, w_i8, w_absmax, bias, threshold):
     xf = x2.float()
     outlier = (xf.abs() > threshold).any(0) if threshold > 0 else torch.zeros(k, dtype=torch.bool)
     absmax = xf.abs().masked_fill(outlier, 0).amax(1) if k else torch.zeros(xf.shape[0])
-    scale = torch.where(absmax > 0, 127.0 / absmax, torch.zeros_like(absmax))
+    # The kernels' arithmetic: 127 / absmax as one IEEE division. `127.0 / absmax` would be
+    # absmax.reciprocal() * 127 (Tensor.__rtruediv__), which rounds differently for ~1/4 of
+    # rows and moves near-tie entries of q to the other integer than the kernels do.
+    scale = torch.where(absmax > 0, torch.full_like(absmax, 127.0) / absmax, torch.zeros_like(absmax))
     q = torch.round(xf * scale[:, None]).masked_fill(outlier, 0)
     acc = (q.double() @ w_i8.cpu().double().T).float()
     out = (acc * absmax[:, None] * w_absmax.cpu()[None, :] / 127.0**2).to(dtype)
