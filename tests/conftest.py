@@ -10,7 +10,14 @@ import torch
 
 import mlx_kernels
 
-HAS_CUDA = torch.cuda.is_available() and mlx_kernels.WITH_CUDA
+# MLX_FAKE_CUDA=1: the CUDA tests run against the CPU kernels on a fake cuda:0, to
+# find test-side bugs without a GPU (tests/fake_cuda.py says what it can and cannot show).
+FAKE_CUDA = os.environ.get("MLX_FAKE_CUDA") == "1"
+if FAKE_CUDA:
+    import fake_cuda
+
+    fake_cuda.install()
+HAS_CUDA = FAKE_CUDA or (torch.cuda.is_available() and mlx_kernels.WITH_CUDA)
 
 # Every op test that takes a `device` runs on CPU, and on CUDA when a GPU and a
 # CUDA build are both present (skipped cleanly otherwise). Both carry the
@@ -50,6 +57,8 @@ def device(request):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+    if FAKE_CUDA:
+        fake_cuda.CUDA_GENERATOR.manual_seed(0)
 
 
 def max_abs_error(x: torch.Tensor, oracle: torch.Tensor) -> float:

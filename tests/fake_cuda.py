@@ -1,0 +1,229 @@
+"""A fake GPU for the test suite: MLX_FAKE_CUDA=1 runs the CUDA tests against the CPU kernels.
+
+No GPU is needed. Every request for a "cuda" device (factory ``device=``, ``.cuda()``,
+``.to("cuda")``, ``nn.Module.to``) gives a CPU tensor tagged as fake-CUDA; the tag follows
+every result of a torch call on tagged inputs, and tagged tensors report ``cuda:0``
+(``.device``, ``.is_cuda``, ``.get_device()``), so library code takes its CUDA branches.
+It refuses what a real GPU refuses: CPU and CUDA operands in one op (copies, 0-dim CPU
+scalars and CPU index tensors allowed, as in torch), numpy conversion of a CUDA tensor, and
+an op of this package that has no CUDA kernel. Random numbers drawn "on the GPU" come from
+their own generator, so the CPU random stream is the one a real GPU run sees.
+
+What it is for: test-side bugs (device mix-ups, a tolerance reference that cannot be met,
+a dtype the test cannot write) found before a GPU session. What it cannot do: anything
+about the CUDA kernels themselves. Tests of what only a GPU has fail under it, as expected
+(22 at this writing): torch.compile on cuda, CUDA graph capture, the mixed-device tests
+(the fake refuses the mix before the op's own check), fp16 cuFFT references (no fp16 FFT on
+the CPU), bsr_spmm_unchecked's fuzz test (the CPU twin checks indices), one opcheck sample
+whose aot_autograd asks for the CUDA context.
+
+    MLX_FAKE_CUDA=1 python -m pytest -m cuda    # ~3 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.utils._pytree as pytree
+from torch.overrides import TorchFunctionMode
+
+FAKE_DEVICE = torch.device("cuda", 0)
+CUDA_GENERATOR = torch.Generator()  # seeded by conftest's autouse fixture
+
+_TAG = "_mlx_fake_cuda"
+_RANDOM_FACTORIES = {"randn", "rand", "randint", "randperm", "normal"}
+_RANDOM_LIKE = {"randn_like", "rand_like", "randint_like"}
+_RANDOM_INPLACE = {"uniform_", "normal_", "random_", "bernoulli_", "exponential_", "cauchy_", "log_normal_",
+                   "geometric_"}
+# Calls that may mix CPU and CUDA tensors on a real GPU (moves, metadata, Python conversions).
+_MIXING_ALLOWED = {
+    "copy_", "to", "cpu", "cuda", "clone", "__setitem__", "__getitem__", "__repr__", "__format__", "__str__",
+    "_parse_to", "data_ptr", "set_", "__reduce_ex__", "__deepcopy__", "detach", "requires_grad_",
+    "_make_subclass", "__len__", "__iter__", "tolist", "item", "__bool__", "__index__", "__int__", "__float__",
+    "numel", "dim", "size", "stride", "untyped_storage", "storage_offset", "is_contiguous", "element_size",
+    "__hash__", "__eq__", "_has_compatible_shallow_copy_type", "is_floating_point", "is_complex", "new_empty",
+    "new_zeros", "new_ones", "new_full", "new_tensor", "type", "_version", "is_nonzero", "backward", "grad",
+    "register_hook", "retain_grad"}
+
+
+def is_fake_cuda(t) -> bool:
+    return isinstance(t, torch.Tensor) and bool(t.__dict__.get(_TAG, False))
+
+
+def _tag(t, on_cuda=True):
+    if isinstance(t, torch.Tensor):
+        t.__dict__[_TAG] = on_cuda
+    return t
+
+
+def _is_cuda(device) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.split(":")[0] == "cuda"
+    return isinstance(device, int) and not isinstance(device, bool)  # a CUDA ordinal
+
+
+def _is_cpu(device) -> bool:
+    return (isinstance(device, torch.device) and device.type == "cpu") or \
+        (isinstance(device, str) and device.split(":")[0] == "cpu")
+
+
+def _device_argument(args, kwargs):
+    if "device" in kwargs:
+        return kwargs["device"]
+    for a in args:
+        if isinstance(a, torch.device) or (isinstance(a, str) and a.split(":")[0] in ("cuda", "cpu", "meta")) or \
+                (isinstance(a, int) and not isinstance(a, bool)):
+            return a
+    return None
+
+
+def _to_cpu_devices(obj):
+    def cpu(x):
+        return torch.device("cpu") if isinstance(x, (str, torch.device)) and _is_cuda(x) else x
+    if isinstance(obj, dict):
+        return {k: cpu(v) for k, v in obj.items()}
+    return tuple(cpu(a) for a in obj)
+
+
+def _name(func) -> str:
+    name = getattr(func, "__name__", "") or ""
+    if name in ("__get__", "__set__"):  # property access: name the property
+        return f"{name}:{getattr(getattr(func, '__self__', None), '__name__', '')}"
+    return name
+
+
+def _without_cuda_kernel(func) -> bool:
+    """An op of this package with no CUDA kernel (a real GPU call would fail to dispatch)."""
+    qualified = getattr(func, "_qualified_op_name", None) or getattr(func, "_name", None)
+    if not isinstance(qualified, str) or "::" not in qualified or qualified.startswith("aten::"):
+        return False
+    return not torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "CUDA")
+
+
+class FakeCudaMode(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        name = _name(func)
+
+        if name.startswith("__get__:"):  # .device, .is_cuda, ...: what a CUDA tensor reports
+            attribute, t = name.split(":", 1)[1], args[0]
+            if is_fake_cuda(t) and attribute in ("device", "is_cuda", "is_cpu"):
+                return {"device": FAKE_DEVICE, "is_cuda": True, "is_cpu": False}[attribute]
+            out = func(*args, **kwargs)
+            if is_fake_cuda(t) and attribute in ("grad", "data", "real", "imag", "T", "mT", "H", "mH"):
+                _tag(out)
+            return out
+        if name == "__set__:data":
+            out = func(*args, **kwargs)
+            _tag(args[0], is_fake_cuda(args[1]))
+            return out
+        if name == "get_device" and is_fake_cuda(args[0]):
+            return 0
+        if name in ("numpy", "__array__") and args and is_fake_cuda(args[0]):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+                            "to host memory first. (fake CUDA)")
+
+        if name == "cuda":
+            return args[0] if is_fake_cuda(args[0]) else _tag(args[0].clone())
+        if name == "cpu" and args and isinstance(args[0], torch.Tensor):
+            return _tag(args[0].clone(), False) if is_fake_cuda(args[0]) else func(*args, **kwargs)
+        if name == "_parse_to":  # nn.Module.to: report the CUDA device asked for
+            device, dtype, non_blocking, memory_format = func(*_to_cpu_devices(args), **_to_cpu_devices(kwargs))
+            return (FAKE_DEVICE if _is_cuda(_device_argument(args, kwargs)) else device), dtype, non_blocking, \
+                memory_format
+        if name == "to" and args and isinstance(args[0], torch.Tensor):
+            return self._to(func, args, kwargs)
+
+        # Everything else: random draws "on the GPU" from their own stream, devices
+        # mapped to the CPU, mixing refused, results tagged.
+        device = kwargs.get("device")
+        if "generator" not in kwargs and (
+                (name in _RANDOM_FACTORIES and _is_cuda(device)) or
+                (name in _RANDOM_LIKE and args and is_fake_cuda(args[0]) and not _is_cpu(device)) or
+                (name in _RANDOM_INPLACE and args and is_fake_cuda(args[0]))):
+            kwargs["generator"] = CUDA_GENERATOR
+        if "device" in kwargs:
+            kwargs = _to_cpu_devices(kwargs)
+        tensors = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        on_cuda = [a for a in tensors if is_fake_cuda(a)]
+        on_cpu = [a for a in tensors if not is_fake_cuda(a)]
+        if on_cuda and on_cpu and name not in _MIXING_ALLOWED:
+            _refuse_mixing(func, name, args, on_cpu)
+        if on_cuda and _without_cuda_kernel(func):
+            raise NotImplementedError(f"{name} has no CUDA kernel (fake CUDA)")
+        out = func(*args, **kwargs)
+        if _is_cuda(device) or (on_cuda and not _is_cpu(device)):
+            cpu_inputs = {id(a) for a in on_cpu}  # in-place ops return an input: leave CPU inputs alone
+            for o in pytree.tree_leaves(out):
+                if isinstance(o, torch.Tensor) and id(o) not in cpu_inputs:
+                    _tag(o)
+        return out
+
+    @staticmethod
+    def _to(func, args, kwargs):
+        t = args[0]
+        target = _device_argument(args[1:], kwargs)
+        other = args[1] if len(args) > 1 and isinstance(args[1], torch.Tensor) else kwargs.get("other")
+        new_args, new_kwargs = _to_cpu_devices(args), _to_cpu_devices(kwargs)
+        if isinstance(other, torch.Tensor):  # .to(other): other's dtype here, its device below
+            target = FAKE_DEVICE if is_fake_cuda(other) else other.device
+            new_args = (t, other.dtype) + tuple(new_args[2:])
+        out = func(*new_args, **new_kwargs)
+        if _is_cuda(target) or _is_cpu(target):
+            on_cuda = _is_cuda(target)
+            if is_fake_cuda(t) != on_cuda and out is t:
+                out = t.clone()
+            return _tag(out, on_cuda)
+        return _tag(out) if is_fake_cuda(t) else out
+
+
+def _refuse_mixing(func, name, args, on_cpu):
+    custom_op = isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket))
+    if not custom_op:
+        if all(a.dim() == 0 for a in on_cpu):
+            return  # 0-dim CPU tensors are scalars to CUDA kernels
+        if name in ("index", "index_select", "take") and is_fake_cuda(args[0]):
+            return  # CPU index tensors are allowed
+    raise RuntimeError(f"Expected all tensors to be on the same device, but {name} got CPU tensors of shapes "
+                       f"{[tuple(a.shape) for a in on_cpu]} with cuda:0 ones (fake CUDA)")
+
+
+def _tag_module(module, on_cuda):
+    for p in module.parameters():
+        _tag(p, on_cuda)
+        if p.grad is not None:
+            _tag(p.grad, on_cuda)
+    for b in module.buffers():
+        _tag(b, on_cuda)
+
+
+def install():
+    """Enters the mode for the rest of the process and patches nn.Module's moves."""
+    module_to, module_cpu = torch.nn.Module.to, torch.nn.Module.cpu
+
+    def to(self, *args, **kwargs):
+        target = _device_argument(args, kwargs)
+        if args and isinstance(args[0], torch.Tensor):
+            target = FAKE_DEVICE if is_fake_cuda(args[0]) else args[0].device
+            args = (args[0].dtype,) + args[1:]
+        out = module_to(self, *_to_cpu_devices(args), **_to_cpu_devices(kwargs))
+        if _is_cuda(target) or _is_cpu(target):
+            _tag_module(self, _is_cuda(target))
+        return out
+
+    def cuda(self, device=None):
+        _tag_module(self, True)
+        return self
+
+    def cpu(self):
+        out = module_cpu(self)
+        for p in self.parameters():
+            if is_fake_cuda(p):
+                p.data = p.data.clone()
+        _tag_module(self, False)
+        return out
+
+    torch.nn.Module.to, torch.nn.Module.cuda, torch.nn.Module.cpu = to, cuda, cpu
+    torch.cuda.synchronize = lambda *args, **kwargs: None
+    FakeCudaMode().__enter__()
