@@ -27,9 +27,7 @@ summary="$out/summary.txt"
 families=("$@")
 [ ${#families[@]} -gt 0 ] || families=(int8 bipolar bsr spgemm fftconv attention)
 
-# Per family: the test file, the small CUDA tests for the sanitizers, the benchmarked ops.
-declare -A test_file=([int8]=test_int8 [bipolar]=test_bipolar [bsr]=test_bsr [spgemm]=test_spgemm
-                      [fftconv]=test_fftconv [attention]=test_attention)
+# Per family (tests in tests/test_<family>.py): the small CUDA tests for the sanitizers, the benchmarked ops.
 declare -A small_tests=(
   [int8]="test_int8_mm_matches_oracle or test_int8_gemm_matches_oracle or test_vectorwise_quant_matches_oracle"
   [bipolar]="test_gemm_all_bit_widths_exact or test_pack_matches_oracle or test_bipolar_linear_matches_oracle"
@@ -84,7 +82,7 @@ grep -E "^(FAILED|ERROR) " "$out/pytest.log" | head -40 | tee -a "$summary"
 # 3. compute-sanitizer on the chosen families' small tests, memcheck and racecheck side by side.
 files=() ; small=""
 for f in "${families[@]}"; do
-  files+=("tests/${test_file[$f]}.py")
+  files+=("tests/test_$f.py")
   small="${small:+$small or }(${small_tests[$f]})"
 done
 sanitize_until=$(deadline_in 45)

@@ -83,8 +83,8 @@ at::Tensor spectral_cuda(const at::Tensor& u_in, const at::Tensor& k_f_in, int64
       convolve_bfloat16(make_signal<at::BFloat16>(u, pre, post, y), tasks, N, spectrum, keep_blocks, u.options());
       break;
     default:
-      run_tasks<float, false, false>(make_signal<float>(u, pre, post, y), tasks, N, spectrum, nullptr,
-                                             keep_blocks, u.options());
+      run_tasks<float, false, false>(make_signal<float>(u, pre, post, y), tasks, N, spectrum, nullptr, keep_blocks,
+                                     u.options());
   }
   return y;
 }

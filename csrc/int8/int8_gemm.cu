@@ -116,6 +116,10 @@ struct QuantizedRows {
   at::Tensor row_absmax;    // fp32 [rows]
   at::Tensor outlier_bits;  // int32 [ceil(K / 32)] (bit c % 32 of word c / 32), or undefined: no outliers
   at::Tensor outlier_cols;  // int64 [n_outliers], sorted (only when asked for: it syncs)
+
+  uint32_t* outlier_words() const {
+    return outlier_bits.defined() ? reinterpret_cast<uint32_t*>(outlier_bits.data_ptr<int32_t>()) : nullptr;
+  }
 };
 
 // x: contiguous [rows, K] on the current device. ld >= K: x_i8's row stride.
@@ -131,14 +135,12 @@ QuantizedRows quantize_activations(const at::Tensor& x, double threshold, int64_
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int8_vectorwise_quant", [&] {
     const scalar_t* x_ptr = x.data_ptr<scalar_t>();
-    uint32_t* bits = nullptr;
     if (threshold > 0.0 && K > 0) {
       out.outlier_bits = at::zeros({ceil_div_dev<int64_t>(K, 32)}, int_options);
-      bits = reinterpret_cast<uint32_t*>(out.outlier_bits.data_ptr<int32_t>());
       const int rows_per_block = std::max<int>(kMaskMinRowsPerBlock, ceil_div_dev(rows, kMaxGridY));
       const dim3 grid(static_cast<unsigned>(ceil_div_dev<int64_t>(K, kMaskThreads)), ceil_div_dev(rows, rows_per_block));
       outlier_column_mask_kernel<<<grid, kMaskThreads, 0, stream>>>(x_ptr, rows, K, rows_per_block,
-                                                                    static_cast<float>(threshold), bits);
+                                                                    static_cast<float>(threshold), out.outlier_words());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (with_cols) {
         const at::Tensor bit_of_column = out.outlier_bits.unsqueeze(1).bitwise_right_shift(at::arange(32, int_options))
@@ -146,8 +148,9 @@ QuantizedRows quantize_activations(const at::Tensor& x, double threshold, int64_
         out.outlier_cols = at::nonzero(bit_of_column).view({-1});
       }
     }
-    quantize_rows_kernel<<<rows, kQuantThreads, 0, stream>>>(x_ptr, K, bits, out.x_i8.data_ptr<int8_t>(),
-                                                             static_cast<int>(ld), out.row_absmax.data_ptr<float>());
+    quantize_rows_kernel<<<rows, kQuantThreads, 0, stream>>>(x_ptr, K, out.outlier_words(),
+                                                             out.x_i8.data_ptr<int8_t>(), static_cast<int>(ld),
+                                                             out.row_absmax.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -184,8 +187,8 @@ static_assert(kGemvOutputsPerLane == 2, "the epilogue's lane -> output map");
 // for m < M <= 16: x_i8 [M, K16], w_i8 [N, K16], K16 % 16 == 0, 16-byte aligned
 // rows; x [M, K] the activations, outlier_bits their outlier columns (or null),
 // w_deq = w_i8 · (w_absmax / 127) rounded to x's dtype, as the CPU op and the
-// 16-bit matmul of the M > 16 path see it (dequantized_weight_columns). Weights stream through once (the
-// decode bottleneck); the tiny x stays in L1.
+// 16-bit matmul of the M > 16 path see it (dequantized_weight_columns).
+// Weights stream through once (the decode bottleneck); the tiny x stays in L1.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     int8_gemv_kernel(const int8_t* __restrict__ x_i8, const int8_t* __restrict__ w_i8, int M, int N, int K16,
@@ -239,6 +242,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   // rounding per multiply and add), found from the bits: 32 words per step,
   // then each set word's bits, all lanes in step.
   if (outlier_bits != nullptr) {
+    float dequant_scale[kGemvOutputsPerLane];  // w_absmax[n] / 127 of each output this lane owns
+#pragma unroll
+    for (int e = 0; e < kGemvOutputsPerLane; ++e) {
+      const int n = n0 + (lane + 32 * e) % kGemvFeaturesPerWarp;
+      dequant_scale[e] = n < N ? w_absmax[n] / kInt8Max : 0.0f;
+    }
     const int words = (K + 31) / 32;
     for (int w0 = 0; w0 < words; w0 += 32) {
       const uint32_t my_word = w0 + lane < words ? outlier_bits[w0 + lane] : 0u;
@@ -250,8 +259,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
           for (int e = 0; e < kGemvOutputsPerLane; ++e) {
             const int output = lane + 32 * e, m = output / kGemvFeaturesPerWarp, n = n0 + output % kGemvFeaturesPerWarp;
             if (m < M && n < N) {
-              const scalar_t w_deq = static_cast<scalar_t>(static_cast<float>(w_i8[static_cast<int64_t>(n) * K16 + c]) *
-                                                           (w_absmax[n] / kInt8Max));
+              const scalar_t w_deq =
+                  static_cast<scalar_t>(static_cast<float>(w_i8[static_cast<int64_t>(n) * K16 + c]) * dequant_scale[e]);
               value[e] = __fadd_rn(value[e], __fmul_rn(static_cast<float>(x[static_cast<int64_t>(m) * K + c]),
                                                        static_cast<float>(w_deq)));
             }
@@ -310,8 +319,7 @@ void int8_gemv(const at::Tensor& x, const QuantizedRows& q, const at::Tensor& w_
     int8_gemv_kernel<scalar_t><<<blocks, kGemvWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
         q.x_i8.data_ptr<int8_t>(), w.w_i8.data_ptr<int8_t>(), M, N, K16, q.row_absmax.data_ptr<float>(),
         w_absmax_c.data_ptr<float>(), x.data_ptr<scalar_t>(), static_cast<int>(x.size(1)),
-        q.outlier_bits.defined() ? reinterpret_cast<const uint32_t*>(q.outlier_bits.data_ptr<int32_t>()) : nullptr,
-        data_or_null(w.bias), out.data_ptr<scalar_t>());
+        q.outlier_words(), data_or_null(w.bias), out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -93,7 +93,7 @@ class BlockSparseMatrix:
             perm = None  # the original order was already the best one: no gather at all
         bcrow, bcol, blocks = ops.bsr_from_csr(crow, col, values, k, br, bc, perm)
         nnz = int(torch.count_nonzero(values))
-        index_dtype = _index_dtype(device, bcol.numel(), -(-k // bc))
+        index_dtype = _index_dtype(device, bcol.numel(), k, bc)
         return cls(bcrow.to(device, index_dtype), bcol.to(device, index_dtype), blocks.to(device), (m, k),
                    None if perm is None else perm.to(device), nnz, _checked=True)
 
@@ -124,7 +124,7 @@ class BlockSparseMatrix:
     def to(self, device) -> "BlockSparseMatrix":
         """A copy on ``device`` (indices, blocks and permutation move together)."""
         perm = None if self.row_perm is None else self.row_perm.to(device)
-        index_dtype = _index_dtype(device, self.nblocks, -(-self.shape[1] // self.block[1]))
+        index_dtype = _index_dtype(device, self.nblocks, self.shape[1], self.block[1])
         return BlockSparseMatrix(self.crow.to(device, index_dtype), self.col.to(device, index_dtype),
                                  self.blocks.to(device), self.shape, perm, self.nnz, _checked=True)
 
@@ -170,11 +170,11 @@ class BlockSparseMatrix:
                 f"device={self.device})")
 
 
-def _index_dtype(device, nblocks: int, block_cols: int) -> torch.dtype:
-    """int32 indices on CUDA when they fit (crow counts blocks, col names block
-    columns): the kernels read int32 and would otherwise convert int64 indices on
-    every product."""
-    fits = max(nblocks, block_cols) < 2**31
+def _index_dtype(device, nblocks: int, k: int, bc: int) -> torch.dtype:
+    """int32 indices on CUDA when they fit (crow counts blocks, col names one of
+    ceil(k / bc) block columns): the kernels read int32 and would otherwise
+    convert int64 indices on every product."""
+    fits = max(nblocks, -(-k // bc)) < 2**31
     return torch.int32 if torch.device(device).type == "cuda" and fits else torch.int64
 
 
