@@ -2,7 +2,8 @@
 # Compile CUDA sources on their own with the package's flags, without building
 # or linking the extension: a quick "does this .cu compile" for development.
 #   scripts/check_cuda.sh csrc/int8/int8_mm.cu [more.cu ...]
-# Arch list: TORCH_CUDA_ARCH_LIST (default "8.0;9.0a", as in the build).
+# Arch list: TORCH_CUDA_ARCH_LIST (default "8.0;9.0a", as in the build); -DNDEBUG
+# as in its Release build (asserts in CuTe mainloops serialize wgmma).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-.venv/bin/python}"
@@ -21,7 +22,7 @@ done
 for src in "$@"; do
   echo "nvcc ${src} (${archs[*]})"
   nvcc -std=c++20 -O3 -c "${src}" -o /dev/null "${gencode[@]}" \
-    -DMLX_NAMESPACE=mlx -DMLX_WITH_CUDA=1 -D_GLIBCXX_USE_CXX11_ABI="${abi}" -Xcompiler=-fPIC \
+    -DNDEBUG -DMLX_NAMESPACE=mlx -DMLX_WITH_CUDA=1 -D_GLIBCXX_USE_CXX11_ABI="${abi}" -Xcompiler=-fPIC \
     --expt-relaxed-constexpr --expt-extended-lambda --diag-suppress=177,550,20012 \
     -Icsrc -isystem "${cutlass_inc}" -isystem "${torch_dir}/include" \
     -isystem "${torch_dir}/include/torch/csrc/api/include" -isystem "${nvidia_inc}" -isystem "${py_inc}"
