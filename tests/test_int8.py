@@ -94,6 +94,31 @@ def test_int8_mm_cuda_matches_cpu(m, n, k):
                                rtol=0, atol=0)
 
 
+# On Hopper (cc 9.0) int8_mm and int8_gemm run the wgmma kernels; MLX_INT8_SM80=1
+# keeps the mma.sync ones, which every other GPU runs. Both must be exact (int8_mm)
+# or within the rule (int8_gemm) at every tile boundary: 17..64 rows take the
+# small tiles, more the large ones; N % 8 != 0 pads the 16-bit outputs.
+TENSOR_CORE_KERNELS = pytest.mark.parametrize("force_sm80", [False, True], ids=["default-kernel", "sm80-kernel"])
+
+
+def select_int8_kernel(monkeypatch, force_sm80):
+    if force_sm80:
+        monkeypatch.setenv("MLX_INT8_SM80", "1")
+    else:
+        monkeypatch.delenv("MLX_INT8_SM80", raising=False)
+
+
+@requires_cuda
+@TENSOR_CORE_KERNELS
+@pytest.mark.parametrize("m,n,k", [(17, 33, 65), (64, 100, 250), (65, 260, 512), (300, 516, 1000),
+                                   (1024, 1032, 4096)])
+def test_int8_mm_cuda_tensor_core_kernels(monkeypatch, force_sm80, m, n, k):
+    select_int8_kernel(monkeypatch, force_sm80)
+    a, b = random_int8(m, k), random_int8(n, k)
+    torch.testing.assert_close(mlx_kernels.int8_mm(a.cuda(), b.cuda()).cpu().long(), oracles.int8_mm(a, b),
+                               rtol=0, atol=0)
+
+
 def test_int8_mm_torch_compile(device):
     a, b = random_int8(33, 64, device=device), random_int8(17, 64, device=device)
 
@@ -249,6 +274,20 @@ def test_int8_gemm_matches_oracle(device, dtype, m, n, k, threshold, with_bias):
     x = x.to(dtype).to(device)
     bias = torch.randn(n, device=device).to(dtype) if with_bias else None
     check_gemm_against_oracle(x, w_i8, w_absmax, bias, threshold)
+
+
+@requires_cuda
+@TENSOR_CORE_KERNELS
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m,n,k", [(17, 100, 96), (64, 36, 256), (65, 264, 200), (513, 1000, 1024)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_int8_gemm_cuda_tensor_core_kernels(monkeypatch, force_sm80, dtype, m, n, k, with_bias):
+    select_int8_kernel(monkeypatch, force_sm80)
+    _, w_i8, w_absmax = quantized_weight(n, k, "cuda")
+    x = with_outlier_columns(torch.randn(m, k), [3, k - 1]).to(dtype).cuda()
+    bias = torch.randn(n, device="cuda").to(dtype) if with_bias else None
+    check_gemm_against_oracle(x, w_i8, w_absmax, bias, 6.0)
+    check_gemm_against_oracle(x, w_i8, w_absmax, bias, 0.0)
 
 
 def test_int8_gemm_leading_dims_and_non_contiguous(device):

@@ -27,6 +27,18 @@ __host__ __device__ constexpr T ceil_div_dev(T a, T b) {
                 cutlassGetStatusString(_status));                                         \
   } while (0)
 
+// Checks, sets up (workspace included) and launches one CUTLASS device-level
+// operator (2.x device::Gemm or a 3.x/2.x GemmUniversalAdapter) on `stream`.
+template <typename Operator>
+void run_cutlass(const char* op, const typename Operator::Arguments& args, cudaStream_t stream) {
+  Operator gemm;
+  MLX_CUTLASS_CHECK(op, gemm.can_implement(args));
+  const auto workspace_bytes = static_cast<int64_t>(Operator::get_workspace_size(args));
+  at::Tensor workspace = at::empty({workspace_bytes}, at::TensorOptions().dtype(at::kByte).device(at::kCUDA));
+  MLX_CUTLASS_CHECK(op, gemm.initialize(args, workspace.data_ptr(), stream));
+  MLX_CUTLASS_CHECK(op, gemm.run(stream));
+}
+
 // Zero-pads `t` along `dim` up to a multiple of `multiple` (no copy when it
 // already is one). Tensor-core kernels need 16-byte aligned rows; padding with
 // zeros keeps GEMM results exact.

@@ -20,10 +20,11 @@
 //     activation load feeds 4 weight rows. Epilogue in registers, outlier
 //     columns included: it walks outlier_bits itself, so decode never syncs
 //     (and can be captured in a CUDA graph).
-//   M > 16: the CUTLASS tensor-core GEMM with an epilogue visitor tree
-//     (int8_gemm_sm80.cuh) for fp16/bf16 outputs; fp32 outputs use the exact
-//     int8_mm then an elementwise dequantization (fp32 LLM inference is rare,
-//     and it saves two heavy instantiations).
+//   M > 16: a CUTLASS tensor-core GEMM with an epilogue visitor tree for
+//     fp16/bf16 outputs: wgmma + TMA on cc 9.0 (int8_gemm_sm90.cuh), mma.sync
+//     elsewhere (int8_gemm_sm80.cuh), the same epilogue arithmetic in both;
+//     fp32 outputs use the exact int8_mm then an elementwise dequantization
+//     (fp32 LLM inference is rare, and it saves heavy instantiations).
 //   outliers (M > 16): out += x[:, cols] @ w_deq[:, cols]ᵀ via cuBLAS (addmm_,
 //     beta = 1) in x's dtype; x is never copied densely, only its outlier columns.
 // threshold = 0 runs no outlier work at all.
@@ -282,7 +283,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 // --- int8_gemm: host side ------------------------------------------------------
 
 // Weight-side operands padded to what the kernels need (copies only when the
-// shapes are odd: K % 16 or, for CUTLASS, N % 4).
+// shapes are odd: K % 16 or, for CUTLASS, N % 4, or N % 8 for TMA stores of
+// 16-bit outputs).
 struct WeightOperands {
   at::Tensor w_i8;       // int8 [N_pad, K16], 16-byte aligned rows
   at::Tensor col_scale;  // fp32 [N_pad]: absmax_w / 127² (tensor-core path only)
@@ -333,22 +335,30 @@ at::Tensor int8_gemm_tensor_core(const QuantizedRows& q, const at::Tensor& w_i8,
     at::Tensor out = acc.to(at::kFloat) * q.row_absmax.unsqueeze(1) * (w_absmax * kInvInt8MaxSquared);
     return bias ? out.add_(*bias) : out;
   }
-  const WeightOperands w = prepare_weight(w_i8, w_absmax, bias, 4, /*with_col_scale=*/true);
-  const int64_t N4 = w.w_i8.size(0);
-  at::Tensor out = at::empty({M, N4}, q.x_i8.options().dtype(dtype));
+  const bool sm90 = use_sm90_int8_kernels(q.x_i8);
+  const WeightOperands w = prepare_weight(w_i8, w_absmax, bias, sm90 ? 8 : 4, /*with_col_scale=*/true);
+  const int64_t N_pad = w.w_i8.size(0);
+  at::Tensor out = at::empty({M, N_pad}, q.x_i8.options().dtype(dtype));
   const Int8DequantProblem problem{q.x_i8.data_ptr<int8_t>(), w.w_i8.data_ptr<int8_t>(), q.row_absmax.data_ptr<float>(),
                                    w.col_scale.data_ptr<float>(), data_or_null(w.bias), out.data_ptr(),
-                                   static_cast<int>(M), static_cast<int>(N4), static_cast<int>(q.x_i8.size(1))};
+                                   static_cast<int>(M), static_cast<int>(N_pad), static_cast<int>(q.x_i8.size(1))};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const bool small_m = M <= 128;
-  if (dtype == at::kHalf) {
-    small_m ? run_int8_dequant_gemm_sm80<cutlass::half_t, 64>(problem, stream)
-            : run_int8_dequant_gemm_sm80<cutlass::half_t, 128>(problem, stream);
+  if (sm90) {
+    if (dtype == at::kHalf) {
+      M <= 64 ? run_int8_dequant_gemm_sm90<cutlass::half_t, 64>(problem, stream)
+              : run_int8_dequant_gemm_sm90<cutlass::half_t, 128>(problem, stream);
+    } else {
+      M <= 64 ? run_int8_dequant_gemm_sm90<cutlass::bfloat16_t, 64>(problem, stream)
+              : run_int8_dequant_gemm_sm90<cutlass::bfloat16_t, 128>(problem, stream);
+    }
+  } else if (dtype == at::kHalf) {
+    M <= 128 ? run_int8_dequant_gemm_sm80<cutlass::half_t, 64>(problem, stream)
+             : run_int8_dequant_gemm_sm80<cutlass::half_t, 128>(problem, stream);
   } else {
-    small_m ? run_int8_dequant_gemm_sm80<cutlass::bfloat16_t, 64>(problem, stream)
-            : run_int8_dequant_gemm_sm80<cutlass::bfloat16_t, 128>(problem, stream);
+    M <= 128 ? run_int8_dequant_gemm_sm80<cutlass::bfloat16_t, 64>(problem, stream)
+             : run_int8_dequant_gemm_sm80<cutlass::bfloat16_t, 128>(problem, stream);
   }
-  return N4 == N ? out : out.narrow(1, 0, N);
+  return N_pad == N ? out : out.narrow(1, 0, N);
 }
 
 at::Tensor int8_gemm_cuda(const at::Tensor& x_in, const at::Tensor& w_i8, const at::Tensor& w_absmax,

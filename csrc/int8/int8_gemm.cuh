@@ -29,6 +29,21 @@ struct Int8DequantProblem {
 template <typename ElementD, int TileM>
 void run_int8_dequant_gemm_sm80(const Int8DequantProblem& problem, cudaStream_t stream);
 
+// The same two GEMMs on wgmma + TMA (CUTLASS 3.x, int8_gemm_sm90.cuh): int8_mm's
+// int32 product and int8_gemm's fused dequantization. Built only when the arch
+// list has 9.0a (MLX_WITH_SM90A), run only on cc 9.0 (use_sm90_int8_kernels).
+// Need N % 4 == 0 (int32) or N % 8 == 0 (fp16/bf16) besides the above. TileM:
+// 64 (M <= 64) or 128; each (output, TileM) in its own TU, int8_gemm_sm90a_*.cu.
+template <int TileM>
+void run_int8_mm_sm90(const int8_t* a, const int8_t* b, int32_t* c, int M, int N, int K, cudaStream_t stream);
+template <typename ElementD, int TileM>
+void run_int8_dequant_gemm_sm90(const Int8DequantProblem& problem, cudaStream_t stream);
+
+// Whether int8_mm and int8_gemm run the sm90 kernels on this device: a build
+// with them, a cc 9.0 device, and MLX_INT8_SM80 unset (MLX_INT8_SM80=1 keeps
+// the sm80 kernels, to compare the two or to step around a problem).
+bool use_sm90_int8_kernels(const at::Tensor& on);
+
 // The exact int32 product of int8_mm (int8_mm.cu) without its argument checks:
 // int8_gemm's fp32-output path, whose own K limit (terms of at most 127·128) is
 // looser than int8_mm's and whose K is already padded to a multiple of 16.

@@ -85,13 +85,7 @@ struct Int8DequantGemm {
     typename Device::Arguments args(cutlass::gemm::GemmUniversalMode::kGemm, {p.M, p.N, p.K},
                                     /*batch_split=*/1, epilogue, p.x_i8, p.w_i8, nullptr, nullptr,
                                     0, 0, 0, 0, int64_t{p.K}, int64_t{p.K}, 0, 0);
-    Device gemm;
-    MLX_CUTLASS_CHECK(op, gemm.can_implement(args));
-    const size_t workspace_bytes = Device::get_workspace_size(args);
-    at::Tensor workspace = at::empty({static_cast<int64_t>(workspace_bytes)},
-                                     at::TensorOptions().dtype(at::kByte).device(at::kCUDA));
-    MLX_CUTLASS_CHECK(op, gemm.initialize(args, workspace.data_ptr(), stream));
-    MLX_CUTLASS_CHECK(op, gemm.run(stream));
+    run_cutlass<Device>(op, args, stream);
   }
 };
 

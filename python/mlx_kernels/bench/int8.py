@@ -1,6 +1,8 @@
 """int8 family benchmarks.
 
 int8_mm: against torch._int_mm and 16-bit/fp32 matmul.
+On Hopper (cc 9.0), where int8_mm and int8_gemm run wgmma kernels, also against
+our own sm80 (mma.sync) kernels, which the other GPUs run (MLX_INT8_SM80=1).
 int8_gemm (LLM.int8, the whole op: quantize x, int8 GEMM, dequant, outliers):
   against fp16/bf16 matmul of the unquantized layer, torch._int_mm + a separate
   dequantization (x already quantized: a lower bound for that route), and
@@ -12,6 +14,7 @@ int8_vectorwise_quant: GB/s against plain torch and bitsandbytes.
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Dict, List
 
 import torch
@@ -46,6 +49,25 @@ def _float_matmul_baselines(a: torch.Tensor, b: torch.Tensor) -> Dict[str, calla
     return baselines
 
 
+def _with_sm80_kernel(baselines: Dict[str, callable], ours: callable, device: str, m: int) -> None:
+    """On Hopper, adds ours on the sm80 kernels (not the GEMV: M <= 16 runs it on every GPU)."""
+    if not (device == "cuda" and m > 16 and torch.cuda.get_device_capability() == (9, 0)):
+        return
+
+    def sm80_kernel():
+        previous = os.environ.get("MLX_INT8_SM80")
+        os.environ["MLX_INT8_SM80"] = "1"
+        try:
+            return ours()
+        finally:
+            if previous is None:
+                del os.environ["MLX_INT8_SM80"]
+            else:
+                os.environ["MLX_INT8_SM80"] = previous
+
+    baselines["ours, sm80 kernel"] = sm80_kernel
+
+
 def int8_mm_cases(device: str, quick: bool) -> List[Case]:
     if device == "cuda":
         shapes = _GPU_QUICK if quick else _GPU_SHAPES
@@ -62,7 +84,9 @@ def int8_mm_cases(device: str, quick: bool) -> List[Case]:
                 bt = b.t()
                 baselines["torch._int_mm"] = lambda: torch._int_mm(a, bt)
             baselines.update(_float_matmul_baselines(a, b))
-            return (lambda: ops.int8_mm(a, b)), baselines
+            ours = lambda: ops.int8_mm(a, b)  # noqa: E731
+            _with_sm80_kernel(baselines, ours, device, m)
+            return ours, baselines
 
         cases.append(Case(label=f"{m}x{n}x{k}", params={"M": m, "N": n, "K": k},
                           measure=Measure(2.0 * m * n * k, "FLOP", peak="int8", integer=True), make=make))
@@ -142,8 +166,10 @@ def int8_gemm_cases(device: str, quick: bool) -> List[Case]:
                 x = _activations(m, k, dtype, device, outliers)
                 w = torch.randn(n, k, device=device, dtype=dtype) / k**0.5
                 w_i8, w_absmax, _ = ops.int8_vectorwise_quant(w, 0.0)
-                return ((lambda: ops.int8_gemm(x, w_i8, w_absmax, None, threshold)),
-                        _gemm_baselines(x, w, w_i8, w_absmax, threshold))
+                ours = lambda: ops.int8_gemm(x, w_i8, w_absmax, None, threshold)  # noqa: E731
+                baselines = _gemm_baselines(x, w, w_i8, w_absmax, threshold)
+                _with_sm80_kernel(baselines, ours, device, m)
+                return ours, baselines
 
             label = f"{name} {m}x{n}x{k}" + (" +outliers" if outliers else "")
             cases.append(Case(label=label, params={"layer": name, "M": m, "N": n, "K": k, "outliers": outliers,
