@@ -12,10 +12,11 @@ their own generator, so the CPU random stream is the one a real GPU run sees.
 What it is for: test-side bugs (device mix-ups, a tolerance reference that cannot be met,
 a dtype the test cannot write) found before a GPU session. What it cannot do: anything
 about the CUDA kernels themselves. Tests of what only a GPU has fail under it, as expected
-(22 at this writing): torch.compile on cuda, CUDA graph capture, the mixed-device tests
+(31 at this writing): torch.compile on cuda, CUDA graph capture, the mixed-device tests
 (the fake refuses the mix before the op's own check), fp16 cuFFT references (no fp16 FFT on
 the CPU), bsr_spmm_unchecked's fuzz test (the CPU twin checks indices), one opcheck sample
-whose aot_autograd asks for the CUDA context.
+whose aot_autograd asks for the CUDA context, bipolar_mma_peak's tests (a tensor-core
+microbenchmark: its CPU entry only refuses).
 
     MLX_FAKE_CUDA=1 python -m pytest -m cuda    # ~3 minutes on 2 cores
 """

@@ -283,3 +283,32 @@ def test_bipolar_linear_cuda_matches_cpu(dtype, rows, k):
     x = torch.randn(rows, k).to(dtype)
     out = layer.cuda()(x.cuda()).cpu()
     torch.testing.assert_close(out, layer.cpu()(x), rtol=1e-2, atol=1e-2)
+
+
+# --- bipolar_mma_peak (the tensor-core microbenchmark) ----------------------------
+
+def _runs_sm90a_kernels():
+    from mlx_kernels import _build_config
+
+    return "90a" in _build_config.CUDA_ARCHS.split(";") and torch.cuda.get_device_capability() == (9, 0)
+
+
+@requires_cuda
+@pytest.mark.parametrize("kind", ["b1_and", "s4", "s8", "wgmma_b1_and", "wgmma_s8", "wgmma_f16"])
+def test_mma_peak_runs_every_kind(kind):
+    like = torch.empty(0, device="cuda")
+    if kind.startswith("wgmma") and not _runs_sm90a_kernels():
+        with pytest.raises(RuntimeError, match=r"bipolar_mma_peak.*(9\.0|9\.0a)"):
+            mlx_kernels.ops.bipolar_mma_peak(like, kind, 3, 2)
+        return
+    sink = mlx_kernels.ops.bipolar_mma_peak(like, kind, 3, 2)
+    torch.cuda.synchronize()
+    assert sink.shape == (3,) and sink.dtype == torch.int32 and sink.device == like.device
+
+
+@requires_cuda
+@pytest.mark.parametrize("kind,blocks,iterations,match", [("b2_and", 1, 1, "kind"), ("s8", 0, 1, "blocks"),
+                                                          ("s8", 1, 0, "iterations")])
+def test_mma_peak_bad_arguments(kind, blocks, iterations, match):
+    with pytest.raises(ValueError, match=f"bipolar_mma_peak.*{match}"):
+        mlx_kernels.ops.bipolar_mma_peak(torch.empty(0, device="cuda"), kind, blocks, iterations)

@@ -4,7 +4,9 @@
 // is undocumented). Every warp keeps kChains independent accumulator chains in
 // flight, issuing `iterations` rounds of back-to-back MMAs on register operands
 // (no memory traffic); `asm volatile` keeps every MMA, the sink keeps the result.
+// The "wgmma_*" kinds run Hopper's warpgroup MMAs instead (mma_peak_sm90a.cu).
 
+#include "bipolar/wgmma_peak.cuh"
 #include "common/cuda_utils.cuh"
 #include "common/registration.h"
 
@@ -69,8 +71,20 @@ at::Tensor bipolar_mma_peak_cuda(const at::Tensor& like, c10::string_view kind, 
     mma_peak_kernel<MmaKind::kS4><<<blocks, kThreads, 0, stream>>>(iters, sink.data_ptr<int32_t>());
   } else if (kind == "s8") {
     mma_peak_kernel<MmaKind::kS8><<<blocks, kThreads, 0, stream>>>(iters, sink.data_ptr<int32_t>());
+  } else if (kind == "wgmma_b1_and" || kind == "wgmma_s8" || kind == "wgmma_f16") {
+#ifdef MLX_WITH_SM90A
+    MLX_CHECK(props->major == 9 && props->minor == 0, op, "'kind' \"", kind,
+              "\" needs a compute capability 9.0 GPU, got ", props->major, ".", props->minor);
+    const WgmmaKind wgmma_kind = kind == "wgmma_b1_and" ? WgmmaKind::kB1And
+                                 : kind == "wgmma_s8"   ? WgmmaKind::kS8
+                                                        : WgmmaKind::kF16;
+    launch_wgmma_peak(wgmma_kind, static_cast<int>(blocks), iters, sink.data_ptr<int32_t>(), stream);
+#else
+    MLX_CHECK(false, op, "'kind' \"", kind, "\" needs a build with 9.0a in TORCH_CUDA_ARCH_LIST");
+#endif
   } else {
-    MLX_CHECK_VALUE(false, op, "'kind' must be \"b1_and\", \"s4\" or \"s8\", got \"", kind, "\"");
+    MLX_CHECK_VALUE(false, op, "'kind' must be \"b1_and\", \"s4\", \"s8\", \"wgmma_b1_and\", \"wgmma_s8\" or ",
+                    "\"wgmma_f16\", got \"", kind, "\"");
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return sink;

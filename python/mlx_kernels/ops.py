@@ -138,8 +138,10 @@ def _bipolar_mma_peak_fake(like, kind, blocks, iterations):
 
 
 def bipolar_mma_peak(like: Tensor, kind: str, blocks: int, iterations: int) -> Tensor:
-    """Internal microbenchmark: ``blocks`` CTAs issuing back-to-back mma.sync of ``kind``
-    ("b1_and": m16n8k256 AND-popc, "s4": m16n8k64, "s8": m16n8k32) on like's GPU."""
+    """Internal microbenchmark: ``blocks`` CTAs issuing back-to-back tensor-core MMAs of ``kind``
+    on like's GPU: mma.sync per warp ("b1_and": m16n8k256 AND-popc, "s4": m16n8k64, "s8":
+    m16n8k32) or, on cc 9.0 with a 9.0a build, wgmma per warpgroup from shared memory
+    ("wgmma_b1_and": m64n128k256 AND-popc, "wgmma_s8": m64n128k32, "wgmma_f16": m64n128k16)."""
     return ops.bipolar_mma_peak(like, kind, blocks, iterations)
 
 

@@ -5,7 +5,8 @@ torch._int_mm, at square and Llama-7B shapes including decode (M = 1..16).
 bipolar_linear: the model-facing op (activation quantize + GEMM + dequant + bias)
 against bf16/fp16 F.linear, where decode-sized M is what low-bit weights are for.
 bipolar_mma_peak: raw 1-bit tensor-core throughput (mma.sync b1 AND-popc) next to
-int8 and int4 mma.sync, the numbers that decide between mma.sync and wgmma on a GPU.
+int8 and int4 mma.sync and, on Hopper, wgmma b1 AND-popc next to wgmma s8 and f16:
+the numbers that decide between mma.sync and wgmma for the bit-plane GEMM.
 TOPS are counted as 2·M·N·K per second for every bit width (the GEMM's useful work).
 """
 
@@ -113,27 +114,36 @@ def bipolar_linear_cases(device: str, quick: bool) -> List[Case]:
     return cases
 
 
-# (kind, MMA K per m16n8 instruction) of the raw tensor-core microbenchmark.
-_MMA_KINDS = [("b1_and", 256), ("s4", 64), ("s8", 32)]
-_PEAK_CHAINS, _PEAK_WARPS = 8, 4  # csrc/bipolar/mma_peak.cu: kChains, kThreads / 32
+# The raw tensor-core microbenchmark (csrc/bipolar/mma_peak.cu, mma_peak_sm90a.cu):
+# (kind, label, MMAs one CTA issues per iteration, 2·M·N·K of one MMA).
+_MMA_KINDS = [("b1_and", "mma.sync b1 AND-popc m16n8k256", 8 * 4, 2 * 16 * 8 * 256),  # kChains × warps
+              ("s4", "mma.sync s4 m16n8k64", 8 * 4, 2 * 16 * 8 * 64),
+              ("s8", "mma.sync s8 m16n8k32", 8 * 4, 2 * 16 * 8 * 32)]
+_WGMMA_KINDS = [("wgmma_b1_and", "wgmma b1 AND-popc m64n128k256", 4, 2 * 64 * 128 * 256),  # kWgmmasPerRound
+                ("wgmma_s8", "wgmma s8 m64n128k32", 4, 2 * 64 * 128 * 32),
+                ("wgmma_f16", "wgmma f16 m64n128k16", 4, 2 * 64 * 128 * 16)]
 
 
 def bipolar_mma_peak_cases(device: str, quick: bool) -> List[Case]:
     if device != "cuda":
         return []
-    blocks = torch.cuda.get_device_properties(0).multi_processor_count * 8
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    kinds = [(kind, label, per_iteration, mma_ops, sms * 8) for kind, label, per_iteration, mma_ops in _MMA_KINDS]
+    if torch.cuda.get_device_capability() == (9, 0):  # cc 9.0 runs the sm_90a kernels
+        kinds += [(kind, label, per_iteration, mma_ops, sms * 4)
+                  for kind, label, per_iteration, mma_ops in _WGMMA_KINDS]
     iterations = 64 if quick else 256
     cases = []
-    for kind, mma_k in _MMA_KINDS:
+    for kind, label, per_iteration, mma_ops, blocks in kinds:
 
-        def make(kind=kind):
+        def make(kind=kind, blocks=blocks):
             like = torch.empty(0, device=device)
             return (lambda: ops.bipolar_mma_peak(like, kind, blocks, iterations)), {}
 
-        ops_per_call = 2.0 * 16 * 8 * mma_k * _PEAK_CHAINS * _PEAK_WARPS * blocks * iterations
-        cases.append(Case(label=f"mma.sync {kind} m16n8k{mma_k}", params={"kind": kind, "blocks": blocks,
-                                                                          "iterations": iterations},
-                          measure=Measure(ops_per_call, "FLOP", peak="int8", integer=True), make=make))
+        ops_per_call = float(mma_ops) * per_iteration * blocks * iterations
+        peak = "fp16" if kind == "wgmma_f16" else "int8"
+        cases.append(Case(label=label, params={"kind": kind, "blocks": blocks, "iterations": iterations},
+                          measure=Measure(ops_per_call, "FLOP", peak=peak, integer=peak == "int8"), make=make))
     return cases
 
 
