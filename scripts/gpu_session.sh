@@ -67,7 +67,7 @@ if ! timeout "$(at_least $(( $(left) - 120 )) 60)" python3 -m pip install --no-b
   tail -60 "$out/build.log"
   exit 1
 fi
-note "build: $(( $(date +%s) - t )) s"
+note "build: $(( $(date +%s) - t )) s, archs $(python3 -c 'from mlx_kernels import _build_config as b; print(b.CUDA_ARCHS)')"
 
 # 2. Every CUDA test (all families: none had run on a GPU), in parallel workers when xdist is there.
 workers=()
