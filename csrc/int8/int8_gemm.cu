@@ -326,6 +326,22 @@ void int8_gemv(const at::Tensor& x, const QuantizedRows& q, const at::Tensor& w_
   });
 }
 
+// The wgmma kernels, which only a build with 9.0a has (use_sm90_int8_kernels
+// is false in any other, so this is never called there).
+void run_dequant_gemm_sm90(const Int8DequantProblem& problem, at::ScalarType dtype, cudaStream_t stream) {
+#ifdef MLX_WITH_SM90A
+  if (dtype == at::kHalf) {
+    problem.M <= 64 ? run_int8_dequant_gemm_sm90<cutlass::half_t, 64>(problem, stream)
+                    : run_int8_dequant_gemm_sm90<cutlass::half_t, 128>(problem, stream);
+  } else {
+    problem.M <= 64 ? run_int8_dequant_gemm_sm90<cutlass::bfloat16_t, 64>(problem, stream)
+                    : run_int8_dequant_gemm_sm90<cutlass::bfloat16_t, 128>(problem, stream);
+  }
+#else
+  TORCH_INTERNAL_ASSERT(false, "this build has no sm_90a kernels");
+#endif
+}
+
 // Returns out [M, N] = dequantized x_i8 @ w_i8ᵀ (+ bias) for M > 16.
 at::Tensor int8_gemm_tensor_core(const QuantizedRows& q, const at::Tensor& w_i8, const at::Tensor& w_absmax,
                                  const std::optional<at::Tensor>& bias, at::ScalarType dtype) {
@@ -344,13 +360,7 @@ at::Tensor int8_gemm_tensor_core(const QuantizedRows& q, const at::Tensor& w_i8,
                                    static_cast<int>(M), static_cast<int>(N_pad), static_cast<int>(q.x_i8.size(1))};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (sm90) {
-    if (dtype == at::kHalf) {
-      M <= 64 ? run_int8_dequant_gemm_sm90<cutlass::half_t, 64>(problem, stream)
-              : run_int8_dequant_gemm_sm90<cutlass::half_t, 128>(problem, stream);
-    } else {
-      M <= 64 ? run_int8_dequant_gemm_sm90<cutlass::bfloat16_t, 64>(problem, stream)
-              : run_int8_dequant_gemm_sm90<cutlass::bfloat16_t, 128>(problem, stream);
-    }
+    run_dequant_gemm_sm90(problem, dtype, stream);
   } else if (dtype == at::kHalf) {
     M <= 128 ? run_int8_dequant_gemm_sm80<cutlass::half_t, 64>(problem, stream)
              : run_int8_dequant_gemm_sm80<cutlass::half_t, 128>(problem, stream);

@@ -51,6 +51,19 @@ void run_gemm(const at::Tensor& a, const at::Tensor& b, at::Tensor& c) {
   run_cutlass<Gemm>(op, args, at::cuda::getCurrentCUDAStream());
 }
 
+// The wgmma kernels, which only a build with 9.0a has (use_sm90_int8_kernels
+// is false in any other, so this is never called there).
+void run_sm90_gemm(const at::Tensor& a, const at::Tensor& b, at::Tensor& c) {
+#ifdef MLX_WITH_SM90A
+  const int M = a.size(0), N = b.size(0), K = a.size(1);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  M <= 64 ? run_int8_mm_sm90<64>(a.data_ptr<int8_t>(), b.data_ptr<int8_t>(), c.data_ptr<int32_t>(), M, N, K, stream)
+          : run_int8_mm_sm90<128>(a.data_ptr<int8_t>(), b.data_ptr<int8_t>(), c.data_ptr<int32_t>(), M, N, K, stream);
+#else
+  TORCH_INTERNAL_ASSERT(false, "this build has no sm_90a kernels");
+#endif
+}
+
 }  // namespace
 
 bool use_sm90_int8_kernels(const at::Tensor& on) {
@@ -78,10 +91,7 @@ at::Tensor int8_mm_unchecked_cuda(const at::Tensor& a_in, const at::Tensor& b_in
   at::Tensor c = at::empty({M, b.size(0)}, a.options().dtype(at::kInt));
 
   if (use_sm90_int8_kernels(a)) {
-    const int Mi = static_cast<int>(M), Ni = static_cast<int>(b.size(0)), Ki = static_cast<int>(a.size(1));
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    M <= 64 ? run_int8_mm_sm90<64>(a.data_ptr<int8_t>(), b.data_ptr<int8_t>(), c.data_ptr<int32_t>(), Mi, Ni, Ki, stream)
-            : run_int8_mm_sm90<128>(a.data_ptr<int8_t>(), b.data_ptr<int8_t>(), c.data_ptr<int32_t>(), Mi, Ni, Ki, stream);
+    run_sm90_gemm(a, b, c);
   } else if (M >= 256 && N >= 256) {
     run_gemm<LargeTileGemm>(a, b, c);
   } else {
