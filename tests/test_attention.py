@@ -211,8 +211,9 @@ def test_merge_of_two_key_halves_is_full_attention(device, dtype):
     assert_close_to_oracle(out.cpu(), merged, merged.to(dtype), factor=1.0, atol=1e-6)
 
 
-def test_merge_empty_sides(device):
-    out_a, out_b = rand(2, 3, 4, 8, device=device), rand(2, 3, 4, 8, device=device)
+@pytest.mark.parametrize("head_dim", [1, 8, 33, 200])  # the CUDA kernel's lanes walk D in steps of 32
+def test_merge_empty_sides(device, head_dim):
+    out_a, out_b = rand(2, 3, 4, head_dim, device=device), rand(2, 3, 4, head_dim, device=device)
     lse_a, lse_b = rand(2, 4, 3, device=device), rand(2, 4, 3, device=device)
     lse_a[0] = float("-inf")  # side a empty for batch 0: the result is side b
     lse_b[1, :2] = float("-inf")  # side b empty for batch 1, heads 0-1: the result is side a

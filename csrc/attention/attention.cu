@@ -5,8 +5,8 @@
 // below: fp32 inputs and other head dims (up to kMaxReferenceDim), one warp per
 // query row walking its keys with the same online softmax and the same
 // epilogue, in FFMA. The op compositions (prefix pass + suffix pass with fused
-// merge) are shared with the CPU in attention.h. merge_attention_states is an
-// elementwise kernel.
+// merge) are shared with the CPU in attention.h. merge_attention_states is one
+// warp per output row.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -155,19 +155,28 @@ std::tuple<at::Tensor, at::Tensor> attention_with_lse_ragged_cuda(const at::Tens
   return attention_with_lse_impl(op, q, k, v, key_lens, causal, scale, run_pass_cuda);
 }
 
-// merge_attention_states: one thread per output element; out [B, S, H, D], lse [B, H, S].
+// merge_attention_states: one warp per (b, s, h) row of out [B, S, H, D]
+// (lse [B, H, S]): the row's weights once, then its D elements, lanes along D
+// (coalesced).
+constexpr int kMergeThreads = 256;
+
 template <typename T>
-__global__ void merge_states_kernel(const T* out_a, const float* lse_a, const T* out_b, const float* lse_b, T* out,
-                                    float* lse, int64_t seq, int64_t heads, int64_t head_dim, int64_t total) {
-  for (int64_t index = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; index < total;
-       index += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t row = index / head_dim, d = index % head_dim;
+__global__ void __launch_bounds__(kMergeThreads)
+    merge_states_kernel(const T* out_a, const float* lse_a, const T* out_b, const float* lse_b, T* out, float* lse,
+                        int64_t seq, int64_t heads, int64_t head_dim, int64_t rows) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t{gridDim.x} * (kMergeThreads / 32);
+  for (int64_t row = (int64_t{blockIdx.x} * kMergeThreads + threadIdx.x) / 32; row < rows; row += warps) {
     const int64_t h = row % heads, s = row / heads % seq, b = row / heads / seq;
     const int64_t lse_index = (b * heads + h) * seq + s;
     float w_a, w_b;
     const float merged = merge_weights(lse_a[lse_index], lse_b[lse_index], &w_a, &w_b);
-    out[index] = static_cast<T>(w_a * static_cast<float>(out_a[index]) + w_b * static_cast<float>(out_b[index]));
-    if (d == 0) lse[lse_index] = merged;
+    const int64_t base = row * head_dim;
+    for (int64_t d = lane; d < head_dim; d += 32) {
+      out[base + d] = static_cast<T>(w_a * static_cast<float>(out_a[base + d]) +
+                                     w_b * static_cast<float>(out_b[base + d]));
+    }
+    if (lane == 0) lse[lse_index] = merged;
   }
 }
 
@@ -187,15 +196,15 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_states_cuda(const at::Tensor&
                             lse_b.masked_fill(lse_b == INFINITY, -INFINITY)));
     return {out, lse};
   }
-  const int threads = 256;
-  const int64_t blocks = std::min<int64_t>(ceil_div_dev<int64_t>(out.numel(), threads), 65536);
+  const int64_t rows = lse.numel();
+  const int64_t blocks = std::min<int64_t>(ceil_div_dev<int64_t>(rows, kMergeThreads / 32), 65536);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_float_type(out.scalar_type(), [&](auto* type_tag) {
     using T = std::remove_pointer_t<decltype(type_tag)>;
-    merge_states_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+    merge_states_kernel<T><<<static_cast<unsigned>(blocks), kMergeThreads, 0, stream>>>(
         reinterpret_cast<const T*>(out_a.data_ptr()), lse_a.data_ptr<float>(),
         reinterpret_cast<const T*>(out_b.data_ptr()), lse_b.data_ptr<float>(), reinterpret_cast<T*>(out.data_ptr()),
-        lse.data_ptr<float>(), out.size(1), out.size(2), head_dim, out.numel());
+        lse.data_ptr<float>(), out.size(1), out.size(2), head_dim, rows);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, lse};
