@@ -73,7 +73,7 @@ at::Tensor bipolar_mma_peak_cuda(const at::Tensor& like, c10::string_view kind, 
     mma_peak_kernel<MmaKind::kS8><<<blocks, kThreads, 0, stream>>>(iters, sink.data_ptr<int32_t>());
   } else if (kind == "wgmma_b1_and" || kind == "wgmma_s8" || kind == "wgmma_f16") {
 #ifdef MLX_WITH_SM90A
-    MLX_CHECK(props->major == 9 && props->minor == 0, op, "'kind' \"", kind,
+    MLX_CHECK(runs_sm90a_code(*props), op, "'kind' \"", kind,
               "\" needs a compute capability 9.0 GPU, got ", props->major, ".", props->minor);
     const WgmmaKind wgmma_kind = kind == "wgmma_b1_and" ? WgmmaKind::kB1And
                                  : kind == "wgmma_s8"   ? WgmmaKind::kS8

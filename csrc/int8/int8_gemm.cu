@@ -331,11 +331,11 @@ void int8_gemv(const at::Tensor& x, const QuantizedRows& q, const at::Tensor& w_
 void run_dequant_gemm_sm90(const Int8DequantProblem& problem, at::ScalarType dtype, cudaStream_t stream) {
 #ifdef MLX_WITH_SM90A
   if (dtype == at::kHalf) {
-    problem.M <= 64 ? run_int8_dequant_gemm_sm90<cutlass::half_t, 64>(problem, stream)
-                    : run_int8_dequant_gemm_sm90<cutlass::half_t, 128>(problem, stream);
+    problem.M <= kSm90SmallTileMaxM ? run_int8_dequant_gemm_sm90<cutlass::half_t, 64>(problem, stream)
+                                    : run_int8_dequant_gemm_sm90<cutlass::half_t, 128>(problem, stream);
   } else {
-    problem.M <= 64 ? run_int8_dequant_gemm_sm90<cutlass::bfloat16_t, 64>(problem, stream)
-                    : run_int8_dequant_gemm_sm90<cutlass::bfloat16_t, 128>(problem, stream);
+    problem.M <= kSm90SmallTileMaxM ? run_int8_dequant_gemm_sm90<cutlass::bfloat16_t, 64>(problem, stream)
+                                    : run_int8_dequant_gemm_sm90<cutlass::bfloat16_t, 128>(problem, stream);
   }
 #else
   TORCH_INTERNAL_ASSERT(false, "this build has no sm_90a kernels");

@@ -29,11 +29,26 @@ struct Int8DequantProblem {
 template <typename ElementD, int TileM>
 void run_int8_dequant_gemm_sm80(const Int8DequantProblem& problem, cudaStream_t stream);
 
+// The arguments of the dequantizing epilogue tree, (acc · row_absmax[m]) ·
+// col_scale[n] + bias[n], in the nesting both the Sm80 and the Sm90 visitor
+// trees take (each node's children first, then its own, empty, arguments).
+template <typename DequantizeArguments>
+DequantizeArguments dequantize_arguments(const Int8DequantProblem& p) {
+  return {{{},                        // acc
+           {p.row_absmax, 0.0f, {}},  // row_absmax[m]
+           {}},                       // multiply
+          {p.col_scale, 0.0f, {}},    // col_scale[n]
+          {p.bias, 0.0f, {}},         // bias[n] (null -> 0)
+          {}};                        // multiply_add
+}
+
 // The same two GEMMs on wgmma + TMA (CUTLASS 3.x, int8_gemm_sm90.cuh): int8_mm's
 // int32 product and int8_gemm's fused dequantization. Built only when the arch
 // list has 9.0a (MLX_WITH_SM90A), run only on cc 9.0 (use_sm90_int8_kernels).
 // Need N % 4 == 0 (int32) or N % 8 == 0 (fp16/bf16) besides the above. TileM:
-// 64 (M <= 64) or 128; each (output, TileM) in its own TU, int8_gemm_sm90a_*.cu.
+// 64 (M <= kSm90SmallTileMaxM) or 128; each (output, TileM) in its own TU,
+// int8_gemm_sm90a_*.cu.
+constexpr int kSm90SmallTileMaxM = 64;
 template <int TileM>
 void run_int8_mm_sm90(const int8_t* a, const int8_t* b, int32_t* c, int M, int N, int K, cudaStream_t stream);
 template <typename ElementD, int TileM>

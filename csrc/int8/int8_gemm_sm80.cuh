@@ -72,14 +72,7 @@ struct Int8DequantGemm {
   static void run(const Int8DequantProblem& p, cudaStream_t stream) {
     constexpr const char* op = MLX_OP_NAME("int8_gemm");
     typename Epilogue::Arguments epilogue{
-        {                                                         // Dequantize
-         {                                                        //   ScaleRows
-          {},                                                     //     acc
-          {p.row_absmax, 0.0f, {}},                               //     row_absmax[m]
-          {}},                                                    //     multiply
-         {p.col_scale, 0.0f, {}},                                 //   col_scale[n]
-         {p.bias, 0.0f, {}},                                      //   bias[n] (null -> 0)
-         {}},                                                     //   multiply_add
+        dequantize_arguments<typename Dequantize::Arguments>(p),
         {static_cast<ElementD*>(p.out), {int64_t{p.N}, {}, {}}},  // store D [M, N]
     };
     typename Device::Arguments args(cutlass::gemm::GemmUniversalMode::kGemm, {p.M, p.N, p.K},

@@ -18,8 +18,7 @@
 // give the same bits.
 //
 // Tiles (starting points taken from what is known to run well on H100; tuning
-// belongs to the benchmark): TileM 64 for M ≤ 64 (M > 16: the GEMV takes the
-// rest): 64×128×256 tiles, a 1×2 cluster sharing the activation tile,
+// belongs to the benchmark): TileM 64 for M ≤ kSm90SmallTileMaxM: 64×128×256 tiles, a 1×2 cluster sharing the activation tile,
 // non-persistent; TileM 128 beyond: 128×128×128 tiles, a 2×1 cluster sharing
 // the weight tile, persistent ping-pong (one warpgroup's epilogue overlaps the
 // other's MMAs).
@@ -93,17 +92,6 @@ struct Dequantized {
                                       fusion::Sm90AccFetch, RowAbsmax>;
     using Callbacks = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::multiply_add, ElementD, float, kRound>,
                                       ScaleRows, ColVector, ColVector>;
-
-    static typename Callbacks::Arguments arguments(const Int8DequantProblem& p) {
-      return {
-          {                             // ScaleRows
-           {},                          //   acc
-           {p.row_absmax, 0.0f, {}},    //   row_absmax[m]
-           {}},                         //   multiply
-          {p.col_scale, 0.0f, {}},      // col_scale[n]
-          {p.bias, 0.0f, {}},           // bias[n] (null -> 0)
-          {}};                          // multiply_add
-    }
   };
 };
 
@@ -157,7 +145,8 @@ void run_int8_mm_sm90(const int8_t* a, const int8_t* b, int32_t* c, int M, int N
 template <typename ElementD, int TileM>
 void run_int8_dequant_gemm_sm90(const Int8DequantProblem& p, cudaStream_t stream) {
   using Gemm = sm90::Int8Gemm<TileM, sm90::Dequantized<ElementD>::template Fusion>;
-  Gemm::run(MLX_OP_NAME("int8_gemm"), p.x_i8, p.w_i8, p.out, p.M, p.N, p.K, Gemm::Epilogue::arguments(p), stream);
+  Gemm::run(MLX_OP_NAME("int8_gemm"), p.x_i8, p.w_i8, p.out, p.M, p.N, p.K,
+            dequantize_arguments<typename Gemm::Epilogue::Callbacks::Arguments>(p), stream);
 }
 
 }  // namespace mlx_kernels::int8

@@ -57,8 +57,8 @@ void run_sm90_gemm(const at::Tensor& a, const at::Tensor& b, at::Tensor& c) {
 #ifdef MLX_WITH_SM90A
   const int M = a.size(0), N = b.size(0), K = a.size(1);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  M <= 64 ? run_int8_mm_sm90<64>(a.data_ptr<int8_t>(), b.data_ptr<int8_t>(), c.data_ptr<int32_t>(), M, N, K, stream)
-          : run_int8_mm_sm90<128>(a.data_ptr<int8_t>(), b.data_ptr<int8_t>(), c.data_ptr<int32_t>(), M, N, K, stream);
+  M <= kSm90SmallTileMaxM ? run_int8_mm_sm90<64>(a.data_ptr<int8_t>(), b.data_ptr<int8_t>(), c.data_ptr<int32_t>(), M, N, K, stream)
+                          : run_int8_mm_sm90<128>(a.data_ptr<int8_t>(), b.data_ptr<int8_t>(), c.data_ptr<int32_t>(), M, N, K, stream);
 #else
   TORCH_INTERNAL_ASSERT(false, "this build has no sm_90a kernels");
 #endif
@@ -70,8 +70,7 @@ bool use_sm90_int8_kernels(const at::Tensor& on) {
 #ifdef MLX_WITH_SM90A
   const char* force_sm80 = std::getenv("MLX_INT8_SM80");  // per call: the benchmark compares both kernels
   if (force_sm80 != nullptr && *force_sm80 != '\0' && std::strcmp(force_sm80, "0") != 0) return false;
-  const cudaDeviceProp* props = at::cuda::getDeviceProperties(on.get_device());
-  return props->major == 9 && props->minor == 0;  // sm_90a code runs on cc 9.0 only
+  return runs_sm90a_code(*at::cuda::getDeviceProperties(on.get_device()));
 #else
   (void)on;
   return false;
