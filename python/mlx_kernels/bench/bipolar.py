@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .core import Case, Measure
+from .core import Case, Measure, runs_sm90a_kernels
 
 # (w_bits, a_bits): W1A1 ... W8A8.
 _BITS = [(1, 1), (1, 2), (2, 2), (2, 4), (3, 3), (4, 4), (2, 8), (4, 8), (8, 8)]
@@ -129,7 +129,7 @@ def bipolar_mma_peak_cases(device: str, quick: bool) -> List[Case]:
         return []
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     kinds = [(kind, label, per_iteration, mma_ops, sms * 8) for kind, label, per_iteration, mma_ops in _MMA_KINDS]
-    if torch.cuda.get_device_capability() == (9, 0):  # cc 9.0 runs the sm_90a kernels
+    if runs_sm90a_kernels(device):
         kinds += [(kind, label, per_iteration, mma_ops, sms * 4)
                   for kind, label, per_iteration, mma_ops in _WGMMA_KINDS]
     iterations = 64 if quick else 256

@@ -77,6 +77,11 @@ def device_peaks(device: str) -> Dict[str, float]:
     return {}
 
 
+def runs_sm90a_kernels(device: str) -> bool:
+    """Whether the ops run their sm_90a (Hopper wgmma) kernels on this device: cc 9.0 exactly."""
+    return device == "cuda" and torch.cuda.get_device_capability() == (9, 0)
+
+
 def device_slug(device: str) -> str:
     name = device_name(device) if device == "cuda" else f"cpu-{os.cpu_count()}cores"
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()

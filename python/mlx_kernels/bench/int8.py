@@ -20,7 +20,7 @@ from typing import Dict, List
 import torch
 
 from .. import ops
-from .core import Case, Measure
+from .core import Case, Measure, runs_sm90a_kernels
 
 # (M, N, K): square sizes plus Llama-7B projections (q/k/v/o 4096x4096, MLP 11008).
 _GPU_SHAPES = [
@@ -51,7 +51,7 @@ def _float_matmul_baselines(a: torch.Tensor, b: torch.Tensor) -> Dict[str, calla
 
 def _with_sm80_kernel(baselines: Dict[str, callable], ours: callable, device: str, m: int) -> None:
     """On Hopper, adds ours on the sm80 kernels (not the GEMV: M <= 16 runs it on every GPU)."""
-    if not (device == "cuda" and m > 16 and torch.cuda.get_device_capability() == (9, 0)):
+    if not (m > 16 and runs_sm90a_kernels(device)):
         return
 
     def sm80_kernel():
