@@ -57,7 +57,14 @@ MLX_LIBRARY(m) {
   m.def("attention_with_lse_ragged(Tensor q, Tensor k, Tensor v, Tensor key_lens, bool causal=False, float? scale=None) -> (Tensor out, Tensor lse)");
 }
 
-PyMODINIT_FUNC PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+// mlx_kernels._C, or mlx_kernels._emu for the SIMT emulator build.
+#ifdef MLX_EMU
+#define MLX_MODULE_NAME _emu
+#else
+#define MLX_MODULE_NAME _C
+#endif
+
+PyMODINIT_FUNC MLX_CONCAT(PyInit_, MLX_MODULE_NAME)(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, MLX_STRINGIFY(MLX_MODULE_NAME), nullptr, -1, nullptr};
   return PyModule_Create(&module);
 }

@@ -12,11 +12,22 @@ import mlx_kernels
 
 # MLX_FAKE_CUDA=1: the CUDA tests run against the CPU kernels on a fake cuda:0, to
 # find test-side bugs without a GPU (tests/fake_cuda.py says what it can and cannot show).
-FAKE_CUDA = os.environ.get("MLX_FAKE_CUDA") == "1"
+# MLX_EMU=1: the same fake cuda:0, with this package's ops running their CUDA kernels on the
+# SIMT emulator (scripts/build_emu.sh builds it; MLX_EMU_LIB names another build of it).
+EMU = os.environ.get("MLX_EMU") == "1"
+FAKE_CUDA = os.environ.get("MLX_FAKE_CUDA") == "1" or EMU
 if FAKE_CUDA:
     import fake_cuda
 
     fake_cuda.install()
+if EMU:
+    import glob
+
+    _emu_lib = os.environ.get("MLX_EMU_LIB") or next(
+        iter(sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "build", "emu", "_emu*.so")))), None)
+    if _emu_lib is None:
+        raise RuntimeError("MLX_EMU=1 needs the emulator build: run scripts/build_emu.sh (or set MLX_EMU_LIB)")
+    fake_cuda.load_emulator(_emu_lib)
 HAS_CUDA = FAKE_CUDA or (torch.cuda.is_available() and mlx_kernels.WITH_CUDA)
 
 # Every op test that takes a `device` runs on CPU, and on CUDA when a GPU and a

@@ -19,6 +19,14 @@ whose aot_autograd asks for the CUDA context, bipolar_mma_peak's tests (a tensor
 microbenchmark: its CPU entry only refuses).
 
     MLX_FAKE_CUDA=1 python -m pytest -m cuda    # ~3 minutes on 2 cores
+
+MLX_EMU=1 goes further: the same fake cuda:0, but every op of this package called on it runs
+its CUDA kernels' own code on the SIMT emulator (the ``_emu`` extension, csrc/emu/): the
+op is re-dispatched to ``torch.ops.<namespace>_emu``, whose implementations are the CUDA
+host wrappers and kernels compiled for the CPU. Ops whose CUDA kernels are GPU-only
+(CUTLASS, wgmma: int8_mm, bipolar_mma_peak) skip the test that reaches them.
+
+    bash scripts/build_emu.sh && MLX_EMU=1 python -m pytest -m cuda
 """
 
 from __future__ import annotations
@@ -44,6 +52,37 @@ _MIXING_ALLOWED = {
     "__hash__", "__eq__", "_has_compatible_shallow_copy_type", "is_floating_point", "is_complex", "new_empty",
     "new_zeros", "new_ones", "new_full", "new_tensor", "type", "_version", "is_nonzero", "backward", "grad",
     "register_hook", "retain_grad"}
+
+
+# Ops whose CUDA kernels the emulator does not run: calling them on the fake GPU skips the test.
+GPU_ONLY_OPS = {"int8_mm": "a CUTLASS GEMM", "bipolar_mma_peak": "a tensor-core throughput benchmark"}
+_emu_namespace = None  # torch.ops.<namespace>_emu once load_emulator() ran
+
+
+def load_emulator(library: str) -> None:
+    """Loads the emulated CUDA kernels (the _emu extension) and routes this package's ops to them."""
+    global _emu_namespace
+    import mlx_kernels
+
+    torch.ops.load_library(library)
+    _emu_namespace = (mlx_kernels.OPS_NAMESPACE, getattr(torch.ops, mlx_kernels.OPS_NAMESPACE + "_emu"))
+
+
+def _emulated(func):
+    """The emulated CUDA kernel of one of this package's ops, or None for any other function."""
+    if _emu_namespace is None or not isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return None
+    namespace, emu = _emu_namespace
+    qualified = func._qualified_op_name if isinstance(func, torch._ops.OpOverloadPacket) else func._schema.name
+    if not qualified.startswith(namespace + "::"):
+        return None
+    name = qualified.split("::", 1)[1]
+    if name in GPU_ONLY_OPS:
+        import pytest
+
+        pytest.skip(f"{namespace}.{name} is {GPU_ONLY_OPS[name]}: GPU-only, not emulated")
+    packet = getattr(emu, name)
+    return packet if isinstance(func, torch._ops.OpOverloadPacket) else getattr(packet, func._overloadname)
 
 
 def is_fake_cuda(t) -> bool:
@@ -94,12 +133,13 @@ def _name(func) -> str:
     return name
 
 
-def _without_cuda_kernel(func) -> bool:
-    """An op of this package with no CUDA kernel (a real GPU call would fail to dispatch)."""
+def _without_cuda_kernel(func, key="CUDA") -> bool:
+    """An op of this package with no CUDA kernel (a real GPU call would fail to dispatch); for
+    an emulated op, the emulator's kernels are its CPU ones."""
     qualified = getattr(func, "_qualified_op_name", None) or getattr(func, "_name", None)
     if not isinstance(qualified, str) or "::" not in qualified or qualified.startswith("aten::"):
         return False
-    return not torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "CUDA")
+    return not torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key)
 
 
 class FakeCudaMode(TorchFunctionMode):
@@ -151,9 +191,10 @@ class FakeCudaMode(TorchFunctionMode):
         on_cpu = [a for a in tensors if not is_fake_cuda(a)]
         if on_cuda and on_cpu and name not in _MIXING_ALLOWED:
             _refuse_mixing(func, name, args, on_cpu)
-        if on_cuda and _without_cuda_kernel(func):
+        emulated = _emulated(func) if on_cuda else None
+        if on_cuda and _without_cuda_kernel(emulated or func, "CPU" if emulated else "CUDA"):
             raise NotImplementedError(f"{name} has no CUDA kernel (fake CUDA)")
-        out = func(*args, **kwargs)
+        out = (emulated or func)(*args, **kwargs)
         if _is_cuda(device) or (on_cuda and not _is_cpu(device)):
             cpu_inputs = {id(a) for a in on_cpu}  # in-place ops return an input: leave CPU inputs alone
             for o in pytree.tree_leaves(out):

@@ -130,7 +130,7 @@ void run_pass_cuda(const char* op, const AttentionParams& p, at::ScalarType dtyp
   check_fits_int32(op, "reference kernel blocks", blocks);
   dispatch_float_type(dtype, [&](auto* type_tag) {
     using T = std::remove_pointer_t<decltype(type_tag)>;
-    reference_attention_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(p);
+    MLX_LAUNCH_KERNEL(reference_attention_kernel<T>, static_cast<unsigned>(blocks), threads, 0, stream, p);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -201,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_states_cuda(const at::Tensor&
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_float_type(out.scalar_type(), [&](auto* type_tag) {
     using T = std::remove_pointer_t<decltype(type_tag)>;
-    merge_states_kernel<T><<<static_cast<unsigned>(blocks), kMergeThreads, 0, stream>>>(
+    MLX_LAUNCH_KERNEL(merge_states_kernel<T>, static_cast<unsigned>(blocks), kMergeThreads, 0, stream,
         reinterpret_cast<const T*>(out_a.data_ptr()), lse_a.data_ptr<float>(),
         reinterpret_cast<const T*>(out_b.data_ptr()), lse_b.data_ptr<float>(), reinterpret_cast<T*>(out.data_ptr()),
         lse.data_ptr<float>(), out.size(1), out.size(2), head_dim, rows);

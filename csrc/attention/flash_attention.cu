@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(const Attenti
   constexpr int kKeyTiles8 = kTileKeys / 8;  // n-tiles of S
   constexpr int kDimTiles8 = HeadDim / 8;    // n-tiles of O
 
-  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  MLX_DYNAMIC_SHARED(unsigned char, smem_bytes);
   T* q_smem = reinterpret_cast<T*>(smem_bytes);
   T* k_smem = q_smem + kTileRows * kStride;
   T* v_smem = k_smem + kTileKeys * kStride;
@@ -268,7 +268,7 @@ void launch(const AttentionParams& p, cudaStream_t stream) {
     if (p.split_total_keys >= 0) slice.split_total_keys = p.split_total_keys - b0 * p.seq_k;
     const dim3 grid(static_cast<unsigned>(ceil_div_dev<int64_t>(p.rows(), kTileRows)),
                     static_cast<unsigned>(p.heads_kv), static_cast<unsigned>(slice.batch));
-    kernel<<<grid, kThreads, smem_bytes, stream>>>(slice);
+    MLX_LAUNCH_KERNEL(kernel, grid, kThreads, smem_bytes, stream, slice);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }

@@ -60,15 +60,6 @@ using SmallTile = TileConfig<1, 4, 1, 1>;  // 16 × 32 for decode-sized M: more 
 // Shared-memory words of one stage: all planes of the A and W rows of a K slice.
 inline int64_t stage_words(int64_t p, int64_t q, int bm, int bn) { return (p * bm + q * bn) * kSliceWords; }
 
-// d += popc(a ∧ b) for a 16×256 · 256×8 bit tile.
-__device__ __forceinline__ void mma_and_popc(uint32_t (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc "
-      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 // Copies rows [row0, row0 + tile_rows) of every plane, words [slice·16, +16), of
 // planes [planes, rows, words] into smem laid out [plane][step][tile_rows][8].
 template <int Threads>
@@ -103,9 +94,9 @@ template <typename Tile, typename Epilogue>
 __global__ void __launch_bounds__(Tile::Threads)
     bipolar_gemm_kernel(const uint32_t* __restrict__ a_planes, const uint32_t* __restrict__ w_planes, int M,
                         int N, int words, int K, int p, int q, int slices_per_split, Epilogue store) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) || defined(MLX_EMU)
   constexpr int BM = Tile::BM, BN = Tile::BN, FragsM = Tile::FragsM, FragsN = Tile::FragsN;
-  extern __shared__ __align__(16) uint32_t smem[];
+  MLX_DYNAMIC_SHARED(uint32_t, smem);
   const int stage_size = (p * BM + q * BN) * kSliceWords;
   const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -179,7 +170,7 @@ __global__ void __launch_bounds__(Tile::Threads)
 #pragma unroll
           for (int fm = 0; fm < FragsM; ++fm)
 #pragma unroll
-            for (int fn = 0; fn < FragsN; ++fn) mma_and_popc(horner[fm][fn], frag_a[fm], frag_w[fn]);
+            for (int fn = 0; fn < FragsN; ++fn) mma_m16n8k256_and_popc(horner[fm][fn], frag_a[fm], frag_w[fn]);
         }
       }
     }
@@ -274,7 +265,7 @@ void launch_tile(const at::Tensor& a, const at::Tensor& w, int64_t K, const Gemm
   const size_t smem = kStages * stage_words(p, q, Tile::BM, Tile::BN) * sizeof(uint32_t);
   auto kernel = bipolar_gemm_kernel<Tile, Epilogue>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<grid, Tile::Threads, smem, at::cuda::getCurrentCUDAStream()>>>(
+  MLX_LAUNCH_KERNEL(kernel, grid, Tile::Threads, smem, at::cuda::getCurrentCUDAStream(),
       reinterpret_cast<const uint32_t*>(a.data_ptr<int32_t>()), reinterpret_cast<const uint32_t*>(w.data_ptr<int32_t>()),
       static_cast<int>(M), static_cast<int>(N), static_cast<int>(a.size(2)), static_cast<int>(K),
       static_cast<int>(p), static_cast<int>(q), plan.slices_per_split, store);

@@ -54,7 +54,7 @@ void run_linear(const at::Tensor& x_planes, const at::Tensor& x_scale, const at:
   run_gemm(x_planes, w_planes, K, plan, StoreInt32{c.data_ptr<int32_t>(), static_cast<int>(N), true});
   constexpr int kThreads = 256;
   const int blocks = static_cast<int>(std::min<int64_t>(ceil_div_dev<int64_t>(M * N, kThreads), 65535));
-  dequant_kernel<T><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(c.data_ptr<int32_t>(), M,
+  MLX_LAUNCH_KERNEL(dequant_kernel<T>, blocks, kThreads, 0, at::cuda::getCurrentCUDAStream(), c.data_ptr<int32_t>(), M,
                                                                               static_cast<int>(N), store);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -66,11 +66,11 @@ at::Tensor bipolar_mma_peak_cuda(const at::Tensor& like, c10::string_view kind, 
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int iters = static_cast<int>(iterations);
   if (kind == "b1_and") {
-    mma_peak_kernel<MmaKind::kB1And><<<blocks, kThreads, 0, stream>>>(iters, sink.data_ptr<int32_t>());
+    MLX_LAUNCH_KERNEL(mma_peak_kernel<MmaKind::kB1And>, blocks, kThreads, 0, stream, iters, sink.data_ptr<int32_t>());
   } else if (kind == "s4") {
-    mma_peak_kernel<MmaKind::kS4><<<blocks, kThreads, 0, stream>>>(iters, sink.data_ptr<int32_t>());
+    MLX_LAUNCH_KERNEL(mma_peak_kernel<MmaKind::kS4>, blocks, kThreads, 0, stream, iters, sink.data_ptr<int32_t>());
   } else if (kind == "s8") {
-    mma_peak_kernel<MmaKind::kS8><<<blocks, kThreads, 0, stream>>>(iters, sink.data_ptr<int32_t>());
+    MLX_LAUNCH_KERNEL(mma_peak_kernel<MmaKind::kS8>, blocks, kThreads, 0, stream, iters, sink.data_ptr<int32_t>());
   } else if (kind == "wgmma_b1_and" || kind == "wgmma_s8" || kind == "wgmma_f16") {
 #ifdef MLX_WITH_SM90A
     MLX_CHECK(runs_sm90a_code(*props), op, "'kind' \"", kind,

@@ -67,7 +67,7 @@ __global__ void unpack_kernel(const uint32_t* __restrict__ planes, int64_t rows,
 template <typename scalar_t>
 __global__ void quantize_kernel(const scalar_t* __restrict__ x, int64_t rows, int64_t K, int bits,
                                 int32_t* __restrict__ planes, float* __restrict__ scale) {
-  __shared__ float warp_max[kWarps];
+  MLX_SHARED(float[kWarps], warp_max);
   const int64_t row = blockIdx.x;
   const scalar_t* x_row = x + row * K;
   float absmax = 0.0f;
@@ -101,7 +101,7 @@ at::Tensor bipolar_pack_cuda(const at::Tensor& values_in, int64_t bits) {
   at::Tensor planes = at::empty({bits, R, words_for(K)}, values.options().dtype(at::kInt));
   if (planes.numel() == 0) return planes;
   AT_DISPATCH_INTEGRAL_TYPES(values.scalar_type(), "bipolar_pack_cuda", [&] {
-    pack_kernel<scalar_t><<<grid_for(R * words_for(K) * 32), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    MLX_LAUNCH_KERNEL(pack_kernel<scalar_t>, grid_for(R * words_for(K) * 32), kThreads, 0, at::cuda::getCurrentCUDAStream(),
         values.data_ptr<scalar_t>(), R, K, static_cast<int>(bits), planes.data_ptr<int32_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -115,7 +115,7 @@ at::Tensor bipolar_unpack_cuda(const at::Tensor& planes_in, int64_t K) {
   const int64_t R = planes.size(1);
   at::Tensor values = at::empty({R, K}, planes.options());
   if (values.numel() == 0) return values;
-  unpack_kernel<<<grid_for(R * K), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  MLX_LAUNCH_KERNEL(unpack_kernel, grid_for(R * K), kThreads, 0, at::cuda::getCurrentCUDAStream(),
       reinterpret_cast<const uint32_t*>(planes.data_ptr<int32_t>()), R, K, static_cast<int>(planes.size(0)),
       values.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -137,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& x_in, in
   at::Tensor scale = at::empty({R}, x.options().dtype(at::kFloat));
   if (R == 0) return {planes, scale};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bipolar_quantize_cuda", [&] {
-    quantize_kernel<scalar_t><<<R, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    MLX_LAUNCH_KERNEL(quantize_kernel<scalar_t>, R, kThreads, 0, at::cuda::getCurrentCUDAStream(),
         x.data_ptr<scalar_t>(), R, K, static_cast<int>(bits), planes.data_ptr<int32_t>(), scale.data_ptr<float>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -145,7 +145,7 @@ template <typename acc_t>
 __global__ void __launch_bounds__(kSplitThreads) split_work_kernel(Problem<acc_t> p, int max_items, int* chunk_end,
                                                                   int* split_slot, int* split_count) {
   using Scan = cub::BlockScan<int64_t, kSplitThreads>;
-  __shared__ typename Scan::TempStorage scan_storage;
+  MLX_SHARED(typename Scan::TempStorage, scan_storage);
   int64_t chunks_before = 0, splits_before = 0;
   for (int64_t pass_first = 0; pass_first < p.block_rows; pass_first += kSplitThreads * kSplitRowsPerThread) {
     const int64_t first_row = pass_first + threadIdx.x * kSplitRowsPerThread;
@@ -318,7 +318,7 @@ __global__ void __launch_bounds__(kThreads) bsr_spmm_mma_kernel(Problem<float> p
   static_assert(BC == 8 || BC == 16, "blocks are 16 × 16 or 16 × 8");
   constexpr int kBlocksPerStep = kMmaK / BC;
   constexpr int kBlocksPerStage = kStageSteps * kBlocksPerStep;
-  __shared__ __align__(16) MmaTiles<T> tiles;
+  MLX_SHARED(MmaTiles<T>, tiles);
 
   const Chunk chunk = find_chunk(p, blockIdx.x);
   if (chunk.block_row < 0) return;
@@ -383,8 +383,8 @@ constexpr int kSimtRowsPerThread = kSimtSliceRows / kSimtWarps;
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads) bsr_spmm_simt_kernel(Problem<acc_t> p, const T* __restrict__ blocks,
                                                                  const T* __restrict__ b, T* out) {
-  __shared__ acc_t a_tile[kSimtSliceRows][kSimtSliceCols];
-  __shared__ acc_t b_tile[kSimtSliceCols][kSimtCtaN];
+  MLX_SHARED(acc_t[kSimtSliceRows][kSimtSliceCols], a_tile);
+  MLX_SHARED(acc_t[kSimtSliceCols][kSimtCtaN], b_tile);
 
   const Chunk chunk = find_chunk(p, blockIdx.x);
   if (chunk.block_row < 0) return;
@@ -447,15 +447,15 @@ void launch(Problem<acc_t>& p, const at::Tensor& blocks, const at::Tensor& b, at
       // cp.async needs 16-byte aligned B rows (and a real address even for its zero-fills).
       const bool b_async = is_aligned_16(b) && p.n % 8 == 0 && p.k > 0;
       if (p.bc == 16) {
-        bsr_spmm_mma_kernel<T, 16><<<grid, kThreads, 0, stream>>>(p, blocks_ptr, b_ptr, out_ptr, b_async);
+        MLX_LAUNCH_KERNEL(bsr_spmm_mma_kernel<T, 16>, grid, kThreads, 0, stream, p, blocks_ptr, b_ptr, out_ptr, b_async);
       } else {
-        bsr_spmm_mma_kernel<T, 8><<<grid, kThreads, 0, stream>>>(p, blocks_ptr, b_ptr, out_ptr, b_async);
+        MLX_LAUNCH_KERNEL(bsr_spmm_mma_kernel<T, 8>, grid, kThreads, 0, stream, p, blocks_ptr, b_ptr, out_ptr, b_async);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
   }
-  bsr_spmm_simt_kernel<T, acc_t><<<grid, kThreads, 0, stream>>>(p, blocks_ptr, b_ptr, out_ptr);
+  MLX_LAUNCH_KERNEL(bsr_spmm_simt_kernel<T, acc_t>, grid, kThreads, 0, stream, p, blocks_ptr, b_ptr, out_ptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -474,7 +474,7 @@ void check_bsr_spmm_values_cuda(const at::Tensor& crow_in, const at::Tensor& col
   const int64_t grid = std::min<int64_t>(ceil_div_dev<int64_t>(count, threads),
                                          int64_t{8} * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "bsr_spmm_check", [&] {
-    find_bad_index_kernel<index_t><<<static_cast<unsigned>(grid), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    MLX_LAUNCH_KERNEL(find_bad_index_kernel<index_t>, static_cast<unsigned>(grid), threads, 0, at::cuda::getCurrentCUDAStream(),
         crow.data_ptr<index_t>(), col.data_ptr<index_t>(), row_perm ? row_perm->data_ptr<int64_t>() : nullptr,
         reinterpret_cast<unsigned*>(seen.data_ptr<int>()), block_rows, nblocks, ceil_div_dev(k, bc), m,
         bad.data_ptr<int>());
@@ -543,7 +543,7 @@ at::Tensor run_bsr_spmm(const at::Tensor& crow_in, const at::Tensor& col_in, con
                      m, k, n,
                      static_cast<int>(block_rows), static_cast<int>(nblocks), static_cast<int>(br),
                      static_cast<int>(bc), static_cast<int>(split_rows)};
-    split_work_kernel<acc_t><<<1, kSplitThreads, 0, stream>>>(p, static_cast<int>(max_items), chunk_end,
+    MLX_LAUNCH_KERNEL(split_work_kernel<acc_t>, 1, kSplitThreads, 0, stream, p, static_cast<int>(max_items), chunk_end,
                                                               chunk_end + block_rows, chunk_end + 2 * block_rows);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (count_split_rows) {
@@ -554,12 +554,12 @@ at::Tensor run_bsr_spmm(const at::Tensor& crow_in, const at::Tensor& col_in, con
     p.workspace = workspace.data_ptr<acc_t>();
     if (split_rows > 0) {
       const int64_t grid = std::min<int64_t>(block_rows, 4 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-      zero_split_rows_kernel<acc_t><<<static_cast<unsigned>(grid), 256, 0, stream>>>(p);
+      MLX_LAUNCH_KERNEL(zero_split_rows_kernel<acc_t>, static_cast<unsigned>(grid), 256, 0, stream, p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     launch<scalar_t, acc_t>(p, blocks, b, out, max_items, stream);
     if (split_rows > 0) {
-      store_split_rows_kernel<scalar_t, acc_t><<<static_cast<unsigned>(block_rows), 256, 0, stream>>>(
+      MLX_LAUNCH_KERNEL(store_split_rows_kernel<scalar_t, acc_t>, static_cast<unsigned>(block_rows), 256, 0, stream,
           p, reinterpret_cast<scalar_t*>(out.data_ptr()));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

@@ -6,11 +6,10 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <cutlass/cutlass.h>
-
 #include <vector>
 
 #include "common/checks.h"
+#include "common/kernel_launch.cuh"
 
 namespace mlx_kernels {
 
@@ -19,33 +18,9 @@ __host__ __device__ constexpr T ceil_div_dev(T a, T b) {
   return (a + b - 1) / b;
 }
 
-// Raise a clear error naming the op when CUTLASS refuses or fails a launch.
-#define MLX_CUTLASS_CHECK(op, status)                                                     \
-  do {                                                                                    \
-    cutlass::Status _status = (status);                                                   \
-    TORCH_CHECK(_status == cutlass::Status::kSuccess, op, ": CUTLASS error: ",            \
-                cutlassGetStatusString(_status));                                         \
-  } while (0)
-
 // Whether machine code built for sm_90a (wgmma, setmaxnreg) runs on a device:
 // arch-specific targets run on their exact compute capability only.
 inline bool runs_sm90a_code(const cudaDeviceProp& props) { return props.major == 9 && props.minor == 0; }
-
-// Checks, sets up (workspace included) and launches one CUTLASS device-level
-// operator (2.x device::Gemm or a 3.x/2.x GemmUniversalAdapter) on `stream`.
-template <typename Operator>
-void run_cutlass(const char* op, const typename Operator::Arguments& args, cudaStream_t stream) {
-  Operator gemm;
-  MLX_CUTLASS_CHECK(op, gemm.can_implement(args));
-  // Most launches need none: no tensor then (this is every int8_mm call's path).
-  const auto workspace_bytes = static_cast<int64_t>(Operator::get_workspace_size(args));
-  at::Tensor workspace;
-  if (workspace_bytes > 0) {
-    workspace = at::empty({workspace_bytes}, at::TensorOptions().dtype(at::kByte).device(at::kCUDA));
-  }
-  MLX_CUTLASS_CHECK(op, gemm.initialize(args, workspace_bytes > 0 ? workspace.data_ptr() : nullptr, stream));
-  MLX_CUTLASS_CHECK(op, gemm.run(stream));
-}
 
 // Zero-pads `t` along `dim` up to a multiple of `multiple` (no copy when it
 // already is one). Tensor-core kernels need 16-byte aligned rows; padding with

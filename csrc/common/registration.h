@@ -16,8 +16,22 @@
 // "mlx.int8_mm": the name error messages use for an op.
 #define MLX_OP_NAME(op) MLX_STRINGIFY(MLX_NAMESPACE) "." op
 
+#define MLX_CONCAT_IMPL(a, b) a##b
+#define MLX_CONCAT(a, b) MLX_CONCAT_IMPL(a, b)
+
+// The SIMT emulator build (MLX_EMU, csrc/emu/) registers the same schemas
+// under <namespace>_emu, with the emulated CUDA kernels as their
+// implementations for (CPU) tensors; error messages still name <namespace>.
+#ifdef MLX_EMU
+#define MLX_LIBRARY_NAMESPACE MLX_CONCAT(MLX_NAMESPACE, _emu)
+#define MLX_IMPL_KEY(key) CPU
+#else
+#define MLX_LIBRARY_NAMESPACE MLX_NAMESPACE
+#define MLX_IMPL_KEY(key) key
+#endif
+
 #define MLX_LIBRARY_EXPAND(ns, m) TORCH_LIBRARY(ns, m)
-#define MLX_LIBRARY(m) MLX_LIBRARY_EXPAND(MLX_NAMESPACE, m)
+#define MLX_LIBRARY(m) MLX_LIBRARY_EXPAND(MLX_LIBRARY_NAMESPACE, m)
 
 #define MLX_LIBRARY_IMPL_EXPAND(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
-#define MLX_LIBRARY_IMPL(key, m) MLX_LIBRARY_IMPL_EXPAND(MLX_NAMESPACE, key, m)
+#define MLX_LIBRARY_IMPL(key, m) MLX_LIBRARY_IMPL_EXPAND(MLX_LIBRARY_NAMESPACE, MLX_IMPL_KEY(key), m)

@@ -274,8 +274,8 @@ __device__ __forceinline__ float to_float(scalar_t v) {
 // otherwise from u·pregate and to y·postgate. kSpectrum: forward only, to spectrum_out.
 template <typename scalar_t, bool kTensorCores, bool kFromScratch, bool kSpectrum>
 __global__ void __launch_bounds__(kThreads) fused_kernel(const FusedArgs<scalar_t> a) {
-  extern __shared__ float smem[];
-  __shared__ float2 w16[kRadix];
+  MLX_DYNAMIC_SHARED(float, smem);
+  MLX_SHARED(float2[kRadix], w16);
   const int64_t M = a.block_len, blocks_per_task = a.N / M;
   const int64_t local_task = blockIdx.x / blocks_per_task, block = blockIdx.x % blocks_per_task;
   const int64_t task = a.task_begin + local_task, block_offset = block * M;
@@ -364,7 +364,7 @@ template <typename scalar_t, bool kInverse>
 __global__ void __launch_bounds__(kThreads) global_stage_kernel(const Signal<scalar_t> signal, float* scratch,
                                                                 int64_t N, int64_t tasks, int64_t task_begin,
                                                                 int stage, int radix, int64_t stride) {
-  __shared__ float2 w16[kRadix];
+  MLX_SHARED(float2[kRadix], w16);
   init_roots(w16);
   __syncthreads();
   const int64_t columns = N / radix;
@@ -456,7 +456,7 @@ void launch_fused(const FusedArgs<scalar_t>& args, int64_t tasks, cudaStream_t s
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const int64_t grid = tasks * (args.N / args.block_len);
   TORCH_CHECK(grid <= std::numeric_limits<int32_t>::max(), "fft_conv: too many CTAs (", grid, ")");
-  kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(args);
+  MLX_LAUNCH_KERNEL(kernel, static_cast<unsigned>(grid), kThreads, smem, stream, args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -465,7 +465,7 @@ void launch_global_stage(const Signal<scalar_t>& signal, float* scratch, int64_t
                          const HostPlan& plan, int s, cudaStream_t stream) {
   const int64_t work = tasks * (N / plan.host[s].radix);
   const int64_t grid = std::min<int64_t>(ceil_div(work, kThreads), int64_t{1} << 20);
-  global_stage_kernel<scalar_t, kInverse><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(
+  MLX_LAUNCH_KERNEL(global_stage_kernel<scalar_t, kInverse>, static_cast<unsigned>(grid), kThreads, 0, stream,
       signal, scratch, N, tasks, task_begin, s, static_cast<int>(plan.host[s].radix), plan.host[s].stride);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

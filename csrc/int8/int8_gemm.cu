@@ -72,7 +72,7 @@ __global__ void outlier_column_mask_kernel(const scalar_t* __restrict__ x, int r
 }
 
 __device__ float block_max(float value) {
-  __shared__ float warp_max[kQuantThreads / 32];
+  MLX_SHARED(float[kQuantThreads / 32], warp_max);
   for (int offset = 16; offset > 0; offset /= 2) {
     value = absmax_with(value, __shfl_xor_sync(0xffffffffu, value, offset));
   }
@@ -140,7 +140,7 @@ QuantizedRows quantize_activations(const at::Tensor& x, double threshold, int64_
       out.outlier_bits = at::zeros({ceil_div_dev<int64_t>(K, 32)}, int_options);
       const int rows_per_block = std::max<int>(kMaskMinRowsPerBlock, ceil_div_dev(rows, kMaxGridY));
       const dim3 grid(static_cast<unsigned>(ceil_div_dev<int64_t>(K, kMaskThreads)), ceil_div_dev(rows, rows_per_block));
-      outlier_column_mask_kernel<<<grid, kMaskThreads, 0, stream>>>(x_ptr, rows, K, rows_per_block,
+      MLX_LAUNCH_KERNEL(outlier_column_mask_kernel<scalar_t>, grid, kMaskThreads, 0, stream, x_ptr, rows, K, rows_per_block,
                                                                     static_cast<float>(threshold), out.outlier_words());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (with_cols) {
@@ -149,7 +149,7 @@ QuantizedRows quantize_activations(const at::Tensor& x, double threshold, int64_
         out.outlier_cols = at::nonzero(bit_of_column).view({-1});
       }
     }
-    quantize_rows_kernel<<<rows, kQuantThreads, 0, stream>>>(x_ptr, K, out.outlier_words(),
+    MLX_LAUNCH_KERNEL(quantize_rows_kernel<scalar_t>, rows, kQuantThreads, 0, stream, x_ptr, K, out.outlier_words(),
                                                              out.x_i8.data_ptr<int8_t>(), static_cast<int>(ld),
                                                              out.row_absmax.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -318,7 +318,7 @@ void int8_gemv(const at::Tensor& x, const QuantizedRows& q, const at::Tensor& w_
   const int K16 = static_cast<int>(q.x_i8.size(1));
   const int blocks = ceil_div_dev(N, kGemvWarps * kGemvFeaturesPerWarp);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "int8_gemm", [&] {
-    int8_gemv_kernel<scalar_t><<<blocks, kGemvWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
+    MLX_LAUNCH_KERNEL(int8_gemv_kernel<scalar_t>, blocks, kGemvWarps * 32, 0, at::cuda::getCurrentCUDAStream(),
         q.x_i8.data_ptr<int8_t>(), w.w_i8.data_ptr<int8_t>(), M, N, K16, q.row_absmax.data_ptr<float>(),
         w_absmax_c.data_ptr<float>(), x.data_ptr<scalar_t>(), static_cast<int>(x.size(1)),
         q.outlier_words(), data_or_null(w.bias), out.data_ptr<scalar_t>());

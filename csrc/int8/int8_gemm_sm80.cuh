@@ -33,6 +33,7 @@
 #include <cutlass/gemm/kernel/default_gemm_universal_with_visitor.h>
 
 #include "common/cuda_utils.cuh"
+#include "common/cutlass_utils.cuh"
 #include "int8/int8_gemm.cuh"
 
 namespace mlx_kernels::int8 {

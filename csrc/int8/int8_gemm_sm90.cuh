@@ -44,6 +44,7 @@
 #include <cutlass/numeric_types.h>
 
 #include "common/cuda_utils.cuh"
+#include "common/cutlass_utils.cuh"
 #include "int8/int8_gemm.cuh"
 
 namespace mlx_kernels::int8 {

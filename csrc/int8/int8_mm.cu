@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "common/cuda_utils.cuh"
+#include "common/cutlass_utils.cuh"
 #include "common/registration.h"
 #include "int8/int8.h"
 #include "int8/int8_gemm.cuh"

@@ -61,7 +61,7 @@ void numeric_pass(const Operands<index_t, value_t>& op, const Bins& bins, int su
         at::Tensor pool_vals = at::empty({pool}, c_val.options());
         at::Tensor compact_keys = at::empty({entries}, key_options);
         at::Tensor compact_vals = at::empty({entries}, c_val.options());
-        global_table_kernel<true, index_t, value_t><<<last - first, kGlobalThreads, 0, stream>>>(
+        MLX_LAUNCH_KERNEL(global_table_kernel<true, index_t, value_t>, last - first, kGlobalThreads, 0, stream,
             op, rows.data_ptr<int32_t>() + first, d_offsets.data_ptr<int64_t>(), d_bits.data_ptr<int32_t>(),
             sub_log2, pool_keys.data_ptr<int>(), pool_vals.data_ptr<value_t>(), nullptr,
             d_segments.data_ptr<int64_t>(), compact_keys.data_ptr<int>(), compact_vals.data_ptr<value_t>());
@@ -72,7 +72,7 @@ void numeric_pass(const Operands<index_t, value_t>& op, const Bins& bins, int su
         const at::Tensor positions = at::arange(entries, key_options);
         at::Tensor sorted_keys = at::empty_like(compact_keys), sorted_positions = at::empty_like(positions);
         segmented_sort_pairs(compact_keys, positions, d_segments, sorted_keys, sorted_positions);
-        scatter_sorted_rows_kernel<<<last - first, kGlobalThreads, 0, stream>>>(
+        MLX_LAUNCH_KERNEL(scatter_sorted_rows_kernel<index_t, value_t>, last - first, kGlobalThreads, 0, stream,
             rows.data_ptr<int32_t>() + first, d_segments.data_ptr<int64_t>(), sorted_keys.data_ptr<int>(),
             sorted_positions.data_ptr<int>(), compact_vals.data_ptr<value_t>(), c_offsets_p, c_col_p, c_val_p);
         C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -86,8 +86,8 @@ template <typename index_t>
 __global__ void row_bounds_kernel(const index_t* a_crow, const index_t* a_col, const index_t* b_crow,
                                   int64_t m, int64_t k, int64_t n, int64_t a_nnz, int64_t* upper,
                                   int64_t* stats) {
-  __shared__ int bin_counts[kNumBins];
-  __shared__ ull sums[2];
+  MLX_SHARED(int[kNumBins], bin_counts);
+  MLX_SHARED(ull[2], sums);
   if (threadIdx.x < kNumBins) bin_counts[threadIdx.x] = 0;
   if (threadIdx.x < 2) sums[threadIdx.x] = 0;
   __syncthreads();
@@ -119,7 +119,7 @@ __global__ void row_bounds_kernel(const index_t* a_crow, const index_t* a_col, c
 
 // Table slots each row needs in the numeric pass: 2·nnz(C[i, :]).
 __global__ void numeric_table_kernel(const int64_t* row_nnz, int64_t m, int64_t* table, int64_t* stats) {
-  __shared__ int bin_counts[kNumBins];
+  MLX_SHARED(int[kNumBins], bin_counts);
   if (threadIdx.x < kNumBins) bin_counts[threadIdx.x] = 0;
   __syncthreads();
   const int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
@@ -137,8 +137,8 @@ __global__ void numeric_table_kernel(const int64_t* row_nnz, int64_t m, int64_t*
 // Positions are reserved per block (one atomic per bin per block).
 __global__ void scatter_bins_kernel(const int64_t* table, int64_t m, const int64_t* bin_start,
                                     int64_t* bin_cursor, int32_t* rows_by_bin) {
-  __shared__ int local_counts[kNumBins];
-  __shared__ int64_t block_base[kNumBins];
+  MLX_SHARED(int[kNumBins], local_counts);
+  MLX_SHARED(int64_t[kNumBins], block_base);
   if (threadIdx.x < kNumBins) local_counts[threadIdx.x] = 0;
   __syncthreads();
   const int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
@@ -168,7 +168,7 @@ Bins bin_rows(const at::Tensor& table, const int64_t* bin_counts) {
                                 at::TensorOptions().dtype(at::kLong)).to(table.device(), /*non_blocking=*/true);
   at::Tensor cursor = at::zeros({kNumBins}, table.options());
   if (m > 0) {
-    scatter_bins_kernel<<<blocks_for(m, kRowThreads), kRowThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    MLX_LAUNCH_KERNEL(scatter_bins_kernel, blocks_for(m, kRowThreads), kRowThreads, 0, at::cuda::getCurrentCUDAStream(),
         table.data_ptr<int64_t>(), m, start.data_ptr<int64_t>(), cursor.data_ptr<int64_t>(),
         bins.rows.data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -198,16 +198,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spgemm_typed(const Operands<index
   // 1. validation, bounds, symbolic bins: one device -> host copy.
   at::Tensor stats = at::zeros({kNumStats}, long_options);
   at::Tensor upper = at::empty({s.m}, long_options);
-  validate_csr_kernel<<<std::min<int64_t>(blocks_for(std::max(s.k + 1, s.b_nnz), threads), max_blocks), threads, 0,
-                        stream>>>(op.b_crow, op.b_col, s.k, s.b_nnz, s.n, kBadBCrow, kBadBCol,
+  MLX_LAUNCH_KERNEL(validate_csr_kernel<index_t>, std::min<int64_t>(blocks_for(std::max(s.k + 1, s.b_nnz), threads), max_blocks), threads, 0,
+                        stream, op.b_crow, op.b_col, s.k, s.b_nnz, s.n, kBadBCrow, kBadBCol,
                                   stats.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  validate_csr_kernel<<<std::min<int64_t>(blocks_for(std::max(s.m + 1, s.a_nnz), threads), max_blocks), threads, 0,
-                        stream>>>(op.a_crow, op.a_col, s.m, s.a_nnz, s.k, kBadACrow, kBadACol,
+  MLX_LAUNCH_KERNEL(validate_csr_kernel<index_t>, std::min<int64_t>(blocks_for(std::max(s.m + 1, s.a_nnz), threads), max_blocks), threads, 0,
+                        stream, op.a_crow, op.a_col, s.m, s.a_nnz, s.k, kBadACrow, kBadACol,
                                   stats.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (s.m > 0) {
-    row_bounds_kernel<<<blocks_for(s.m, threads), threads, 0, stream>>>(
+    MLX_LAUNCH_KERNEL(row_bounds_kernel<index_t>, blocks_for(s.m, threads), threads, 0, stream,
         op.a_crow, op.a_col, op.b_crow, s.m, s.k, s.n, s.a_nnz, upper.data_ptr<int64_t>(),
         stats.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -238,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spgemm_typed(const Operands<index
             at::Tensor pool_keys = at::empty({pool}, a_crow.options().dtype(at::kInt));
             const at::Tensor d_offsets = at::tensor(offsets, cpu_long).to(a_crow.device());
             const at::Tensor d_bits = at::tensor(bits, at::TensorOptions().dtype(at::kInt)).to(a_crow.device());
-            global_table_kernel<false, index_t, float><<<last - first, kGlobalThreads, 0, stream>>>(
+            MLX_LAUNCH_KERNEL(global_table_kernel<false, index_t, float>, last - first, kGlobalThreads, 0, stream,
                 keys_only, rows.data_ptr<int32_t>() + first, d_offsets.data_ptr<int64_t>(), d_bits.data_ptr<int32_t>(),
                 sub_log2, pool_keys.data_ptr<int>(), nullptr, row_nnz.data_ptr<int64_t>(), nullptr, nullptr,
                 nullptr);
@@ -256,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spgemm_typed(const Operands<index
   at::Tensor numeric_stats = at::zeros({kNumStats}, long_options);
   at::Tensor table = at::empty({s.m}, long_options);
   if (s.m > 0) {
-    numeric_table_kernel<<<blocks_for(s.m, threads), threads, 0, stream>>>(
+    MLX_LAUNCH_KERNEL(numeric_table_kernel, blocks_for(s.m, threads), threads, 0, stream,
         row_nnz.data_ptr<int64_t>(), s.m, table.data_ptr<int64_t>(), numeric_stats.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -98,7 +98,7 @@ shared_table_kernel(Operands<index_t, value_t> op, const int32_t* rows, int num_
                                     index_t* c_col, value_t* c_val) {
   constexpr int kGroup = kTable / kSlotsPerThread;
   constexpr int kBits = log2_of(kTable);
-  extern __shared__ __align__(16) unsigned char smem[];
+  MLX_DYNAMIC_SHARED(unsigned char, smem);
   const int groups = blockDim.x / kGroup;
   const int group = threadIdx.x / kGroup, lane = threadIdx.x % kGroup;
   value_t* vals = reinterpret_cast<value_t*>(smem) + group * kTable;
@@ -165,7 +165,7 @@ global_table_kernel(Operands<index_t, value_t> op, const int32_t* rows, const in
                     const int32_t* table_bits, int sub_log2, int* pool_keys, value_t* pool_vals,
                     int64_t* row_nnz, const int64_t* compact_offset, int* compact_keys,
                     value_t* compact_vals) {
-  __shared__ int count;
+  MLX_SHARED(int, count);
   const int row = rows[blockIdx.x];
   const int bits = table_bits[blockIdx.x];
   const int64_t slots = int64_t{1} << bits;
@@ -224,7 +224,7 @@ void launch_shared_bin(const Operands<index_t, value_t>& op, const Bins& bins, i
   if (smem > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }
-  kernel<<<blocks_for(rows, groups), threads, smem, at::cuda::getCurrentCUDAStream()>>>(
+  MLX_LAUNCH_KERNEL(kernel, blocks_for(rows, groups), threads, smem, at::cuda::getCurrentCUDAStream(),
       op, bins.rows_of(bin), static_cast<int>(rows), std::min(sub_log2, log2_of(kGroup)), row_nnz,
       c_offsets, c_col, c_val);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
