@@ -45,8 +45,18 @@ def requires_cuda(test):
     return pytest.mark.cuda(pytest.mark.skipif(not HAS_CUDA, reason=_NEEDS_CUDA)(test))
 
 
+# The emulator's own ops (torch.ops.<namespace>_emu: the emulated kernels and its self-tests).
+EMU_OPS = getattr(torch.ops, mlx_kernels.OPS_NAMESPACE + "_emu") if EMU else None
+
+
+def requires_emu(test):
+    """Decorator for a test of the SIMT emulator itself (runs with MLX_EMU=1)."""
+    return pytest.mark.emu(pytest.mark.skipif(not EMU, reason="needs MLX_EMU=1 (scripts/build_emu.sh)")(test))
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a GPU and a CUDA build (select with -m cuda)")
+    config.addinivalue_line("markers", "emu: tests of the SIMT emulator itself (select with -m emu, MLX_EMU=1)")
 
 
 # MLX_TEST_DEADLINE (seconds since the epoch): stop cleanly between tests once it
