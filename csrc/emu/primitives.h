@@ -8,7 +8,7 @@
 //   cp.async.cg.shared.global (16 B, src-size 0 zero-fills), commit, wait_group.
 // Each warp-wide instruction is a warp collective: it completes when all 32
 // lanes reach it (runtime.h). The layout functions below are the only place
-// the fragment layouts are written down; tests/test_emu.py checks them
+// the fragment layouts are written down; tests/test_emu_layouts.py checks them
 // element by element against CuTe's MMA_Traits / Copy_Traits.
 #pragma once
 
