@@ -20,14 +20,15 @@ if FAKE_CUDA:
     import fake_cuda
 
     fake_cuda.install()
+EMU_LIB = None  # the emulator build loaded (MLX_EMU=1)
 if EMU:
     import glob
 
-    _emu_lib = os.environ.get("MLX_EMU_LIB") or next(
+    EMU_LIB = os.environ.get("MLX_EMU_LIB") or next(
         iter(sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "build", "emu", "_emu*.so")))), None)
-    if _emu_lib is None:
+    if EMU_LIB is None:
         raise RuntimeError("MLX_EMU=1 needs the emulator build: run scripts/build_emu.sh (or set MLX_EMU_LIB)")
-    fake_cuda.load_emulator(_emu_lib)
+    fake_cuda.load_emulator(EMU_LIB)
 HAS_CUDA = FAKE_CUDA or (torch.cuda.is_available() and mlx_kernels.WITH_CUDA)
 
 # Every op test that takes a `device` runs on CPU, and on CUDA when a GPU and a
