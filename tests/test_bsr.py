@@ -203,21 +203,56 @@ def test_bsr_spmm_int32_indices_and_noncontiguous(device):
     torch.testing.assert_close(out.cpu().double(), a_dense.double() @ b.cpu().double(), rtol=1e-5, atol=1e-5)
 
 
-def test_bsr_spmm_never_reads_padding_columns_past_k():
+@pytest.mark.parametrize("dtype,block", [(torch.float32, (16, 16)), (torch.bfloat16, (16, 16)),
+                                         (torch.float16, (16, 8)), (torch.float32, (8, 8))])
+def test_bsr_spmm_never_reads_padding_columns_past_k(device, dtype, block):
     # Garbage in the padding columns of the last block column must not matter:
-    # the kernel stops at b's row k instead of reading past it.
-    a_dense = random_sparse(20, 21, 0.5)
-    a = BlockSparseMatrix.from_dense(a_dense, block=(16, 16), reorder=False)
+    # every kernel stops at b's row k (the tensor-core one zero-fills A's columns
+    # past k, element by element where an 8-value piece straddles k = 21).
+    a_dense = random_sparse(20, 21, 0.5).to(dtype)
+    a = BlockSparseMatrix.from_dense(a_dense, block=block, reorder=False)
     blocks = a.blocks.clone()
     last_block_col = a.col == a.col.max()
-    blocks[last_block_col, :, 5:] = float("nan")
-    b = torch.randn(21, 3)
-    out = mlx_kernels.bsr_spmm(a.crow, a.col, blocks, b, 20)
-    torch.testing.assert_close(out.double(), a_dense.double() @ b.double(), rtol=1e-5, atol=1e-5)
-    # The packed CPU form drops the padding (rows past m too) when it is built.
-    blocks[int(a.crow[1]):, 4:] = float("nan")  # block row 1 holds rows 16..31 of an m = 20 matrix
-    packed = BlockSparseMatrix(a.crow, a.col, blocks, a.shape)
-    torch.testing.assert_close((packed @ b).double(), a_dense.double() @ b.double(), rtol=1e-5, atol=1e-5)
+    blocks[last_block_col, :, 21 % block[1]:] = float("nan")
+    b = torch.randn(21, 3).to(dtype)
+    expected = a_dense.double() @ b.double()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    out = mlx_kernels.bsr_spmm(a.crow.to(device), a.col.to(device), blocks.to(device), b.to(device), 20)
+    torch.testing.assert_close(out.cpu().double(), expected, **tol)
+    # BlockSparseMatrix multiplies the same blocks on CUDA; on the CPU its packed
+    # form drops the padding (rows past m too) when it is built.
+    blocks[int(a.crow[-2]):, 20 % block[0]:] = float("nan")  # the last block row's rows past m = 20
+    packed = BlockSparseMatrix(a.crow, a.col, blocks, a.shape).to(device)
+    torch.testing.assert_close((packed @ b.to(device)).cpu().double(), expected, **tol)
+
+
+@pytest.mark.parametrize("dtype,block", [(torch.float32, (16, 16)), (torch.bfloat16, (16, 16)),
+                                         (torch.float16, (16, 8)), (torch.float64, (3, 5))])
+def test_bsr_spmm_stored_zeros_against_inf_and_nan(device, dtype, block):
+    # The rule (bsr.h): an entry of a stored block is multiplied as in a dense
+    # matmul, zeros included, so a stored zero times Inf or NaN in b is NaN; an
+    # entry outside the stored blocks, or in the padding past m or k, adds nothing.
+    # Both devices and both CPU forms (dense and packed blocks) follow it.
+    m, k, n = 20, 21, 5
+    a_dense = torch.zeros(m, k, dtype=torch.float64)
+    a_dense[0, 0], a_dense[1, 1] = 2.0, -3.0  # block (0, 0) is stored, zeros and all
+    a_dense[17, 18] = 1.0  # a block of the last block row, with padding past m
+    a_dense = a_dense.to(dtype)
+    a = BlockSparseMatrix.from_dense(a_dense, block=block, reorder=False)
+    stored = oracles.bsr_to_dense(a.crow, a.col, torch.ones_like(a.blocks), m, k) != 0
+    b = torch.randn(k, n, dtype=torch.float64)
+    b[0, 0], b[1, 1], b[1, 2], b[18, 3] = float("inf"), float("nan"), float("-inf"), float("inf")
+    b = b.to(dtype)
+    # The rule, term by term in float64 (the IEEE sum of the stored entries' products).
+    terms = a_dense.double()[:, :, None] * b.double()[None, :, :]
+    expected = torch.where(stored[:, :, None], terms, 0.0).sum(1)
+    assert expected[0, 1].isnan() and expected[0, 0].isinf() and expected[16, 3].isnan()
+    assert expected[:, 4].isfinite().all()  # b's column 4 is finite
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype in (torch.float16, torch.bfloat16) else dict(rtol=1e-5, atol=1e-5)
+    out = mlx_kernels.bsr_spmm(a.crow.to(device), a.col.to(device), a.blocks.to(device), b.to(device), m)
+    torch.testing.assert_close(out.cpu().double(), expected, equal_nan=True, **tol)
+    on_device = a.to(device)
+    torch.testing.assert_close((on_device @ b.to(device)).cpu().double(), expected, equal_nan=True, **tol)
 
 
 def test_bsr_spmm_empty_rows_and_all_empty(device):

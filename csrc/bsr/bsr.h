@@ -4,6 +4,14 @@
 // A is stored in BCSR with torch's sparse_bsr conventions: block row rb holds
 // blocks crow[rb] .. crow[rb+1]-1, block j sits at block column col[j] and its
 // values are blocks[j] (br × bc, zero-padded past row m / column k).
+//
+// Non-finite values. Every entry of a stored block inside A (row < m, column
+// < k) is multiplied as in a dense matmul, zeros included: a stored zero times
+// Inf or NaN in B gives NaN, as torch.matmul does. That is what the CUDA
+// tensor cores give (they cannot skip a zero), so the CPU, whose products skip
+// zeros, sets those NaNs afterwards when B holds a non-finite value. Entries
+// outside the stored blocks and the padding past row m or column k (whatever
+// it holds) add nothing on either device.
 #pragma once
 
 #include <ATen/ATen.h>

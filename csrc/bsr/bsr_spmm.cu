@@ -279,7 +279,7 @@ struct MmaTiles {
 
 // Issues the copies of one stage (the A values and gathered B rows of blocks
 // stage_first ..) into buffer `buf`: cp.async, zero-filled past the chunk's
-// last block, past row k and past column n. B goes through registers when its
+// last block, past A's column k, past B's row k and past column n. B goes through registers when its
 // rows are not 16-byte aligned (b_async false: n % 8 != 0 or an unaligned b).
 template <typename T, int BC>
 __device__ void load_stage(MmaTiles<T>& tiles, int buf, const Problem<float>& p, const Chunk& chunk,
@@ -293,7 +293,18 @@ __device__ void load_stage(MmaTiles<T>& tiles, int buf, const Problem<float>& p,
     const int j = stage_first + k_in_stage / BC;
     const bool valid = j < chunk.last;
     const T* src = blocks + (static_cast<int64_t>(valid ? j : 0) * kMmaRows + r) * BC + k_in_stage % BC;
-    cp_async_16(&tiles.a[buf][step][r][piece * 8], src, valid);
+    T* dst = &tiles.a[buf][step][r][piece * 8];
+    // A's padding columns (at and past k) may hold anything, and 0 · NaN is
+    // NaN: they are zeroed, element by element in the piece that straddles k.
+    const int64_t before_k = valid ? p.k - (static_cast<int64_t>(p.col[j]) * BC + k_in_stage % BC) : 8;
+    if (before_k >= 8) {
+      cp_async_16(dst, src, valid);
+    } else {
+      alignas(16) T v[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = e < before_k ? src[e] : T(0.0f);
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(v);
+    }
   }
   for (int piece = tid; piece < kStageK * (kCtaN / 8); piece += kThreads) {
     const int k_in_stage = piece / (kCtaN / 8), column8 = (piece % (kCtaN / 8)) * 8;
@@ -403,8 +414,11 @@ __global__ void __launch_bounds__(kThreads) bsr_spmm_simt_kernel(Problem<acc_t> 
       for (int c0 = 0; c0 < p.bc; c0 += kSimtSliceCols) {
         const int cols = min(kSimtSliceCols, p.bc - c0);
         __syncthreads();  // the previous slice has been read
+        // A's padding columns (at and past k) may hold anything, and 0 · NaN is NaN.
         for (int i = tid; i < rows * cols; i += kThreads) {
-          a_tile[i / cols][i % cols] = static_cast<acc_t>(block[static_cast<int64_t>(i / cols) * p.bc + c0 + i % cols]);
+          const int64_t column = k0 + c0 + i % cols;
+          a_tile[i / cols][i % cols] =
+              column < p.k ? static_cast<acc_t>(block[static_cast<int64_t>(i / cols) * p.bc + c0 + i % cols]) : acc_t(0);
         }
         for (int i = tid; i < cols * kSimtCtaN; i += kThreads) {
           const int64_t row = k0 + c0 + i / kSimtCtaN, column = n0 + i % kSimtCtaN;

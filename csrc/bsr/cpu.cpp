@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -407,6 +408,47 @@ at::Tensor b_for_accumulation(const at::Tensor& b) {
   return (half ? b.to(at::kFloat) : b).contiguous();
 }
 
+// Whether every value of B (as the inner loop reads it, contiguous) is finite:
+// x - x is 0 for a finite x and NaN for Inf and NaN, a compare per value that
+// vectorises, so the common all-finite case costs one read of B.
+bool all_finite(const at::Tensor& b_acc) {
+  return AT_DISPATCH_FLOATING_TYPES(b_acc.scalar_type(), "bsr_spmm_finite", [&] {
+    const scalar_t* p = b_acc.data_ptr<scalar_t>();
+    return at::parallel_reduce(0, b_acc.numel(), int64_t{1} << 16, true,
+                               [&](int64_t begin, int64_t end, bool finite) {
+                                 for (int64_t i = begin; i < end; ++i) finite &= p[i] - p[i] == scalar_t(0);
+                                 return finite;
+                               },
+                               [](bool x, bool y) { return x && y; });
+  });
+}
+
+// The rule of bsr.h for stored zeros, on top of products that skip every zero
+// of A (see the top of the file): where a stored zero of A meets Inf or NaN in
+// B, its output row gets NaN in those columns, as 0 · Inf and 0 · NaN are.
+// `unmarked` [nblocks, br, bc] marks the entries skipped (zeros, and padding,
+// which is dropped here: rows past m, columns past k). Runs only when B holds a
+// non-finite value, so these ATen passes cost nothing in the common case.
+void nan_where_stored_zeros_meet_nonfinite(const at::Tensor& unmarked, const at::Tensor& crow, const at::Tensor& col,
+                                           const at::Tensor& b, const c10::optional<at::Tensor>& row_perm,
+                                           int64_t m, at::Tensor& out) {
+  const int64_t k = b.size(0), br = unmarked.size(1), bc = unmarked.size(2);
+  const at::Tensor nonfinite = at::isfinite(b).logical_not();
+  const at::Tensor entries = unmarked.nonzero();  // [zeros, 3]: block, row, column
+  const at::Tensor block = entries.select(1, 0);
+  const at::Tensor block_row = at::repeat_interleave(at::diff(crow.to(at::kLong))).index_select(0, block);
+  const at::Tensor stored_row = block_row * br + entries.select(1, 1);
+  const at::Tensor b_row = col.to(at::kLong).index_select(0, block) * bc + entries.select(1, 2);
+  const at::Tensor in_a = stored_row.lt(m).logical_and(b_row.lt(k));
+  const at::Tensor hits_nonfinite = nonfinite.any(1).index_select(0, b_row.clamp_max(k - 1));
+  const at::Tensor keep = in_a.logical_and(hits_nonfinite).nonzero().squeeze(1);
+  at::Tensor out_row = stored_row.index_select(0, keep);
+  if (row_perm.has_value()) out_row = row_perm->index_select(0, out_row);
+  const at::Tensor hits = at::zeros({m, b.size(1)}, b.options().dtype(at::kInt))
+                              .index_add_(0, out_row, nonfinite.index_select(0, b_row.index_select(0, keep)).to(at::kInt));
+  out.masked_fill_(hits.gt(0), std::numeric_limits<double>::quiet_NaN());
+}
+
 template <typename scalar_t, typename index_t>
 SpmmProblem<index_t, acc_type<scalar_t>, b_type<scalar_t>, scalar_t> make_problem(
     const at::Tensor& crow, const at::Tensor& col, const at::Tensor& b_acc, at::Tensor& out, int64_t m,
@@ -442,6 +484,7 @@ at::Tensor bsr_spmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, con
       spmm_dense_blocks(problem, blocks.data_ptr<value_t>(), blocks.size(0));
     });
   });
+  if (k > 0 && !all_finite(b_acc)) nan_where_stored_zeros_meet_nonfinite(blocks.eq(0), crow, col, b, row_perm, m, out);
   return out;
 }
 
@@ -499,6 +542,18 @@ at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_
     const int64_t bad = *std::min_element(bad_rows.begin(), bad_rows.end());
     if (bad != m) explain_bad_packed_row(problem.crow, problem.col, packed, bad, block_rows, block_cols, k);
   });
+  if (k > 0 && !all_finite(b_acc)) {
+    // The entries the words leave unmarked: each word marks its row's non-zeros
+    // in one block (bit c: column c).
+    const at::Tensor word_rows = at::repeat_interleave(at::diff(row_words)).remainder(block_rows);
+    const at::Tensor bits = word_cols.unsqueeze(1)
+                                .bitwise_right_shift(at::arange(block_cols, word_cols.options()))
+                                .bitwise_and(1)
+                                .to(at::kBool);
+    at::Tensor marked = at::zeros({col.numel(), block_rows, block_cols}, word_cols.options().dtype(at::kBool));
+    marked.index_put_({word_blocks, word_rows}, bits);
+    nan_where_stored_zeros_meet_nonfinite(marked.logical_not(), crow, col, b, row_perm, m, out);
+  }
   return out;
 }
 
