@@ -402,3 +402,17 @@ def test_scale_default_is_inverse_sqrt_head_dim(device):
     default, _ = mlx_kernels.attention_with_lse(q, k, v)
     explicit, _ = mlx_kernels.attention_with_lse(q, k, v, scale=1 / math.sqrt(64))
     torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+
+
+def test_key_length_leaves_room_for_a_kernel_tile(device):
+    # The kernels add a tile to key and row indices in int32, so the key length
+    # is capped below INT32_MAX. Head dim 0 and key_lens = 0 keep the tensors
+    # empty and, should the cap be missing, the pass instant.
+    q = torch.zeros(1, 1, 1, 0, device=device)
+    k = torch.zeros(1, 2**31 - 1 - 100, 1, 0, device=device)
+    lens = torch.zeros(1, dtype=torch.int32, device=device)
+    with pytest.raises(RuntimeError, match=r"attention_with_lse_ragged.*key length \+ 256 \(a kernel tile\) = "
+                                           r"2147483803 does not fit in int32"):
+        mlx_kernels.ops.attention_with_lse_ragged(q, k, k, lens)
+    # The query rows per KV head share the check, but reaching it takes an lse of
+    # that many fp32 values (8 GiB), so only the key length is tested here.

@@ -560,3 +560,15 @@ def test_int8_gemm_mixed_devices_rejected():
         mlx_kernels.int8_gemm(torch.randn(2, 16, device="cuda"), w_i8, w_absmax.cuda())
     with pytest.raises(RuntimeError, match=r"int8_gemm.*one device"):
         mlx_kernels.int8_gemm(torch.randn(2, 16), w_i8, w_absmax, torch.zeros(8, device="cuda"))
+
+
+@requires_cuda
+def test_int8_gemm_n_near_int32_max_is_refused():
+    # The CUDA kernels index features in int32 up to N rounded up to a GEMV block
+    # of 32. Expanded (stride-0) weights and no rows of x keep this allocation-free.
+    n = 2**31 - 1 - 16
+    w_i8 = torch.zeros(1, 16, dtype=torch.int8, device="cuda").expand(n, 16)
+    w_absmax = torch.ones(1, device="cuda").expand(n)
+    x = torch.zeros(0, 16, dtype=torch.float16, device="cuda")
+    with pytest.raises(RuntimeError, match=r"int8_gemm.*N rounded up to a multiple of 32 .* = 2147483648 does not fit"):
+        mlx_kernels.int8_gemm(x, w_i8, w_absmax)

@@ -114,10 +114,15 @@ inline void check_lens(const char* op, const char* arg, const at::Tensor& lens, 
             "] (the number of keys), got values in [", min_len, ", ", max_seen, "]");
 }
 
-// Index math inside the kernels is int32 per (batch, KV head) slice.
+// Index math inside the kernels is int32 per (batch, KV head) slice, and a
+// kernel adds up to one tile (64 query rows or keys; this margin bounds every
+// tile) to a row or key index: the sizes leave room for it.
+constexpr int64_t kKernelTileMargin = 256;
+
 inline void check_kernel_sizes(const char* op, const AttentionParams& p) {
-  check_fits_int32(op, "query rows per KV head (seq_q × heads_q / heads_kv)", p.rows());
-  check_fits_int32(op, "key length", p.seq_k);
+  check_fits_int32(op, "query rows per KV head (seq_q × heads_q / heads_kv) + 256 (a kernel tile)",
+                   p.rows() + kKernelTileMargin);
+  check_fits_int32(op, "key length + 256 (a kernel tile)", p.seq_k + kKernelTileMargin);
 }
 
 // attention_with_lse(q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D]) and its ragged variant.

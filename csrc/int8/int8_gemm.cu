@@ -61,7 +61,7 @@ __global__ void outlier_column_mask_kernel(const scalar_t* __restrict__ x, int r
                                            float threshold, uint32_t* __restrict__ outlier_bits) {
   const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;  // K may be near INT32_MAX
   const int r0 = blockIdx.y * rows_per_block;
-  const int r1 = min(rows, r0 + rows_per_block);
+  const int r1 = static_cast<int>(min(int64_t{rows}, int64_t{r0} + rows_per_block));  // rows may be near INT32_MAX
   bool outlier = false;
   for (int r = r0; c < K && r < r1; ++r) {
     outlier |= fabsf(static_cast<float>(x[static_cast<int64_t>(r) * K + c])) > threshold;
@@ -138,8 +138,11 @@ QuantizedRows quantize_activations(const at::Tensor& x, double threshold, int64_
     const scalar_t* x_ptr = x.data_ptr<scalar_t>();
     if (threshold > 0.0 && K > 0) {
       out.outlier_bits = at::zeros({ceil_div_dev<int64_t>(K, 32)}, int_options);
-      const int rows_per_block = std::max<int>(kMaskMinRowsPerBlock, ceil_div_dev(rows, kMaxGridY));
-      const dim3 grid(static_cast<unsigned>(ceil_div_dev<int64_t>(K, kMaskThreads)), ceil_div_dev(rows, rows_per_block));
+      // int64: rows may be near INT32_MAX.
+      const int rows_per_block =
+          static_cast<int>(std::max<int64_t>(kMaskMinRowsPerBlock, ceil_div_dev<int64_t>(rows, kMaxGridY)));
+      const dim3 grid(static_cast<unsigned>(ceil_div_dev<int64_t>(K, kMaskThreads)),
+                      static_cast<unsigned>(ceil_div_dev<int64_t>(rows, rows_per_block)));
       MLX_LAUNCH_KERNEL(outlier_column_mask_kernel<scalar_t>, grid, kMaskThreads, 0, stream, x_ptr, rows, K, rows_per_block,
                                                                     static_cast<float>(threshold), out.outlier_words());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -376,6 +379,11 @@ at::Tensor int8_gemm_cuda(const at::Tensor& x_in, const at::Tensor& w_i8, const 
   check_int8_gemm_args(x_in, w_i8, w_absmax, bias, threshold);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const int64_t M = leading_rows(x_in), K = x_in.size(-1), N = w_i8.size(0);
+  // The GEMV indexes features in int up to N rounded up to a whole block, and
+  // the tensor-core paths pass N_pad (N padded to a multiple of 8, no more) as int.
+  constexpr int kGemvBlockFeatures = kGemvWarps * kGemvFeaturesPerWarp;
+  check_fits_int32(MLX_OP_NAME("int8_gemm"), "N rounded up to a multiple of 32 (the GEMV's features per block)",
+                   ceil_div_dev<int64_t>(N, kGemvBlockFeatures) * kGemvBlockFeatures);
   std::vector<int64_t> out_shape(x_in.sizes().begin(), x_in.sizes().end());
   out_shape.back() = N;
   if (M == 0 || N == 0) return at::empty(out_shape, x_in.options());

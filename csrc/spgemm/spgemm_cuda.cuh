@@ -114,7 +114,8 @@ shared_table_kernel(Operands<index_t, value_t> op, const int32_t* rows, int num_
   if (lane == 0) counts[group] = 0;
   __syncthreads();
 
-  const int index = blockIdx.x * groups + group;
+  // int64: the last CTA's groups run past num_rows, which may be near INT32_MAX.
+  const int64_t index = int64_t{blockIdx.x} * groups + group;
   const bool active = index < num_rows;
   const int row = active ? rows[index] : 0;
   if (active) {
