@@ -168,64 +168,8 @@ MLX_ALWAYS_INLINE void rotate(typename Simd<T>::V& a, typename Simd<T>::V& b, co
   a = real;
 }
 
-// cos and sin of 2π·e/16 for e = f1·j2 in [0, 9]: the inner twiddles of a
-// 16-point DFT factored as 4 × 4.
-constexpr double kCos16[10] = {1.0, 0.92387953251128674, 0.70710678118654757, 0.38268343236508978, 0.0,
-                               -0.38268343236508978, -0.70710678118654757, -0.92387953251128674, -1.0,
-                               -0.92387953251128674};
-constexpr double kSin16[10] = {0.0, 0.38268343236508978, 0.70710678118654757, 0.92387953251128674, 1.0,
-                               0.92387953251128674, 0.70710678118654757, 0.38268343236508978, 0.0,
-                               -0.38268343236508978};
-
-// (a, b) <- (a + ib)·W_16^{±e} (the sign of the inverse) in registers.
-template <typename V, typename T, bool kInverse>
-MLX_ALWAYS_INLINE void rotate16(V& a, V& b, int64_t e) {
-  const T c = static_cast<T>(kCos16[e]), sn = static_cast<T>(kInverse ? kSin16[e] : -kSin16[e]);
-  const V real = a * c - b * sn;
-  b = a * sn + b * c;
-  a = real;
-}
-
-// In place 4-point DFT of (x0, x1, x2, x3): its matrix holds only ±1 and ±i
-// (W_4 = -i forward, +i inverse), so it is eight complex additions.
-template <typename V, bool kInverse>
-MLX_ALWAYS_INLINE void dft4(V& r0, V& i0, V& r1, V& i1, V& r2, V& i2, V& r3, V& i3) {
-  const V ar = r0 + r2, ai = i0 + i2, br = r0 - r2, bi = i0 - i2;
-  const V cr = r1 + r3, ci = i1 + i3, dr = r1 - r3, di = i1 - i3;
-  r0 = ar + cr, i0 = ai + ci;
-  r2 = ar - cr, i2 = ai - ci;
-  // y1 = b + W_4·d, y3 = b - W_4·d with W_4·d = (d_i, -d_r) forward, (-d_i, d_r) inverse.
-  const V wr = kInverse ? -di : di, wi = kInverse ? dr : -dr;
-  r1 = br + wr, i1 = bi + wi;
-  r3 = br - wr, i3 = bi - wi;
-}
-
-// The 16-point DFT of 16 vectors in registers (X[f] = Σ_j x[j]·W_16^{±f·j},
-// element-wise across lanes), with the 16×16 DFT matrix factored as a 4 × 4
-// Monarch product, F_16 = (F_4 ⊗ I_4)·T·(I_4 ⊗ F_4) up to the digit
-// permutation: with j = 4·j1 + j2 and f = f1 + 4·f2,
-// X[f] = Σ_j2 W_4^{f2·j2}·W_16^{f1·j2}·Σ_j1 W_4^{f1·j1}·x[j]. The 4-point DFTs
-// are additions only, so it costs 64 + 36 + 64 vector operations instead of
-// the ~380 of the 16×16 matmul (even with its conjugate-symmetry savings).
-// X[f] is left in register dft16_slot(f).
-constexpr int64_t dft16_slot(int64_t f) { return 4 * (f % 4) + f / 4; }
-
-template <typename V, typename T, bool kInverse>
-MLX_ALWAYS_INLINE void dft16(V (&xr)[kRadix], V (&xi)[kRadix]) {
-  // Inner DFTs over j1 (registers j2, j2 + 4, j2 + 8, j2 + 12), then the inner
-  // twiddles W_16^{f1·j2}: register 4·f1 + j2 holds output digit f1 of column j2.
-  for (int64_t j2 = 0; j2 < 4; ++j2) {
-    dft4<V, kInverse>(xr[j2], xi[j2], xr[j2 + 4], xi[j2 + 4], xr[j2 + 8], xi[j2 + 8], xr[j2 + 12], xi[j2 + 12]);
-    for (int64_t f1 = 1; f1 < 4 && j2 > 0; ++f1) {
-      rotate16<V, T, kInverse>(xr[4 * f1 + j2], xi[4 * f1 + j2], f1 * j2);
-    }
-  }
-  // Outer DFTs over j2 (registers 4·f1 .. 4·f1 + 3) give X[f1 + 4·f2] in 4·f1 + f2.
-  for (int64_t f1 = 0; f1 < 4; ++f1) {
-    const int64_t r = 4 * f1;
-    dft4<V, kInverse>(xr[r], xi[r], xr[r + 1], xi[r + 1], xr[r + 2], xi[r + 2], xr[r + 3], xi[r + 3]);
-  }
-}
+// rotate16, dft4 and the 4 × 4-factored dft16 (X[f] left in register
+// dft16_slot(f)) are fftconv.h's, shared with the CUDA kernels.
 
 // The R-point DFT (R = 2, 4, 8) of R vectors in registers; X[f] is left in
 // register small_dft_slot<R>(f). R = 8 is factored as 2 × 4 the way dft16 is

@@ -29,8 +29,16 @@
 
 #if defined(__CUDACC__)
 #define MLX_FFTCONV_HOST_DEVICE __host__ __device__
+// The radix-16 helpers below: inlined into the kernels, fully unrolled (the
+// points live in registers).
+#define MLX_FFTCONV_INLINE __host__ __device__ __forceinline__
+#define MLX_FFTCONV_UNROLL _Pragma("unroll")
 #else
 #define MLX_FFTCONV_HOST_DEVICE
+// always_inline: GCC inlines only always_inline helpers into cpu.cpp's per-ISA
+// clones (MLX_CPU_MULTIVERSION).
+#define MLX_FFTCONV_INLINE __attribute__((always_inline)) inline
+#define MLX_FFTCONV_UNROLL
 #endif
 
 namespace mlx_kernels::fftconv {
@@ -86,6 +94,85 @@ MLX_FFTCONV_HOST_DEVICE inline bool position_kept(int64_t pos, int64_t keep_bloc
   if (keep_blocks >= kDenseKeep) return true;
   const int64_t column = pos % kFreqBlocks;
   return (column < keep_blocks || column >= kFreqBlocks - keep_blocks) && pos != kFreqBlocks - keep_blocks;
+}
+
+// ---- the 16-point DFT factored as 4 × 4, shared by cpu.cpp and the CUDA kernels ----
+// The points travel as separate real and imaginary parts of type V: a SIMD vector
+// of T on the CPU (one DFT per lane), a float in a CUDA thread's registers. V
+// needs +, - and multiplication by a T scalar.
+
+// cos(2π·e/16) and sin(2π·e/16) for e = f1·j2 in [0, 9]: the inner twiddles of
+// a 16-point DFT factored as 4 × 4 (a switch rather than a table: no array
+// lookup in device code, and constants once unrolled).
+MLX_FFTCONV_HOST_DEVICE constexpr double cos16(int64_t e) {
+  switch (e) {
+    case 0: return 1.0;
+    case 1: return 0.92387953251128674;
+    case 2: return 0.70710678118654757;
+    case 3: return 0.38268343236508978;
+    case 4: return 0.0;
+    case 5: return -0.38268343236508978;
+    case 6: return -0.70710678118654757;
+    case 7: return -0.92387953251128674;
+    case 8: return -1.0;
+    default: return -0.92387953251128674;  // 9
+  }
+}
+// sin(2π·e/16) = cos(2π·(e - 4)/16), and cos is even.
+MLX_FFTCONV_HOST_DEVICE constexpr double sin16(int64_t e) { return e >= 4 ? cos16(e - 4) : cos16(4 - e); }
+
+// (a, b) <- (a + ib)·W_16^{±e} (W_16 = exp(-2πi/16); the + sign is the inverse's).
+template <typename V, typename T, bool kInverse>
+MLX_FFTCONV_INLINE void rotate16(V& a, V& b, int64_t e) {
+  const T c = static_cast<T>(cos16(e)), sn = static_cast<T>(kInverse ? sin16(e) : -sin16(e));
+  const V real = a * c - b * sn;
+  b = a * sn + b * c;
+  a = real;
+}
+
+// In place 4-point DFT of (x0, x1, x2, x3): its matrix holds only ±1 and ±i
+// (W_4 = -i forward, +i inverse), so it is eight complex additions.
+template <typename V, bool kInverse>
+MLX_FFTCONV_INLINE void dft4(V& r0, V& i0, V& r1, V& i1, V& r2, V& i2, V& r3, V& i3) {
+  const V ar = r0 + r2, ai = i0 + i2, br = r0 - r2, bi = i0 - i2;
+  const V cr = r1 + r3, ci = i1 + i3, dr = r1 - r3, di = i1 - i3;
+  r0 = ar + cr, i0 = ai + ci;
+  r2 = ar - cr, i2 = ai - ci;
+  // y1 = b + W_4·d, y3 = b - W_4·d with W_4·d = (d_i, -d_r) forward, (-d_i, d_r) inverse.
+  const V wr = kInverse ? -di : di, wi = kInverse ? dr : -dr;
+  r1 = br + wr, i1 = bi + wi;
+  r3 = br - wr, i3 = bi - wi;
+}
+
+// The 16-point DFT of 16 points in registers (X[f] = Σ_j x[j]·W_16^{±f·j}),
+// with the 16×16 DFT matrix factored as a 4 × 4 Monarch product,
+// F_16 = (F_4 ⊗ I_4)·T·(I_4 ⊗ F_4) up to the digit permutation: with
+// j = 4·j1 + j2 and f = f1 + 4·f2,
+// X[f] = Σ_j2 W_4^{f2·j2}·W_16^{f1·j2}·Σ_j1 W_4^{f1·j1}·x[j]. The 4-point DFTs
+// are additions only, so it costs 64 + 36 + 64 operations instead of the ~380
+// of the 16×16 matmul, and each output carries the rounding of two radix-4
+// passes and one twiddle instead of a 16-term sum (in fp32 the direct sum has
+// 2-3x the error of an FFT). X[f] is left in register dft16_slot(f).
+MLX_FFTCONV_HOST_DEVICE constexpr int64_t dft16_slot(int64_t f) { return 4 * (f % 4) + f / 4; }
+
+template <typename V, typename T, bool kInverse>
+MLX_FFTCONV_INLINE void dft16(V (&xr)[kRadix], V (&xi)[kRadix]) {
+  // Inner DFTs over j1 (registers j2, j2 + 4, j2 + 8, j2 + 12), then the inner
+  // twiddles W_16^{f1·j2}: register 4·f1 + j2 holds output digit f1 of column j2.
+  MLX_FFTCONV_UNROLL
+  for (int64_t j2 = 0; j2 < 4; ++j2) {
+    dft4<V, kInverse>(xr[j2], xi[j2], xr[j2 + 4], xi[j2 + 4], xr[j2 + 8], xi[j2 + 8], xr[j2 + 12], xi[j2 + 12]);
+    MLX_FFTCONV_UNROLL
+    for (int64_t f1 = 1; f1 < 4; ++f1) {
+      if (j2 > 0) rotate16<V, T, kInverse>(xr[4 * f1 + j2], xi[4 * f1 + j2], f1 * j2);
+    }
+  }
+  // Outer DFTs over j2 (registers 4·f1 .. 4·f1 + 3) give X[f1 + 4·f2] in 4·f1 + f2.
+  MLX_FFTCONV_UNROLL
+  for (int64_t f1 = 0; f1 < 4; ++f1) {
+    const int64_t r = 4 * f1;
+    dft4<V, kInverse>(xr[r], xi[r], xr[r + 1], xi[r + 1], xr[r + 2], xi[r + 2], xr[r + 3], xi[r + 3]);
+  }
 }
 
 inline void check_keep_blocks(const char* op, int64_t keep_blocks) {

@@ -79,28 +79,44 @@ __device__ __forceinline__ float2 dft_coefficient(const float2* w16, int q, int 
 // x[j·stride] for j < radix (the points of one DFT input, in registers):
 // forward out[f] = tw^{f·m}·Σ_{j < rows_in} W^{f·j}·x[j]; inverse
 // out[j] = Σ_f conj(W^{f·j})·conj(tw^{f·m})·x[f] for j < rows_out.
+// Radix 16 (every stage but the one small factor of N) is fftconv.h's dft16,
+// factored 4 × 4 as in cpu.cpp: a direct 16-term sum per output has 2-3x the
+// fp32 rounding error of an FFT. Radices 2, 4 and 8 sum directly.
 template <bool kInverse, typename Load, typename Store>
 __device__ __forceinline__ void column_ffma(const float2* w16, int radix, int64_t stride, int64_t m, int rows_in,
                                             int rows_out, Load load, Store store) {
-  float2 in[kRadix];
+  float xr[kRadix], xi[kRadix];
 #pragma unroll
   for (int j = 0; j < kRadix; ++j) {
-    in[j] = make_float2(0.f, 0.f);
+    xr[j] = xi[j] = 0.f;
     if (j < rows_in) {
-      in[j] = load(j);
-      if (kInverse) in[j] = cmul_conj(in[j], unit_root(j * m, radix * stride));
+      float2 v = load(j);
+      if (kInverse) v = cmul_conj(v, unit_root(j * m, radix * stride));
+      xr[j] = v.x;
+      xi[j] = v.y;
     }
   }
+  if (radix == kRadix) {
+    dft16<float, float, kInverse>(xr, xi);
 #pragma unroll
-  for (int i = 0; i < kRadix; ++i) {
+    for (int f = 0; f < kRadix; ++f) {
+      if (f >= rows_out) break;
+      float2 v = make_float2(xr[dft16_slot(f)], xi[dft16_slot(f)]);
+      if (!kInverse) v = cmul(v, unit_root(f * m, radix * stride));
+      store(f, v);
+    }
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < kRadix / 2; ++i) {  // radix <= 8
     if (i >= rows_out) break;
     float2 acc = make_float2(0.f, 0.f);
 #pragma unroll
-    for (int j = 0; j < kRadix; ++j) {
+    for (int j = 0; j < kRadix / 2; ++j) {
       if (j >= rows_in) break;
       const float2 w = dft_coefficient(w16, i * j, radix);
-      acc = kInverse ? make_float2(acc.x + in[j].x * w.x + in[j].y * w.y, acc.y + in[j].y * w.x - in[j].x * w.y)
-                     : make_float2(acc.x + in[j].x * w.x - in[j].y * w.y, acc.y + in[j].x * w.y + in[j].y * w.x);
+      acc = kInverse ? make_float2(acc.x + xr[j] * w.x + xi[j] * w.y, acc.y + xi[j] * w.x - xr[j] * w.y)
+                     : make_float2(acc.x + xr[j] * w.x - xi[j] * w.y, acc.y + xr[j] * w.y + xi[j] * w.x);
     }
     if (!kInverse) acc = cmul(acc, unit_root(i * m, radix * stride));
     store(i, acc);
@@ -201,49 +217,58 @@ __device__ void shared_stage_mma(float* re, float* im, int64_t M, int64_t stride
 }
 
 // ---- the last stage, fused with the spectrum multiply ------------------------
-// Per 16-point row: X = x·F16 over the kept columns, Y = X·spectrum·scale, the
-// inverse row DFT y = Y·conj(F16) over the kept columns (the spectrum is zero
-// elsewhere), in place. Spectrum mode: X·mask/N goes to spec_out instead.
+
+// The convolution's part of the last stage on one row's forward DFT (X[f] in
+// register dft16_slot(f)): Y = X·spectrum·scale on the kept columns, zero
+// elsewhere, then the inverse row DFT written to (re, im).
+__device__ __forceinline__ void convolve_row(float* re, float* im, float (&xr)[kRadix], float (&xi)[kRadix],
+                                             const float* spec_re, const float* spec_im, int keep, float scale) {
+  float yr[kRadix], yi[kRadix];  // Y[f] in register f: dft16 reads its input in natural order
+#pragma unroll
+  for (int f = 0; f < kRadix; ++f) {
+    yr[f] = yi[f] = 0.f;
+    if (f >= keep && f < kRadix - keep) continue;
+    const float2 spec = make_float2(spec_re[f] * scale, spec_im[f] * scale);
+    const float2 prod = cmul(make_float2(xr[dft16_slot(f)], xi[dft16_slot(f)]), spec);
+    yr[f] = prod.x;
+    yi[f] = prod.y;
+  }
+  dft16<float, float, true>(yr, yi);
+#pragma unroll
+  for (int n = 0; n < kRadix; ++n) {
+    re[n] = yr[dft16_slot(n)];
+    im[n] = yi[dft16_slot(n)];
+  }
+}
+
+// ---- the last stage, fused with the spectrum multiply ------------------------
+// Per 16-point row, in registers: the forward row DFT X = x·F16 (dft16,
+// factored 4 × 4), Y = X·spectrum·scale on the kept columns f (zero elsewhere:
+// the spectrum outside the kept blocks is neither read nor used), the inverse
+// row DFT y = Y·conj(F16), in place. Spectrum mode: X·mask/N goes to spec_out
+// instead.
 template <bool kSpectrum>
 __device__ void last_stage(float* re, float* im, int64_t M, int64_t block_offset, const float* spec_re,
-                           const float* spec_im, float* out_re, float* out_im, int keep_blocks, float scale,
-                           const float2* w16) {
-  const int keep = static_cast<int>(keep_blocks);
+                           const float* spec_im, float* out_re, float* out_im, int keep_blocks, float scale) {
+  const int keep = keep_blocks;
   for (int64_t row = threadIdx.x; row < M / kRadix; row += blockDim.x) {
-    float2 x[kRadix], y[kRadix];
+    float xr[kRadix], xi[kRadix];
 #pragma unroll
     for (int j = 0; j < kRadix; ++j) {
-      x[j] = make_float2(re[row * kRadix + j], im[row * kRadix + j]);
-      y[j] = make_float2(0.f, 0.f);
+      xr[j] = re[row * kRadix + j];
+      xi[j] = im[row * kRadix + j];
     }
+    dft16<float, float, false>(xr, xi);
+    const int64_t row_pos = block_offset + row * kRadix;
+    if constexpr (kSpectrum) {
 #pragma unroll
-    for (int f = 0; f < kRadix; ++f) {
-      if (f >= keep && f < kRadix - keep) continue;
-      float2 acc = make_float2(0.f, 0.f);
-#pragma unroll
-      for (int j = 0; j < kRadix; ++j) acc = make_float2(acc.x + x[j].x * w16[(f * j) % 16].x - x[j].y * w16[(f * j) % 16].y,
-                                                         acc.y + x[j].x * w16[(f * j) % 16].y + x[j].y * w16[(f * j) % 16].x);
-      const int64_t pos = block_offset + row * kRadix + f;
-      if (kSpectrum) {
-        const float mask = position_kept(pos, keep_blocks) ? scale : 0.f;
-        out_re[pos] = acc.x * mask;
-        out_im[pos] = acc.y * mask;
-        continue;
+      for (int f = 0; f < kRadix; ++f) {
+        const float mask = position_kept(row_pos + f, keep_blocks) ? scale : 0.f;
+        out_re[row_pos + f] = xr[dft16_slot(f)] * mask;
+        out_im[row_pos + f] = xi[dft16_slot(f)] * mask;
       }
-      const float2 spec = make_float2(spec_re[pos] * scale, spec_im[pos] * scale);
-      const float2 prod = cmul(acc, spec);
-#pragma unroll
-      for (int n = 0; n < kRadix; ++n) {
-        const float2 w = w16[(f * n) % 16];
-        y[n] = make_float2(y[n].x + prod.x * w.x + prod.y * w.y, y[n].y + prod.y * w.x - prod.x * w.y);
-      }
-    }
-    if (!kSpectrum) {
-#pragma unroll
-      for (int n = 0; n < kRadix; ++n) {
-        re[row * kRadix + n] = y[n].x;
-        im[row * kRadix + n] = y[n].y;
-      }
+    } else {
+      convolve_row(re + row * kRadix, im + row * kRadix, xr, xi, spec_re + row_pos, spec_im + row_pos, keep, scale);
     }
   }
 }
@@ -325,12 +350,11 @@ __global__ void __launch_bounds__(kThreads) fused_kernel(const FusedArgs<scalar_
   if (kSpectrum) {
     float* out_re = a.spectrum_out + head * 2 * a.N;
     last_stage<true>(re, im, M, block_offset, nullptr, nullptr, out_re, out_re + a.N, a.keep_blocks,
-                     1.f / static_cast<float>(a.N), w16);
+                     1.f / static_cast<float>(a.N));
     return;
   }
   const float* spec_re = a.spectrum + head * 2 * a.N;
-  last_stage<false>(re, im, M, block_offset, spec_re, spec_re + a.N, nullptr, nullptr, a.keep_blocks, tc_scale_fix,
-                    w16);
+  last_stage<false>(re, im, M, block_offset, spec_re, spec_re + a.N, nullptr, nullptr, a.keep_blocks, tc_scale_fix);
   __syncthreads();
 
   for (int s = last - 1; s >= a.first_stage; --s) {
