@@ -55,6 +55,15 @@ def requires_emu(test):
     return pytest.mark.emu(pytest.mark.skipif(not EMU, reason="needs MLX_EMU=1 (scripts/build_emu.sh)")(test))
 
 
+def pytest_collection_modifyitems(config, items):
+    if not FAKE_CUDA:
+        return
+    for item in items:
+        reason = fake_cuda.needs_real_gpu(item.nodeid)
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=f"needs a real GPU: {reason}"))
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a GPU and a CUDA build (select with -m cuda)")
     config.addinivalue_line("markers", "emu: tests of the SIMT emulator itself (select with -m emu, MLX_EMU=1)")
