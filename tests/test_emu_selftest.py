@@ -106,6 +106,16 @@ def test_barrier_in_divergent_code_is_a_deadlock():
 
 
 @requires_emu
+def test_barrier_split_across_branches_is_an_error():
+    mirrored = torch.arange(63, -1, -1, dtype=torch.int32)
+    for seed in SEEDS:
+        assert torch.equal(EMU_OPS.selftest_split_barrier(False, seed), mirrored)
+        with pytest.raises(RuntimeError, match="a barrier in divergent code") as error:
+            EMU_OPS.selftest_split_barrier(True, seed)
+        assert "split_barrier_kernel" in str(error.value), str(error.value)
+
+
+@requires_emu
 def test_divergent_warp_collectives_are_an_error():
     for seed in SEEDS:
         assert torch.equal(EMU_OPS.selftest_divergent_collective(False, seed),

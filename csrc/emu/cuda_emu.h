@@ -161,7 +161,7 @@ inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_s
 
 // --- barriers, votes and shuffles ------------------------------------------------------
 
-inline void __syncthreads() { ::mlx_emu::sync_threads(); }
+#define __syncthreads() ::mlx_emu::sync_threads(__FILE__, __LINE__)
 [[noreturn]] inline void __trap() { ::mlx_emu::device_error("__trap()"); }
 inline unsigned __activemask() { return ::mlx_emu::active_mask(); }
 

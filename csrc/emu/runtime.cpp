@@ -220,6 +220,8 @@ struct Block {
   std::vector<WarpState> warps;
   std::vector<int> runnable;
   int live = 0, at_barrier = 0;
+  const char* barrier_file = nullptr;  // where the threads at the barrier wait
+  int barrier_line = 0;
   std::vector<SharedAlloc> shared;  // static __shared__ variables, in creation order
   SharedAlloc dynamic{nullptr, 0, nullptr, 0};
   size_t static_bytes = 0;
@@ -332,9 +334,17 @@ void device_error(const std::string& message) {
   leave_fiber(t);
 }
 
-void sync_threads() {
+void sync_threads(const char* file, int line) {
   Thread& t = current();
   Block& b = *t.block;
+  if (b.at_barrier == 0) {
+    b.barrier_file = file;
+    b.barrier_line = line;
+  } else if (line != b.barrier_line || std::strcmp(file, b.barrier_file) != 0) {
+    device_error("reached __syncthreads at " + std::string(file) + ":" + std::to_string(line) + " while " +
+                 std::to_string(b.at_barrier) + " threads wait at the one at " + b.barrier_file + ":" +
+                 std::to_string(b.barrier_line) + " (a barrier in divergent code)");
+  }
   t.state = State::kBarrier;
   if (++b.at_barrier == b.live) release_barrier(b);
   yield_to_scheduler(t);

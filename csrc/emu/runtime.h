@@ -55,7 +55,10 @@ void set_seed(uint64_t seed);
 
 [[noreturn]] void device_error(const std::string& message);
 
-void sync_threads();
+// __syncthreads at file:line. All threads of one barrier must reach it at the
+// same place: a barrier in divergent code is reported (as compute-sanitizer's
+// synccheck does), even though the hardware would let it pass.
+void sync_threads(const char* file, int line);
 
 // A warp collective over the lanes of `mask`: each lane passes its input; when
 // the last lane of the mask arrives, combine(ins, outs) runs once with every

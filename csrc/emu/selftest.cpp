@@ -265,6 +265,31 @@ at::Tensor selftest_divergent_barrier(bool defect, int64_t seed) {
   return out;
 }
 
+// --- a barrier split across branches -----------------------------------------------------
+// Each thread reads its mirror's value after a barrier. The defect gives the
+// first warp its own __syncthreads in one branch and the rest another: the
+// hardware would let the two count as one barrier, CUDA calls it undefined,
+// and the emulator reports it ("a barrier in divergent code"), as
+// compute-sanitizer's synccheck would.
+
+__global__ void split_barrier_kernel(int* out, bool defect) {
+  MLX_SHARED(int[kBarrierThreads], values);
+  values[threadIdx.x] = threadIdx.x;
+  if (defect && threadIdx.x < 32) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  out[threadIdx.x] = values[kBarrierThreads - 1 - threadIdx.x];
+}
+
+at::Tensor selftest_split_barrier(bool defect, int64_t seed) {
+  at::Tensor out = at::empty({kBarrierThreads}, at::TensorOptions().dtype(at::kInt));
+  SeedScope scope(seed);
+  MLX_LAUNCH_KERNEL(split_barrier_kernel, 1, kBarrierThreads, 0, cudaStream_t{}, out.data_ptr<int>(), defect);
+  return out;
+}
+
 // --- divergent warp collectives ---------------------------------------------------------
 // All 32 lanes exchange values with __shfl_xor_sync (out[lane] = lane ^ 1). The
 // defect sends the odd lanes to __ballot_sync instead, with the same full mask:
@@ -303,6 +328,7 @@ MLX_FRAGMENT_EXPAND(MLX_LIBRARY_NAMESPACE, m) {
   // No tensor arguments to dispatch on: these three register one kernel for every key.
   m.def("selftest_divergent_barrier(bool defect, int seed) -> Tensor",
         &mlx_kernels::emu_selftest::selftest_divergent_barrier);
+  m.def("selftest_split_barrier(bool defect, int seed) -> Tensor", &mlx_kernels::emu_selftest::selftest_split_barrier);
   m.def("selftest_divergent_collective(bool defect, int seed) -> Tensor",
         &mlx_kernels::emu_selftest::selftest_divergent_collective);
   // Whether this build runs under AddressSanitizer (then a shared-memory
