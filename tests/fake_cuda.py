@@ -9,24 +9,26 @@ scalars and CPU index tensors allowed, as in torch), numpy conversion of a CUDA 
 an op of this package that has no CUDA kernel. Random numbers drawn "on the GPU" come from
 their own generator, so the CPU random stream is the one a real GPU run sees.
 
-What it is for: test-side bugs (device mix-ups, a tolerance reference that cannot be met,
-a dtype the test cannot write) found before a GPU session. What it cannot do: anything
-about the CUDA kernels themselves. Tests of what only a GPU has fail under it, as expected
-(31 at this writing): torch.compile on cuda, CUDA graph capture, the mixed-device tests
-(the fake refuses the mix before the op's own check), fp16 cuFFT references (no fp16 FFT on
-the CPU), bsr_spmm_unchecked's fuzz test (the CPU twin checks indices), one opcheck sample
-whose aot_autograd asks for the CUDA context, bipolar_mma_peak's tests (a tensor-core
-microbenchmark: its CPU entry only refuses).
+A CPU tensor among CUDA ones in a call of this package's ops gets the op's own message.
+Tests of what only a real GPU has skip under it, with the reason (needs_real_gpu):
+torch.compile of CUDA tensors, CUDA graph capture, fp16 cuFFT references (no fp16 FFT on
+the CPU), one opcheck sample whose aot_autograd asks for the CUDA context.
+
+MLX_FAKE_CUDA=1 alone runs the CUDA tests against the CPU kernels: test-side bugs (device
+mix-ups, a tolerance reference that cannot be met) found before a GPU session, but nothing
+about the CUDA kernels (bsr_spmm_unchecked's fuzz test fails there: the CPU twin checks
+indices; bipolar_mma_peak's CPU entry only refuses).
 
     MLX_FAKE_CUDA=1 python -m pytest -m cuda    # ~3 minutes on 2 cores
 
-MLX_EMU=1 goes further: the same fake cuda:0, but every op of this package called on it runs
-its CUDA kernels' own code on the SIMT emulator (the ``_emu`` extension, csrc/emu/): the
-op is re-dispatched to ``torch.ops.<namespace>_emu``, whose implementations are the CUDA
-host wrappers and kernels compiled for the CPU. Ops whose CUDA kernels are GPU-only
-(CUTLASS, wgmma: int8_mm, bipolar_mma_peak) skip the test that reaches them.
+MLX_EMU=1 is what CI runs: the same fake cuda:0, but every op of this package called on it
+runs its CUDA kernels' own code on the SIMT emulator (the ``_emu`` extension, csrc/emu/):
+below autograd the op is re-dispatched to ``torch.ops.<namespace>_emu``, whose
+implementations are the CUDA host wrappers and kernels compiled for the CPU. Ops whose CUDA
+kernels are GPU-only (CUTLASS, wgmma: int8_mm, bipolar_mma_peak) skip the test that reaches
+them.
 
-    bash scripts/build_emu.sh && MLX_EMU=1 python -m pytest -m cuda
+    bash scripts/build_emu.sh && bash scripts/test_emu.sh    # MLX_EMU=1 pytest -m "cuda or emu"
 """
 
 from __future__ import annotations
