@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 lib="${MLX_EMU_LIB:-$(ls "${MLX_EMU_BUILD_DIR:-build/emu}"/_emu*.so | head -n 1)}"
 preload=""
-if nm -D "$lib" | grep -q " U __asan_init"; then
+if nm -D "$lib" | grep " U __asan_init" >/dev/null; then  # not -q: nm must not die of SIGPIPE (pipefail)
   # libstdc++ too: loaded later (by torch), ASan could not intercept its __cxa_throw.
   preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
 fi
