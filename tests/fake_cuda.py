@@ -328,4 +328,5 @@ def install():
 
     torch.nn.Module.to, torch.nn.Module.cuda, torch.nn.Module.cpu = to, cuda, cpu
     torch.cuda.synchronize = lambda *args, **kwargs: None
+    torch.cuda.get_device_capability = lambda *args, **kwargs: (9, 0)  # the emulator's device: an H100
     FakeCudaMode().__enter__()

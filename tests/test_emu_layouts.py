@@ -41,10 +41,12 @@ def cute_tables(tmp_path_factory) -> dict:
     if include is None:
         pytest.skip("needs the nvidia-cutlass wheel's CuTe headers (cutlass_library)")
     exe = str(tmp_path_factory.mktemp("cute_layouts") / "cute_layouts")
+    # Not under a sanitized suite's preloaded ASan runtime (nvcc's own binaries crash under it).
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     build = subprocess.run([NVCC, "-std=c++17", f"-I{include}", SOURCE, "-o", exe],
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=600, env=env)
     assert build.returncode == 0, f"nvcc failed:\n{build.stderr}"
-    run = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([exe], capture_output=True, text=True, timeout=60, env=env)
     assert run.returncode == 0, f"cute_layouts failed:\n{run.stderr}"
     return json.loads(run.stdout)
 
