@@ -211,7 +211,7 @@ def test_merge_of_two_key_halves_is_full_attention(device, dtype):
     assert_close_to_oracle(out.cpu(), merged, merged.to(dtype), factor=1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("head_dim", [1, 8, 33, 200])  # the CUDA kernel's lanes walk D in steps of 32
+@pytest.mark.parametrize("head_dim", [0, 1, 8, 33, 200])  # lanes walk D in steps of 32; D = 0 merges the LSEs alone
 def test_merge_empty_sides(device, head_dim):
     out_a, out_b = rand(2, 3, 4, head_dim, device=device), rand(2, 3, 4, head_dim, device=device)
     lse_a, lse_b = rand(2, 4, 3, device=device), rand(2, 4, 3, device=device)
