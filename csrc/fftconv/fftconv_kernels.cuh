@@ -241,7 +241,6 @@ __device__ __forceinline__ void convolve_row(float* re, float* im, float (&xr)[k
   }
 }
 
-// ---- the last stage, fused with the spectrum multiply ------------------------
 // Per 16-point row, in registers: the forward row DFT X = x·F16 (dft16,
 // factored 4 × 4), Y = X·spectrum·scale on the kept columns f (zero elsewhere:
 // the spectrum outside the kept blocks is neither read nor used), the inverse
@@ -250,7 +249,6 @@ __device__ __forceinline__ void convolve_row(float* re, float* im, float (&xr)[k
 template <bool kSpectrum>
 __device__ void last_stage(float* re, float* im, int64_t M, int64_t block_offset, const float* spec_re,
                            const float* spec_im, float* out_re, float* out_im, int keep_blocks, float scale) {
-  const int keep = keep_blocks;
   for (int64_t row = threadIdx.x; row < M / kRadix; row += blockDim.x) {
     float xr[kRadix], xi[kRadix];
 #pragma unroll
@@ -268,7 +266,7 @@ __device__ void last_stage(float* re, float* im, int64_t M, int64_t block_offset
         out_im[row_pos + f] = xi[dft16_slot(f)] * mask;
       }
     } else {
-      convolve_row(re + row * kRadix, im + row * kRadix, xr, xi, spec_re + row_pos, spec_im + row_pos, keep, scale);
+      convolve_row(re + row * kRadix, im + row * kRadix, xr, xi, spec_re + row_pos, spec_im + row_pos, keep_blocks, scale);
     }
   }
 }
