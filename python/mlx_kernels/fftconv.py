@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops as _ops
+from ._autograd import needs_grad
 from .ops import fft_size_for
 
 FREQ_BLOCKS = 16
@@ -49,12 +50,6 @@ def keep_blocks_for(freq_keep: Optional[float]) -> int:
 #   d k[j] = Σ_b Σ_t g_c[b, t]·v[b, t-j]  = Σ_b flip(conv(v, flip(g_c)))[j], j < Lk
 # every one of them an fft_conv call (the last with the flipped gradient as a
 # length-L kernel per (b, h)), computed in float32 (float64 for float64 inputs).
-
-
-def _needs_grad(ctx, count: int):
-    """ctx.needs_input_grad padded to the op's arity (defaulted arguments are not listed)."""
-    needs = tuple(ctx.needs_input_grad)
-    return needs + (False,) * (count - len(needs))
 
 
 def _compute_dtype(u: Tensor) -> torch.dtype:
@@ -109,7 +104,7 @@ def _gated_grads(conv, grad, u, pregate, postgate, need_u, need_pre, need_post, 
 
 def _fft_conv_backward(ctx, grad):
     u, k, pregate, postgate = ctx.saved_tensors
-    need_u, need_k, need_pre, need_post = _needs_grad(ctx, 4)
+    need_u, need_k, need_pre, need_post = needs_grad(ctx, 4)
     kc = k.to(_compute_dtype(u))
     grad_u, grad_pre, grad_post, gc, v = _gated_grads(
         lambda x, gate: _ops.fft_conv(x, kc, gate, None), grad, u, pregate, postgate, need_u, need_pre, need_post,
@@ -140,7 +135,7 @@ def _fft_conv_spectral_backward(ctx, grad):
     # itself is not differentiated here: FFTConv differentiates k through
     # _FrequencySparseConv.
     u, k_f, pregate, postgate = ctx.saved_tensors
-    need_u, _, _, need_pre, need_post = _needs_grad(ctx, 5)
+    need_u, _, _, need_pre, need_post = needs_grad(ctx, 5)
     grad_u, grad_pre, grad_post, _, _ = _gated_grads(_spectral_conv(k_f, ctx.keep_blocks), grad, u, pregate,
                                                       postgate, need_u, need_pre, need_post)
     return (grad_u, None, None, grad_pre, grad_post)[:len(ctx.needs_input_grad)]
