@@ -292,11 +292,170 @@ def test_spgemm_torch_api(device):
                                rtol=1e-6, atol=1e-6)
 
 
+def torch_csr(mat, index_dtype=torch.int64, value_dtype=torch.float64, device="cpu"):
+    return torch.sparse_csr_tensor(torch.from_numpy(mat.indptr.astype(np.int64)).to(index_dtype),
+                                   torch.from_numpy(mat.indices.astype(np.int64)).to(index_dtype),
+                                   torch.from_numpy(mat.data).to(value_dtype), size=mat.shape).to(device)
+
+
+LAYOUTS = {
+    "csr": lambda t: t,
+    "csc": lambda t: t.to_sparse_csc(),
+    "coo": lambda t: t.to_sparse_coo(),
+    "bsr": lambda t: t.to_dense().to_sparse_bsr((2, 2)),
+    "bsc": lambda t: t.to_dense().to_sparse_bsc((2, 2)),
+}
+
+
+@pytest.mark.parametrize("layout_b", LAYOUTS)
+@pytest.mark.parametrize("layout_a", LAYOUTS)
+def test_spgemm_torch_any_layout_gives_csr(device, layout_a, layout_b):
+    a = random_csr(12, 8, row_lengths("uniform", 12, 8), seed=21)
+    b = random_csr(8, 10, row_lengths("power_law", 8, 10), seed=22)
+    ta, tb = LAYOUTS[layout_a](torch_csr(a, device=device)), LAYOUTS[layout_b](torch_csr(b, device=device))
+    out = mlx_kernels.spgemm(ta, tb)
+    assert out.layout == torch.sparse_csr and out.shape == (12, 10) and out.device.type == device
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out.to_dense().cpu(), torch.from_numpy((a @ b).toarray()), rtol=1e-12, atol=1e-12)
+    if layout_a in ("csr", "csc", "coo") and layout_b in ("csr", "csc", "coo"):
+        # Same stored entries as the CSR product (symbolic structure of the same inputs).
+        expected = to_scipy(ops.spgemm_csr(*op_args(a, b)), (12, 10))
+        assert torch.equal(out.crow_indices().cpu(), torch.from_numpy(expected.indptr))
+        assert torch.equal(out.col_indices().cpu(), torch.from_numpy(expected.indices))
+    else:
+        # Every entry of a stored block is stored: the structure can only grow, never lose an entry.
+        assert out._nnz() >= to_scipy(ops.spgemm_csr(*op_args(a, b)), (12, 10)).nnz
+
+
+def test_spgemm_torch_uncoalesced_coo_sums_duplicates():
+    i = torch.tensor([[0, 0, 1, 0], [1, 1, 0, 1]])
+    a = torch.sparse_coo_tensor(i, torch.tensor([1.0, 2.0, 3.0, -0.5], dtype=torch.float64), (2, 2))
+    out = mlx_kernels.spgemm(a, a)
+    torch.testing.assert_close(out.to_dense(), a.to_dense() @ a.to_dense(), rtol=0, atol=0)
+
+
+def test_drop_zeros_matches_scipy_semantics(device):
+    # [1 1] @ [1; -1] = 0 from cancellation, an explicit stored zero, -0.0, NaN and Inf.
+    a = sp.csr_matrix((np.array([1.0, 1.0, 0.0, 2.0, np.nan, 1.0]), np.array([0, 1, 0, 0, 1, 0]),
+                       np.array([0, 2, 3, 4, 6])), shape=(4, 2))
+    b = sp.csr_matrix((np.array([1.0, -1.0]), np.array([0, 0]), np.array([0, 1, 2])), shape=(2, 1))
+    kept = mlx_kernels.spgemm(a, b)
+    assert kept.nnz == 4 and kept.toarray()[:3, 0].tolist() == [0.0, 0.0, 2.0]
+    dropped = mlx_kernels.spgemm(a, b, drop_zeros=True)
+    expected = (a @ b).tocsr()
+    assert dropped.indptr.tolist() == expected.indptr.tolist() == [0, 0, 0, 1, 2]
+    assert dropped.indices.tolist() == expected.indices.tolist() == [0, 0]
+    assert dropped.data[0] == 2.0 and np.isnan(dropped.data[1])  # NaN is never dropped
+    neg_zero = sp.csr_matrix((np.array([-0.0]), np.array([0]), np.array([0, 1])), shape=(1, 1))
+    assert mlx_kernels.spgemm(neg_zero, neg_zero, drop_zeros=True).nnz == 0
+    # torch path, every device, int32 indices kept.
+    ta, tb = torch_csr(a, torch.int32, device=device), torch_csr(b, torch.int32, device=device)
+    out = mlx_kernels.spgemm(ta, tb, drop_zeros=True)
+    assert out.crow_indices().dtype == torch.int32 and out.crow_indices().tolist() == [0, 0, 0, 1, 2]
+    assert out.col_indices().tolist() == [0, 0] and out.values()[0].item() == 2.0
+    assert out.values()[1].isnan().item()
+    assert mlx_kernels.spgemm(ta, tb).values().numel() == 4
+
+
+@pytest.mark.skipif("add32" not in REAL_MATRICES, reason="SuiteSparse matrix add32 not found")
+def test_drop_zeros_on_add32_equals_scipy():
+    # The symbolic A·A of add32 stores 102,422 entries; scipy keeps the 56,412 nonzero ones.
+    a = load_suitesparse("add32").copy()
+    assert mlx_kernels.spgemm(a, a).nnz == 102_422
+    expected = (a @ a).tocsr()
+    expected.sort_indices()
+    for ours in (mlx_kernels.spgemm(a, a, drop_zeros=True), to_scipy_tensor(mlx_kernels.spgemm(
+            torch_csr(a, torch.int32), torch_csr(a, torch.int32), drop_zeros=True))):
+        assert ours.nnz == expected.nnz == 56_412
+        assert np.array_equal(ours.indptr, expected.indptr) and np.array_equal(ours.indices, expected.indices)
+        assert abs(ours - expected).max() <= 1e-12 * abs(expected).max()
+
+
+def to_scipy_tensor(t):
+    return sp.csr_matrix((t.values().cpu().numpy(), t.col_indices().cpu().numpy(), t.crow_indices().cpu().numpy()),
+                         shape=t.shape)
+
+
+def test_nan_and_inf_propagate_to_the_entries_they_touch(device):
+    # NaN and Inf in A or B reach exactly the output entries whose products use them
+    # (NaN·0 = NaN, Inf·0 = NaN, Inf - Inf = NaN), as scipy computes; nothing else changes.
+    rng = np.random.default_rng(5)
+    a = random_csr(30, 20, row_lengths("uniform", 30, 20), seed=31)
+    b = random_csr(20, 25, row_lengths("uniform", 20, 25), seed=32)
+    a.data[rng.choice(a.nnz, 3, replace=False)] = [np.nan, np.inf, -np.inf]
+    b.data[rng.choice(b.nnz, 2, replace=False)] = [np.nan, np.inf]
+    b.data[rng.choice(b.nnz, 2, replace=False)] = 0.0  # explicit zeros: Inf·0 = NaN
+    with np.errstate(invalid="ignore"):
+        expected = (a @ b).toarray()
+        touched = (ones_like(a) @ ones_like(b)).toarray() > 0
+    assert (~np.isfinite(expected)).any()
+    for value_dtype in (torch.float64, torch.float32):
+        out = mlx_kernels.spgemm(torch_csr(a, value_dtype=value_dtype, device=device),
+                                 torch_csr(b, value_dtype=value_dtype, device=device))
+        ours = out.to_dense().cpu().double().numpy()
+        assert np.array_equal(np.isnan(ours), np.isnan(expected))
+        assert np.array_equal(np.isposinf(ours), np.isposinf(expected))
+        assert np.array_equal(np.isneginf(ours), np.isneginf(expected))
+        finite = np.isfinite(expected)
+        np.testing.assert_allclose(ours[finite], expected[finite], rtol=1e-5, atol=1e-6)
+        assert not ours[~touched].any()
+    with np.errstate(invalid="ignore"):
+        out = mlx_kernels.spgemm(a, b, drop_zeros=True)
+        assert np.array_equal(np.isnan(out.toarray()), np.isnan(expected))
+
+
+def test_gradient_through_spgemm_csr_raises_naming_the_op():
+    a = random_csr(6, 5, row_lengths("uniform", 6, 5), seed=41)
+    args = list(op_args(a, a.T.tocsr()))
+    args[2] = args[2].clone().requires_grad_()
+    crow, col, val = ops.spgemm_csr(*args)
+    assert val.requires_grad
+    with pytest.raises(RuntimeError, match=r"mlx::spgemm_csr is not differentiable"):
+        val.sum().backward()
+
+
+def test_spgemm_under_torch_compile_falls_back_to_eager_with_one_warning():
+    import sys
+    import warnings
+
+    import torch._dynamo
+
+    module = sys.modules["mlx_kernels.spgemm"]
+    a = random_csr(20, 30, row_lengths("uniform", 20, 30), seed=14)
+    b = random_csr(30, 25, row_lengths("power_law", 30, 25), seed=15)
+    ta, tb = torch_csr(a), torch_csr(b).to_sparse_csc()
+
+    def two_hop(x, y):
+        return mlx_kernels.spgemm(x, y, drop_zeros=True).to_dense() * 2
+
+    torch._dynamo.reset()
+    module._warned_eager = False
+    compiled = torch.compile(two_hop)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = compiled(ta, tb)
+        second = compiled(ta, tb)
+    expected = two_hop(ta, tb)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    notes = [w for w in caught if "runs eagerly under torch.compile" in str(w.message)]
+    assert len(notes) == 1 and "spgemm_csr" in str(notes[0].message)
+    # fullgraph=True cannot graph-break: refused with the reason, never an IndexError from inside dynamo.
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"runs eagerly.*spgemm_csr on the CSR"):
+        torch.compile(two_hop, fullgraph=True)(ta, tb)
+
+
 @pytest.mark.parametrize("bad,match", [
     (lambda a: (a, torch.zeros(3, 3).to_sparse_csr()), "inner dimensions"),
     (lambda a: (a, a.to_dense()), "sparse_csr"),
     (lambda a: (a.to(torch.float16), a.t().to_sparse_csr().to(torch.float16)), "float32 or float64"),
-    (lambda a: (a, sp.csr_matrix((4, 2))), "must both be torch.sparse_csr tensors or both scipy"),
+    (lambda a: (a, sp.csr_matrix((5, 2))), r"must both be torch sparse tensors .* or both scipy sparse matrices, "
+     r"got a torch tensor and a scipy sparse matrix; convert one side: scipy -> torch with torch.sparse_csr_tensor"),
+    (lambda a: (sp.csr_matrix((3, 4)), a), r"got a scipy sparse matrix and a torch tensor; convert one side"),
+    (lambda a: (a, None), r"must both be torch sparse tensors .* got a torch tensor and NoneType"),
+    (lambda a: (torch.stack([a.to_dense()] * 2).to_sparse_csr(), a), r"a must be a 2-D matrix, got shape \(2, 4, 5\)"),
+    (lambda a: (a.to_dense()[:, :, None].to_sparse(2), a.t()), r"a is a hybrid sparse tensor with 1 dense dimension"),
+    (lambda a: (a, a.t().to(torch.int64)), r"values must be float32 or float64"),
 ])
 def test_spgemm_api_bad_inputs(bad, match):
     a = torch.eye(4, 5, dtype=torch.float64).to_sparse_csr()

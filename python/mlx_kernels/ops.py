@@ -234,7 +234,33 @@ def _spgemm_csr_fake(a_crow, a_col, a_val, b_crow, b_col, b_val, n):
 def spgemm_csr(
     a_crow: Tensor, a_col: Tensor, a_val: Tensor, b_crow: Tensor, b_col: Tensor, b_val: Tensor, n: int
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """C = A @ B for CSR A [m, k], B [k, n]; returns C's (crow, col, val)."""
+    """C = A @ B for CSR matrices A [m, k] and B [k, n]; returns C's CSR arrays ``(crow, col, val)``.
+
+    Args:
+        a_crow: int32 or int64 [m + 1], A's row pointer (a_crow[0] == 0, non-decreasing,
+            a_crow[m] == nnz(A)); its dtype is the index dtype, which every index
+            tensor must share.
+        a_col: [nnz(A)] column indices in [0, k) (any order within a row; duplicates add up).
+        a_val: float32 or float64 [nnz(A)]; b_val must have the same dtype.
+        b_crow, b_col, b_val: B's CSR arrays, likewise (k = b_crow.numel() - 1, b_col in [0, n)).
+        n: B's number of columns (>= 0; < 2^31 with int32 indices).
+        Index/value tensors may be non-contiguous; all on one device (CPU, or CUDA in a
+        CUDA build).
+
+    Returns:
+        ``(c_crow [m + 1], c_col [nnz(C)], c_val [nnz(C)])`` on the inputs' device, indices in
+        A's index dtype, values in A's value dtype (summed in that dtype; the CUDA kernel's
+        atomics add in no fixed order), columns strictly increasing within each row.
+
+    The structure is symbolic (as in cuSPARSE and torch): (i, j) is stored whenever some
+    A[i, k]·B[k, j] product exists, even if the products sum to 0 or an input value is an
+    explicit 0; ``mlx_kernels.spgemm(..., drop_zeros=True)`` gives scipy's structure. NaN/Inf
+    reach exactly the entries whose products touch them. Raises (naming the op and the
+    argument) on a malformed CSR, out-of-range indices, mixed dtypes or devices, and when
+    nnz(C) would overflow int32 indices. Not differentiable (a gradient asked through it
+    raises). Under torch.compile it traces into the graph with a data-dependent nnz
+    (``torch._dynamo.config.capture_dynamic_output_shape_ops = True`` for ``fullgraph``).
+    """
     return ops.spgemm_csr(a_crow, a_col, a_val, b_crow, b_col, b_val, n)
 
 
