@@ -173,7 +173,7 @@ def _causal_visible(seq_q, key_len, seq_k):
 
 
 def _on_cpu(dtype, *tensors):
-    return [t.detach().cpu().to(dtype) for t in tensors]
+    return [t.cpu().to(dtype) for t in tensors]  # differentiable: gradient oracles too
 
 
 def attention_with_lse(q, k, v, causal=False, scale=None, key_lens=None, dtype=torch.float64):

@@ -416,3 +416,161 @@ def test_key_length_leaves_room_for_a_kernel_tile(device):
         mlx_kernels.ops.attention_with_lse_ragged(q, k, k, lens)
     # The query rows per KV head share the check, but reaching it takes an lse of
     # that many fp32 values (8 GiB), so only the key length is tested here.
+
+
+# --- autograd ------------------------------------------------------------------------
+# Gradients against float64 autograd through the oracles (the tolerance rule's
+# reference: the same autograd in the inputs' dtype). Losses weigh every output
+# (the LSE's finite entries too) with fixed random weights.
+
+
+def _weighted_loss(outputs, weights):
+    total = 0.0
+    for out, weight in zip(outputs, weights):
+        out = out.double().cpu()
+        total = total + (torch.where(torch.isfinite(out), out, 0.0) * weight).sum()
+    return total
+
+
+def check_grads(ours, oracle, inputs, rtol=4e-6):
+    """Gradients of ours(*inputs) against oracle(*inputs, dtype) in float64 and in inputs' dtype.
+
+    The backward is itself plain torch in fp32, so the 2x rule gets a slack of rtol × the
+    gradient's largest entry (~32 fp32 ulps): an fp32 score's rounding, which exp()
+    amplifies, depends on which GEMM kernel MKL picks for the shape (5e-6 for one
+    64-long dot product of N(0, 1) vectors, 1.5e-6 for another reduction order), not on
+    the backward's algorithm. A wrong term in the backward is off by far more."""
+    leaves = [t.detach().requires_grad_() if t.is_floating_point() else t for t in inputs]
+    outputs = ours(*leaves)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    weights = [torch.randn(out.shape, dtype=torch.float64) for out in outputs]
+    grads = torch.autograd.grad(_weighted_loss(outputs, weights), [t for t in leaves if t.requires_grad])
+
+    def oracle_grads(dtype):
+        # Tensors in the inputs' dtype take the reference's; the rest (an LSE: fp32) keep theirs.
+        cpu = [t.detach().cpu().to(dtype if dtype == torch.float64 or t.dtype == inputs[0].dtype else t.dtype)
+               .requires_grad_() if t.is_floating_point() else t.cpu() for t in inputs]
+        result = oracle(*cpu, dtype)
+        result = result if isinstance(result, tuple) else (result,)
+        return torch.autograd.grad(_weighted_loss(result, weights), [t for t in cpu if t.requires_grad])
+
+    expected, reference = oracle_grads(torch.float64), oracle_grads(inputs[0].dtype)
+    for grad, leaf, exp, ref in zip(grads, [t for t in leaves if t.requires_grad], expected, reference):
+        assert grad.dtype == leaf.dtype and grad.shape == leaf.shape and grad.device == leaf.device
+        assert_close_to_oracle(grad.cpu(), exp, ref, atol=rtol * max(1.0, exp.abs().max().item() if exp.numel() else 0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("seq_q,seq_k", [(1, 9), (5, 9), (9, 5), (3, 0)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_with_lse_backward(device, dtype, seq_q, seq_k, causal):
+    q = rand(2, seq_q, 4, 64, dtype=dtype, device=device)
+    k, v = (rand(2, seq_k, 2, 64, dtype=dtype, device=device) for _ in range(2))
+    check_grads(lambda q, k, v: mlx_kernels.attention_with_lse(q, k, v, causal, 0.2),
+                lambda q, k, v, dt: oracles.attention_with_lse(q, k, v, causal, 0.2, dtype=dt), (q, k, v))
+
+
+def test_attention_with_lse_ragged_backward(device):
+    q = rand(3, 5, 4, 64, device=device)
+    k, v = (rand(3, 9, 2, 64, device=device) for _ in range(2))
+    lens = torch.tensor([3, 0, 9], dtype=torch.int32, device=device)
+    for causal in (False, True):
+        check_grads(lambda q, k, v: mlx_kernels.ops.attention_with_lse_ragged(q, k, v, lens, causal),
+                    lambda q, k, v, dt: oracles.attention_with_lse(q, k, v, causal, key_lens=lens, dtype=dt),
+                    (q, k, v))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_merge_attention_states_backward(device, dtype):
+    out_a, out_b = (rand(2, 3, 4, 64, dtype=dtype, device=device) for _ in range(2))
+    lse_a, lse_b = (rand(2, 4, 3, device=device) for _ in range(2))
+    lse_a[0, 0, 0] = float("-inf")          # one side empty
+    lse_a[1, 1, 1] = lse_b[1, 1, 1] = float("-inf")  # both empty: out 0, every gradient 0
+
+    def oracle(out_a, lse_a, out_b, lse_b, dtype):
+        # The oracle differentiated; logaddexp(-inf, -inf) has NaN slopes, 0 here by the
+        # contract, so both-empty rows take a finite stand-in inside the oracle.
+        empty = torch.isneginf(lse_a) & torch.isneginf(lse_b)
+        lse_a, lse_b = torch.where(empty, 0.0, lse_a), torch.where(empty, 0.0, lse_b)
+        lse = torch.logaddexp(lse_a, lse_b)
+        w_a = torch.where(empty, 0.0, torch.exp(lse_a - lse)).transpose(1, 2)[..., None]
+        w_b = torch.where(empty, 0.0, torch.exp(lse_b - lse)).transpose(1, 2)[..., None]
+        return (w_a * out_a + w_b * out_b).to(dtype), torch.where(empty, -torch.inf, lse)
+
+    check_grads(mlx_kernels.merge_attention_states, oracle, (out_a, lse_a, out_b, lse_b))
+    leaves = [t.detach().requires_grad_() for t in (out_a, lse_a, out_b, lse_b)]
+    out, lse = mlx_kernels.merge_attention_states(*leaves)
+    (out.sum() + torch.where(torch.isfinite(lse), lse, 0.0).sum()).backward()
+    for leaf in leaves:
+        assert torch.isfinite(leaf.grad).all()
+    assert leaves[1].grad[1, 1, 1] == 0 and leaves[3].grad[1, 1, 1] == 0
+    assert (leaves[0].grad[1, 1, 1] == 0).all() and (leaves[2].grad[1, 1, 1] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("prefix", [0, 5, 300])
+def test_shared_prefix_attention_backward(device, dtype, prefix):
+    inputs = make_inputs(3, 2, (8, 2), prefix, 6, dtype=dtype, device=device)
+    lens = torch.tensor([6, 0, 2], dtype=torch.int32, device=device)
+    check_grads(lambda *t: mlx_kernels.shared_prefix_attention(*t, lens, 0.3),
+                lambda *t: oracles.shared_prefix_attention(*t[:-1], lens, 0.3, dtype=t[-1]), inputs)
+
+
+def test_attention_backward_chunks_queries(monkeypatch):
+    """Queries split into several score chunks give the same gradients as one."""
+    from mlx_kernels import attention
+
+    q = rand(2, 37, 4, 16)
+    k, v = (rand(2, 23, 2, 16) for _ in range(2))
+    grads = []
+    for chunk in (1 << 24, 2 * 4 * 23 * 5):  # everything at once; 5 queries per chunk
+        monkeypatch.setattr(attention, "_SCORE_CHUNK", chunk)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out, lse = mlx_kernels.attention_with_lse(*leaves, causal=True)
+        grads.append(torch.autograd.grad(out.square().sum() + lse.sum(), leaves))
+    for one, chunked in zip(*grads):
+        torch.testing.assert_close(one, chunked)
+
+
+def test_nan_flows_into_gradients(device):
+    q, prefix_k, prefix_v, suffix_k, suffix_v = make_inputs(2, 1, (4, 2), 8, 4, device=device)
+    prefix_v[3, 1, 5] = float("nan")
+    leaves = [t.requires_grad_() for t in (q, prefix_k, prefix_v, suffix_k, suffix_v)]
+    mlx_kernels.shared_prefix_attention(*leaves).sum().backward()
+    # d out/d v is the probabilities (finite); the NaN reaches q and k through dP = dO·vᵀ.
+    assert torch.isnan(leaves[0].grad[:, :, 2:4]).all() and torch.isfinite(leaves[0].grad[:, :, :2]).all()
+    assert torch.isnan(leaves[1].grad[:, 1]).all() and torch.isfinite(leaves[1].grad[:, 0]).all()
+
+
+def test_shared_prefix_backward_under_torch_compile(device):
+    inputs = [t.requires_grad_() for t in make_inputs(2, 3, (4, 2), 20, 5, device=device)]
+    lens = torch.tensor([5, 1], dtype=torch.int32, device=device)
+
+    def loss(*t):
+        out = mlx_kernels.shared_prefix_attention(*t, lens)
+        merged, _ = mlx_kernels.merge_attention_states(out, torch.zeros(2, 4, 3, device=device), out,
+                                                       torch.zeros(2, 4, 3, device=device))
+        return merged.square().sum()
+
+    eager = torch.autograd.grad(loss(*inputs), inputs)
+    compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(*inputs), inputs)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b)
+
+
+def test_training_through_shared_prefix_attention_reduces_loss():
+    """A query projection trained through Hydragen attention to hit a target output."""
+    torch.manual_seed(0)
+    q_in, prefix_k, prefix_v, suffix_k, suffix_v = make_inputs(4, 2, (4, 2), 16, 4, head_dim=16)
+    target = rand(4, 2, 4, 16)
+    proj = torch.nn.Linear(16, 16)
+    optim = torch.optim.Adam(proj.parameters(), lr=3e-2)
+    losses = []
+    for _ in range(40):
+        out = mlx_kernels.shared_prefix_attention(proj(q_in), prefix_k, prefix_v, suffix_k, suffix_v)
+        loss = (out - target).square().mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]

@@ -31,6 +31,11 @@ def _merge_args(d, dtype=torch.float32):
     return (_r(2, 3, 4, 64, device=d, dtype=dtype), _r(2, 4, 3, device=d), _r(2, 3, 4, 64, device=d, dtype=dtype), lse_b)
 
 
+def _grad(args):
+    """The float arguments requiring grad: opcheck then checks the registered backward too."""
+    return tuple(a.requires_grad_() if a.is_floating_point() else a for a in args)
+
+
 OPCHECK = [
     ("attention_with_lse", lambda d: ("attention_with_lse", _attn_args(d), {"causal": True})),
     ("attention_with_lse_bf16", lambda d: ("attention_with_lse", _attn_args(d, torch.bfloat16), {"scale": 0.3})),
@@ -42,6 +47,12 @@ OPCHECK = [
     ("shared_prefix_attention", lambda d: ("shared_prefix_attention", (*_spa_args(d), _lens([6, 0, 2], d)), {})),
     ("shared_prefix_attention_fp16", lambda d: ("shared_prefix_attention", _spa_args(d, torch.float16), {"scale": 0.2})),
     ("shared_prefix_attention_no_prefix", lambda d: ("shared_prefix_attention", _spa_args(d, prefix=0), {})),
+    ("attention_with_lse_grad", lambda d: ("attention_with_lse", _grad(_attn_args(d)), {"causal": True})),
+    ("attention_with_lse_ragged_grad", lambda d: ("attention_with_lse_ragged", (*_grad(_attn_args(d)), _lens([3, 0], d)),
+                                                  {"causal": True})),
+    ("merge_attention_states_grad", lambda d: ("merge_attention_states", _grad(_merge_args(d)), {})),
+    ("shared_prefix_attention_grad", lambda d: ("shared_prefix_attention", (*_grad(_spa_args(d)), _lens([6, 0, 2], d)),
+                                                {})),
 ]
 
 
