@@ -126,6 +126,12 @@ def shared_prefix_attention_cases(device: str, quick: bool) -> List[Case]:
 
 BENCHMARKS = {"shared_prefix_attention": shared_prefix_attention_cases}
 
+# What "ours" is in the tables and plots.
+OURS = {"shared_prefix_attention": lambda device: (
+    "torch.ops.mlx.shared_prefix_attention (Hydragen: the prefix attended once for all sequences, "
+    "suffix per sequence, LSE merge" + (", FlashAttention-2-style mma.sync kernels)" if device == "cuda" else
+                                      ", tiled online-softmax CPU kernels)"))}
+
 
 # --- tokens/s and the 1K -> 16K drop from measured rows -----------------------------
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .core import Case, Measure, runs_sm90a_kernels
+from .core import Case, Measure, NoCases, runs_sm90a_kernels
 
 # (w_bits, a_bits): W1A1 ... W8A8.
 _BITS = [(1, 1), (1, 2), (2, 2), (2, 4), (3, 3), (4, 4), (2, 8), (4, 8), (8, 8)]
@@ -126,7 +126,7 @@ _WGMMA_KINDS = [("wgmma_b1_and", "wgmma b1 AND-popc m64n128k256", 4, 2 * 64 * 12
 
 def bipolar_mma_peak_cases(device: str, quick: bool) -> List[Case]:
     if device != "cuda":
-        return []
+        raise NoCases("GPU-only: it measures the tensor cores' raw mma.sync/wgmma throughput (no CPU kernel)")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     kinds = [(kind, label, per_iteration, mma_ops, sms * 8) for kind, label, per_iteration, mma_ops in _MMA_KINDS]
     if runs_sm90a_kernels(device):
@@ -151,4 +151,12 @@ BENCHMARKS = {
     "bipolar_gemm": bipolar_gemm_cases,
     "bipolar_linear": bipolar_linear_cases,
     "bipolar_mma_peak": bipolar_mma_peak_cases,
+}
+
+# What "ours" is in the tables and plots.
+OURS = {
+    "bipolar_gemm": lambda device: "torch.ops.mlx.bipolar_gemm on packed bit-planes (" + (
+        "mma.sync m16n8k256 b1 AND-popc" if device == "cuda" else "64-bit AND-popcount, VPOPCNTDQ when present") + ")",
+    "bipolar_linear": "torch.ops.mlx.bipolar_linear: fused activation quantize, bit-plane GEMM, dequantize + bias",
+    "bipolar_mma_peak": "our microbenchmark kernel per MMA kind (raw tensor-core throughput, no memory traffic)",
 }

@@ -16,7 +16,7 @@ import torch
 
 from ..bsr import BlockSparseMatrix
 from .core import Case, Measure
-from .datasets import load_suitesparse, suitesparse_names
+from .datasets import sparse_matrices
 
 
 _NS = (32, 128, 512)
@@ -26,10 +26,15 @@ _QUICK_MATRICES = ("cryg2500",)
 _DENSE_LIMIT = {"cuda": 2 ** 28, "cpu": 2 ** 24}
 
 
+OURS = {"bsr_spmm": lambda device: (
+    "BlockSparseMatrix.from_scipy(a, reorder=True) @ b, 16x16 blocks, SMaT row reordering (" +
+    ("mma.sync tensor-core kernel, fp16" if device == "cuda" else "CPU bit-map kernel bsr_spmm_packed, fp32") + ")")}
+
+
 def _real_matrices(quick: bool):
-    for name in suitesparse_names():
-        if not quick or name in _QUICK_MATRICES:
-            yield name, lambda name=name: load_suitesparse(name)
+    """The SuiteSparse matrices, or generated ones of the same classes when they are missing."""
+    for name, load, _ in sparse_matrices(quick, _QUICK_MATRICES):
+        yield name, load
 
 
 def _synthetic_matrices(device: str, quick: bool):

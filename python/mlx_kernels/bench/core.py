@@ -9,6 +9,7 @@ import os
 import platform
 import statistics
 import subprocess
+import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -61,10 +62,58 @@ PEAKS = {
 }
 
 
+class NoCases(Exception):
+    """Raised by a cases function that has nothing to run on this device; the CLI
+    prints one line with the reason (e.g. a GPU-only microbenchmark on a CPU)."""
+
+
+def _cpuinfo() -> Dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty elsewhere)."""
+    info: Dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return info
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine() or "cpu"
+
+
+# CPU features the CPU kernels use (int8 VNNI, VPOPCNTDQ for bipolar), by /proc/cpuinfo flag.
+_ISA_FLAGS = ("avx512f", "avx512_vnni", "avx512_vpopcntdq", "avx512_bf16", "avx_vnni", "avx2", "fma", "amx_int8")
+
+
+def cpu_isa() -> str:
+    """torch's CPU capability (DEFAULT/AVX2/AVX512, what its kernels dispatch to) and the
+    relevant ISA flags of /proc/cpuinfo, e.g. "AVX512 (avx512f avx512_vnni avx2 fma)"."""
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "unknown")()
+    flags = set(_cpuinfo().get("flags", "").split())
+    present = [f for f in _ISA_FLAGS if f in flags]
+    return f"{capability} ({' '.join(present)})" if present else str(capability)
+
+
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return platform.processor() or platform.machine() or "cpu"
+    return cpu_model()
+
+
+def device_description(device: str) -> str:
+    """The device in full, for plots and result files: the GPU with its compute
+    capability, SMs and memory, or the CPU model with the threads used and its ISA."""
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        return (f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, "
+                f"{props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})")
+    return (f"{cpu_model()}, {torch.get_num_threads()} threads ({os.cpu_count()} logical CPUs), "
+            f"ISA {cpu_isa()}")
 
 
 def device_peaks(device: str) -> Dict[str, float]:
@@ -123,6 +172,12 @@ def _flush_l2() -> None:
 def time_cuda(fn: Callable[[], object], warmup_ms: float = 25.0, rep_ms: float = 100.0,
               max_reps: int = 1000) -> float:
     """Median milliseconds of ``fn`` with CUDA events, L2 flushed before each call."""
+    return statistics.median(time_cuda_samples(fn, warmup_ms, rep_ms, max_reps))
+
+
+def time_cuda_samples(fn: Callable[[], object], warmup_ms: float = 25.0, rep_ms: float = 100.0,
+                      max_reps: int = 1000) -> List[float]:
+    """Milliseconds of each timed call of ``fn`` (CUDA events, L2 flushed before each call)."""
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -144,7 +199,7 @@ def time_cuda(fn: Callable[[], object], warmup_ms: float = 25.0, rep_ms: float =
         fn()
         ends[i].record()
     torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
 def _report_failure(name: str, label: str, exc: Exception) -> None:
@@ -158,6 +213,13 @@ def time_cpu(fns: Dict[str, Callable[[], object]], label: str, budget_s: float =
     rounds that call every fn once: on a shared machine, load that comes and goes
     then slows ours and the baselines alike instead of skewing their ratio. A fn
     that raises is reported (NaN) and left out of the rounds."""
+    samples = time_cpu_samples(fns, label, budget_s, min_reps, max_reps)
+    return {name: statistics.median(samples[name]) if samples[name] else float("nan") for name in fns}
+
+
+def time_cpu_samples(fns: Dict[str, Callable[[], object]], label: str, budget_s: float = 1.0, min_reps: int = 3,
+                     max_reps: int = 50) -> Dict[str, List[float]]:
+    """time_cpu's timed calls themselves: milliseconds of each call per fn ([] for one that raised)."""
     times: Dict[str, List[float]] = {}
     for name, fn in fns.items():
         try:
@@ -173,21 +235,42 @@ def time_cpu(fns: Dict[str, Callable[[], object]], label: str, budget_s: float =
             fns[name]()
             times[name].append((time.perf_counter() - t0) * 1e3)
         rounds += 1
-    return {name: statistics.median(times[name]) if name in times else float("nan") for name in fns}
+    return {name: times.get(name, []) for name in fns}
 
 
-def time_fns(fns: Dict[str, Callable[[], object]], label: str, device: str, quick: bool) -> Dict[str, float]:
-    """Milliseconds per call of each fn of case `label` (NaN for one that raises)."""
+def spread(samples: List[float]) -> Dict[str, float]:
+    """Summary of one fn's timed calls (ms): median, quartiles, min, max and the count."""
+    if not samples:
+        nan = float("nan")
+        return {"median": nan, "q1": nan, "q3": nan, "min": nan, "max": nan, "reps": 0}
+    ordered = sorted(samples)
+    if len(ordered) >= 2:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = q3 = ordered[0]
+    return {"median": statistics.median(ordered), "q1": q1, "q3": q3, "min": ordered[0], "max": ordered[-1],
+            "reps": len(ordered)}
+
+
+def time_fns_spread(fns: Dict[str, Callable[[], object]], label: str, device: str,
+                    quick: bool) -> Dict[str, Dict[str, float]]:
+    """:func:`spread` of each fn of case `label` (all NaN for one that raises)."""
     if device == "cuda":
         out = {}
         for name, fn in fns.items():
             try:
-                out[name] = time_cuda(fn, warmup_ms=10 if quick else 25, rep_ms=30 if quick else 100)
+                out[name] = spread(time_cuda_samples(fn, warmup_ms=10 if quick else 25, rep_ms=30 if quick else 100))
             except Exception as exc:
                 _report_failure(name, label, exc)
-                out[name] = float("nan")
+                out[name] = spread([])
         return out
-    return time_cpu(fns, label, budget_s=0.2 if quick else 1.0, min_reps=2 if quick else 3)
+    samples = time_cpu_samples(fns, label, budget_s=0.2 if quick else 1.0, min_reps=2 if quick else 3)
+    return {name: spread(times) for name, times in samples.items()}
+
+
+def time_fns(fns: Dict[str, Callable[[], object]], label: str, device: str, quick: bool) -> Dict[str, float]:
+    """Median milliseconds per call of each fn of case `label` (NaN for one that raises)."""
+    return {name: stats["median"] for name, stats in time_fns_spread(fns, label, device, quick).items()}
 
 
 # --- reporting ---------------------------------------------------------------
@@ -243,8 +326,9 @@ def format_table(op: str, rows: List[dict]) -> str:
 
 
 def environment(device: str) -> dict:
-    return {
+    env = {
         "device": device_name(device),
+        "device_full": device_description(device),
         "device_type": device,
         "torch": torch.__version__,
         "cuda": torch.version.cuda if device == "cuda" else None,
@@ -253,14 +337,45 @@ def environment(device: str) -> dict:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "peaks": device_peaks(device),
     }
+    if device != "cuda":
+        env.update(cpu_model=cpu_model(), cpu_isa=cpu_isa(), logical_cpus=os.cpu_count())
+    return env
 
 
-def write_results(out_dir: str, device: str, op: str, rows: List[dict]) -> List[str]:
-    """bench/results/<device>-<op>.json and .csv; returns the paths written."""
+def json_safe(value):
+    """``value`` with every NaN/Inf float replaced by None (JSON has no NaN: it becomes null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def result_stem(out_dir: str, device: str, op: str) -> str:
+    """<out_dir>/<device slug>-<op>: the results' path without its extension."""
+    return os.path.join(out_dir, f"{device_slug(device)}-{op}")
+
+
+def existing_results(out_dir: str, device: str, ops: List[str], plot: bool) -> List[str]:
+    """The files a run of ``ops`` would replace (the CLI refuses them without --overwrite)."""
+    extensions = (".json", ".csv") + ((".png",) if plot else ())
+    return [result_stem(out_dir, device, op) + ext for op in ops for ext in extensions
+            if os.path.exists(result_stem(out_dir, device, op) + ext)]
+
+
+def write_results(out_dir: str, device: str, op: str, rows: List[dict], variant: str = "") -> List[str]:
+    """bench/results/<device>-<op>.json and .csv; returns the paths written.
+
+    The JSON is strict (``json.loads`` with no NaN extension reads it): a figure that
+    could not be measured (a baseline that failed, no peak known) is ``null``; in the
+    CSV it is an empty cell. ``variant`` names what "ours" is for this op."""
     os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"{device_slug(device)}-{op}")
+    stem = result_stem(out_dir, device, op)
+    document = {"op": op, "ours": variant, "environment": environment(device), "results": rows}
     with open(stem + ".json", "w") as f:
-        json.dump({"op": op, "environment": environment(device), "results": rows}, f, indent=2, default=str)
+        json.dump(json_safe(document), f, indent=2, default=str, allow_nan=False)
     flat = []
     for row in rows:
         item = {"label": row["label"], "ours_ms": row["ours_ms"]}
@@ -269,9 +384,12 @@ def write_results(out_dir: str, device: str, op: str, rows: List[dict]) -> List[
         item.update({f"speedup_vs_{k}": v for k, v in row["speedup"].items()})
         item.update({"ours_throughput": row["ours_throughput"], "throughput_unit": row["throughput_unit"],
                      "ours_pct_peak": row["ours_pct_peak"]})
+        for who, stats in row.get("spread_ms", {}).items():
+            item.update({f"{who}_{k}_ms": stats[k] for k in ("q1", "q3", "min", "max")})
+            item[f"{who}_reps"] = stats.get("reps")
         item.update(row.get("rates", {}))
         item.update(row.get("extra", {}))
-        flat.append(item)
+        flat.append({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in item.items()})
     fields: List[str] = []
     for item in flat:
         fields += [k for k in item if k not in fields]
@@ -282,8 +400,15 @@ def write_results(out_dir: str, device: str, op: str, rows: List[dict]) -> List[
     return [stem + ".json", stem + ".csv"]
 
 
-def plot_results(out_dir: str, device: str, op: str, rows: List[dict]) -> Optional[str]:
-    """Grouped bar chart of throughput (ours vs baselines) per case, to PNG."""
+def _throughput_at(row: dict, ms: float) -> float:
+    """The case's throughput (its unit) at ``ms`` per call, from ours' figures."""
+    if not ms or math.isnan(ms) or not row["ours_ms"] or math.isnan(row["ours_throughput"]):
+        return float("nan")
+    return row["ours_throughput"] * row["ours_ms"] / ms
+
+
+def plot_results(out_dir: str, device: str, op: str, rows: List[dict], variant: str = "") -> Optional[str]:
+    """:func:`results_figure` written to <out_dir>/<device>-<op>.png; returns the path."""
     try:
         import matplotlib
 
@@ -294,23 +419,54 @@ def plot_results(out_dir: str, device: str, op: str, rows: List[dict]) -> Option
         return None
     if not rows:
         return None
-    names = ["ours"] + [b for b in rows[0]["baselines_ms"]]
-    labels = [r["label"] for r in rows]
-    width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) * len(names) / 2), 4.5))
-    for i, name in enumerate(names):
-        values = []
-        for r in rows:
-            ms = r["ours_ms"] if name == "ours" else r["baselines_ms"].get(name, float("nan"))
-            values.append(r["ours_throughput"] * r["ours_ms"] / ms if ms and not math.isnan(ms) else 0.0)
-        ax.bar([x + i * width for x in range(len(rows))], values, width, label=name)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))])
-    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(rows[0]["throughput_unit"])
-    ax.set_title(f"{op} on {device_name(device)}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{device_slug(device)}-{op}.png")
+    fig = results_figure(device, op, rows, variant)
+    path = result_stem(out_dir, device, op) + ".png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def results_figure(device: str, op: str, rows: List[dict], variant: str = ""):
+    """Grouped bar chart of throughput per case (ours vs each baseline), a matplotlib Figure.
+
+    Bars are the median; error bars span the interquartile range of the timed calls
+    (the throughput at the 3rd and 1st quartile of the time). The title names the
+    device in full (CPU model, threads, ISA / GPU, SMs, memory) and what "ours" is;
+    the y axis says that higher is better."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["ours"]
+    for row in rows:
+        names += [b for b in row["baselines_ms"] if b not in names]
+    labels = [r["label"] for r in rows]
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(rows) * len(names) / 2), 5))
+    for i, name in enumerate(names):
+        values, low, high = [], [], []
+        for r in rows:
+            ms = r["ours_ms"] if name == "ours" else r["baselines_ms"].get(name, float("nan"))
+            value = _throughput_at(r, ms)
+            stats = r.get("spread_ms", {}).get(name)
+            top = _throughput_at(r, stats["q1"]) if stats else float("nan")
+            bottom = _throughput_at(r, stats["q3"]) if stats else float("nan")
+            ok = not math.isnan(value)
+            values.append(value if ok else 0.0)
+            low.append(max(value - bottom, 0.0) if ok and not math.isnan(bottom) else 0.0)
+            high.append(max(top - value, 0.0) if ok and not math.isnan(top) else 0.0)
+        ax.bar([x + i * width for x in range(len(rows))], values, width, label=name,
+               yerr=[low, high], capsize=2, error_kw={"elinewidth": 0.8})
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))])
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"{rows[0]['throughput_unit']} (higher is better)")
+    width_chars = int(fig.get_figwidth() * 14)
+    lines = [f"{op} on {device_description(device)}"]
+    if variant:
+        lines.append(f"ours = {variant}")
+    lines.append("bars: median; error bars: interquartile range of the timed calls")
+    ax.set_title("\n".join(textwrap.fill(line, width_chars) for line in lines), fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

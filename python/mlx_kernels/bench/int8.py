@@ -228,3 +228,12 @@ BENCHMARKS = {
     "int8_gemm": int8_gemm_cases,
     "int8_vectorwise_quant": int8_vectorwise_quant_cases,
 }
+
+# What "ours" is in the tables and plots.
+OURS = {
+    "int8_mm": lambda device: "torch.ops.mlx.int8_mm (" + (
+        "CUTLASS wgmma+TMA int8 GEMM on Hopper, CUTLASS sm80 Stream-K elsewhere" if device == "cuda" else
+        "blocked AVX-512-VNNI/AVX2 int8 GEMM") + ")",
+    "int8_gemm": "torch.ops.mlx.int8_gemm, the whole LLM.int8 op: quantize x, int8 GEMM, fused dequant, outlier columns",
+    "int8_vectorwise_quant": "torch.ops.mlx.int8_vectorwise_quant: fused row absmax, round, outlier columns",
+}
