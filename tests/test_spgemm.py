@@ -412,6 +412,12 @@ def test_gradient_through_spgemm_csr_raises_naming_the_op():
     assert val.requires_grad
     with pytest.raises(RuntimeError, match=r"mlx::spgemm_csr is not differentiable"):
         val.sum().backward()
+    # Through the public API on a torch sparse tensor that requires grad: the same error, never a silent None.
+    ta = torch_csr(a).requires_grad_()
+    out = mlx_kernels.spgemm(ta, torch_csr(a.T.tocsr()))
+    assert out.requires_grad
+    with pytest.raises(RuntimeError, match=r"mlx::spgemm_csr is not differentiable.*torch.sparse.mm"):
+        out.values().sum().backward()
 
 
 def test_spgemm_under_torch_compile_falls_back_to_eager_with_one_warning():
