@@ -173,7 +173,8 @@ def _without_cuda_kernel(func, key="CUDA") -> bool:
     qualified = getattr(func, "_qualified_op_name", None) or getattr(func, "_name", None)
     if not isinstance(qualified, str) or "::" not in qualified or qualified.startswith("aten::"):
         return False
-    return not torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key)
+    from mlx_kernels import _cuda_missing  # a CPU-only build's CUDA kernels only refuse
+    return qualified in _cuda_missing.OPS or not torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key)
 
 
 class FakeCudaMode(TorchFunctionMode):

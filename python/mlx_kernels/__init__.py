@@ -9,6 +9,7 @@ with CUDA. The names below are thin typed wrappers and the nn.Modules built on t
 import torch  # noqa: F401  (loads libtorch, whose symbols the extension resolves against)
 
 from . import _C  # noqa: F401  (registers the ops)
+from . import _cuda_missing  # noqa: F401  (a CPU-only build's own error for CUDA tensors)
 from ._build_config import OPS_NAMESPACE, WITH_CUDA
 from .attention import (
     attention_with_lse,

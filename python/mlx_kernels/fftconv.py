@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops as _ops
-from ._autograd import needs_grad
+from ._autograd import needs_grad, register_non_differentiable
 from .ops import fft_size_for
 
 FREQ_BLOCKS = 16
@@ -144,6 +144,11 @@ def _fft_conv_spectral_backward(ctx, grad):
 torch.library.register_autograd(
     _ops._name("fft_conv_spectral"), _fft_conv_spectral_backward, setup_context=_fft_conv_spectral_setup_context
 )
+
+
+register_non_differentiable(
+    "fft_conv_spectrum", "differentiate the kernel through fft_conv, or FFTConv (which also covers the "
+    "frequency-sparse spectrum)")
 
 
 class _FrequencySparseConv(torch.autograd.Function):
