@@ -328,6 +328,16 @@ def install():
         return out
 
     torch.nn.Module.to, torch.nn.Module.cuda, torch.nn.Module.cpu = to, cuda, cpu
+
+    # nn.Parameter(t) is a new tensor object: it keeps a fake-CUDA t's tag (a module
+    # built with device="cuda" holds its parameters on the fake GPU, as on a real one).
+    parameter_new = torch.nn.Parameter.__new__
+
+    def new_parameter(cls, data=None, requires_grad=True):
+        out = parameter_new(cls, data, requires_grad)
+        return _tag(out) if is_fake_cuda(data) else out
+
+    torch.nn.Parameter.__new__ = staticmethod(new_parameter)
     torch.cuda.synchronize = lambda *args, **kwargs: None
     torch.cuda.get_device_capability = lambda *args, **kwargs: (9, 0)  # the emulator's device: an H100
     FakeCudaMode().__enter__()
