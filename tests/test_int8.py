@@ -572,3 +572,244 @@ def test_int8_gemm_n_near_int32_max_is_refused():
     x = torch.zeros(0, 16, dtype=torch.float16, device="cuda")
     with pytest.raises(RuntimeError, match=r"int8_gemm.*N rounded up to a multiple of 32 .* = 2147483648 does not fit"):
         mlx_kernels.int8_gemm(x, w_i8, w_absmax)
+
+
+# --- NaN / Inf policy (int8_gemm docstring: never a finite result where x @ W_deq.T + bias is not) ---
+
+NAN, INF = float("nan"), float("inf")
+
+
+def nonfinite_activations(m, k, dtype, device):
+    """x [m, k] with a NaN in row 1, +Inf in row 2, -Inf in row 4 (rows repeat every 5)."""
+    x = torch.randn(m, k)
+    x[1::5, 3] = NAN
+    x[2::5, 7] = INF
+    x[4::5, 7 if k > 20 else 0] = -INF
+    return x.to(dtype).to(device)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_vectorwise_quant_nonfinite_rows(device, threshold):
+    x = nonfinite_activations(6, 32, torch.float32, device)
+    x_i8, row_absmax, cols = mlx_kernels.int8_vectorwise_quant(x, threshold)
+    absmax = row_absmax.cpu()
+    assert torch.isnan(absmax[1])  # NaN is never an outlier (it compares false): the row's absmax flags it
+    assert (x_i8[1] == 0).all()
+    if threshold == 0:
+        assert cols.numel() == 0
+        assert absmax[2] == INF and absmax[4] == INF  # ±Inf rows: absmax +Inf, all levels 0
+        assert (x_i8[[2, 4]] == 0).all()
+        dequant = x_i8.cpu().double() * absmax.double()[:, None] / 127
+        assert torch.isnan(dequant[[1, 2, 4]]).all()  # 0 · Inf: the whole row dequantizes to NaN
+    else:
+        assert cols.tolist() == [7]  # ±Inf exceed the threshold: an outlier column, out of every absmax
+        assert torch.isfinite(absmax[[0, 2, 3, 4, 5]]).all()
+        finite = x.clone()
+        finite[1, 3] = 0
+        ref_i8, ref_absmax, _ = oracles.int8_vectorwise_quant(finite[[0, 2, 3, 4, 5]].nan_to_num(), threshold)
+        ref_i8[:, 7] = 0
+        assert (x_i8[[0, 2, 3, 4, 5]].cpu().double() - ref_i8).abs().max() <= 1
+    assert torch.isfinite(absmax[[0, 3, 5]]).all()
+    assert_quant_matches_oracle(x[[0, 3, 5]], 0.0, *mlx_kernels.int8_vectorwise_quant(x[[0, 3, 5]], 0.0))
+
+
+def float64_linear(x, w_deq, bias):
+    out = x.cpu().double() @ w_deq.cpu().double().T
+    return out + bias.cpu().double() if bias is not None else out
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m", [5, 40])  # CUDA: the decode GEMV and the tensor-core (or fp32) paths
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_int8_gemm_nonfinite_activations(device, dtype, m, threshold):
+    k, n = 48, 24
+    x = nonfinite_activations(m, k, dtype, device)
+    _, w_i8, w_absmax = quantized_weight(n, k, device)
+    out = mlx_kernels.int8_gemm(x, w_i8, w_absmax, None, threshold).cpu()
+    w_deq = w_i8.cpu().double() * w_absmax.cpu().double()[:, None] / 127
+    expected = float64_linear(x, w_deq, None)
+    bad_rows = [r for r in range(m) if r % 5 in (1, 2, 4)]
+    good_rows = [r for r in range(m) if r % 5 in (0, 3)]
+    assert not torch.isfinite(out[bad_rows]).any()
+    assert torch.isfinite(out[good_rows]).all()
+    assert torch.isnan(out[1::5]).all()  # NaN is never an outlier: NaN across the row
+    if threshold == 0:
+        assert torch.isnan(out[bad_rows]).all()  # ±Inf rows: absmax Inf, levels 0 -> 0 · Inf
+    else:  # ±Inf went through the 16-bit outlier product: the signs of torch.matmul
+        inf_rows = [r for r in range(m) if r % 5 in (2, 4)]
+        for check in (torch.isposinf, torch.isneginf, torch.isnan):
+            assert torch.equal(check(out[inf_rows]), check(expected[inf_rows]))
+    if threshold == 0:  # the finite rows are what they are without the non-finite ones
+        clean = mlx_kernels.int8_gemm(x.nan_to_num(0.0, 0.0, 0.0), w_i8, w_absmax, None, 0.0).cpu()
+        torch.testing.assert_close(out[good_rows], clean[good_rows], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m", [5, 40])
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_int8_gemm_nonfinite_scales_and_bias(device, dtype, m, threshold):
+    k, n = 48, 24
+    x = with_outlier_columns(torch.randn(m, k), [5]).to(dtype).to(device)
+    x[0] = 0  # a zero row meets the Inf scale: 0 · Inf = NaN, as in x @ W_deq.T
+    _, w_i8, w_absmax = quantized_weight(n, k, device)
+    w_absmax[2], w_absmax[3], w_absmax[6] = NAN, INF, -INF
+    w_i8[9] = 0
+    w_absmax[9] = INF  # a zero weight row with an Inf scale: 0 · Inf
+    bias = torch.randn(n, device=device)
+    bias[11], bias[12] = NAN, INF
+    out = mlx_kernels.int8_gemm(x, w_i8, w_absmax, bias, threshold).cpu()
+    bad_cols = [2, 3, 6, 9, 11, 12]
+    assert not torch.isfinite(out[:, bad_cols]).any()
+    good = [c for c in range(n) if c not in bad_cols]
+    assert torch.isfinite(out[:, good]).all()
+    assert torch.isnan(out[:, [2, 9, 11]]).all() and torch.isnan(out[0, [3, 6]]).all()
+    assert torch.isposinf(out[:, 12]).all()
+
+
+def test_int8_linear_nonfinite_weight_row_is_flagged(device):
+    linear = torch.nn.Linear(32, 8).to(device)
+    with torch.no_grad():
+        linear.weight[3, 4] = NAN
+        linear.weight[5, 0] = INF
+    layer = mlx_kernels.Int8Linear.from_float(linear, threshold=0.0)
+    assert torch.isnan(layer.weight_absmax[3]) and layer.weight_absmax[5] == INF
+    with torch.no_grad():
+        out = layer(torch.randn(4, 32, device=device)).cpu()
+    assert torch.isnan(out[:, [3, 5]]).all() and torch.isfinite(out[:, [0, 1, 2, 4, 6, 7]]).all()
+
+
+# --- autograd -------------------------------------------------------------------
+
+
+def int8_gemm_grads(x, w_i8, w_absmax, bias, threshold, grad):
+    x = x.detach().requires_grad_()
+    w_absmax = w_absmax.detach().requires_grad_()
+    bias = bias.detach().requires_grad_() if bias is not None else None
+    mlx_kernels.int8_gemm(x, w_i8, w_absmax, bias, threshold).backward(grad)
+    return x.grad, w_absmax.grad, bias.grad if bias is not None else None
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m", [1, 5, 40])
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_int8_gemm_gradients_match_float64(device, dtype, m, threshold):
+    # int8_gemm admits no float64: its gradients against float64 torch math on the
+    # same dequantized weights, by the tolerance rule (d/dx straight through x's rounding).
+    k, n = 72, 40
+    x = with_outlier_columns(torch.randn(2, m, k), [3, 50]).to(dtype).to(device)
+    _, w_i8, w_absmax = quantized_weight(n, k, device)
+    bias = torch.randn(n, device=device, dtype=torch.bfloat16 if dtype is torch.float16 else dtype)
+    grad = torch.randn(2, m, n).to(dtype).to(device)
+    grad_x, grad_absmax, grad_bias = int8_gemm_grads(x, w_i8, w_absmax, bias, threshold, grad)
+    assert grad_x.dtype == dtype and grad_x.shape == x.shape and grad_bias.dtype == bias.dtype
+    assert grad_absmax.dtype == torch.float32 and grad_absmax.shape == (n,)
+    g64 = grad.cpu().double().reshape(-1, n)
+    w_deq64 = w_i8.cpu().double() * w_absmax.cpu().double()[:, None] / 127
+    w_deq = (w_i8.cpu().to(dtype) * (w_absmax.cpu() / 127)[:, None]).to(dtype)  # bitsandbytes' W_deq
+    assert_close_to_oracle(grad_x.cpu().reshape(-1, k), g64 @ w_deq64, grad.cpu().reshape(-1, n) @ w_deq,
+                           atol=1e-6)
+    torch.testing.assert_close(grad_bias.cpu().double(), g64.sum(0), rtol=1e-2 if dtype != torch.float32 else 1e-5,
+                               atol=1e-2 if dtype != torch.float32 else 1e-5)
+    # d/dw_absmax is exact: out = P · w_absmax / 127 with P the quantized product.
+    x_i8, x_absmax, cols = mlx_kernels.int8_vectorwise_quant(x.reshape(-1, k), threshold)
+    x_hat = x_i8.cpu().double() * x_absmax.cpu().double()[:, None] / 127
+    x_hat[:, cols.cpu()] = x.reshape(-1, k).cpu().double()[:, cols.cpu()]
+    expected = (g64 * (x_hat @ w_i8.cpu().double().T)).sum(0) / 127
+    torch.testing.assert_close(grad_absmax.cpu().double(), expected, rtol=1e-4,
+                               atol=1e-4 * expected.abs().max().item())
+
+
+@pytest.mark.filterwarnings("ignore:Input #.*not a double precision")
+def test_int8_gemm_gradcheck_scales_and_bias():
+    # The output is linear in w_absmax and bias, so finite differences of the fp32
+    # op check their gradients (not x's: the straight-through estimator is not the
+    # derivative of the rounded forward, which is 0 almost everywhere).
+    x = with_outlier_columns(torch.randn(6, 40), [9])
+    _, w_i8, w_absmax = quantized_weight(7, 40)
+    for threshold in (0.0, 6.0):
+        torch.autograd.gradcheck(
+            lambda a, b: mlx_kernels.int8_gemm(x, w_i8, a, b, threshold),
+            (w_absmax.clone().requires_grad_(), torch.randn(7).requires_grad_()),
+            eps=1e-2, atol=2e-3, rtol=2e-3)
+
+
+def test_int8_gemm_backward_in_blocks(monkeypatch, device):
+    # W_deq is built a bounded block of rows at a time: the blocks must add up.
+    import mlx_kernels.int8 as int8_module
+
+    x = torch.randn(9, 40, device=device, requires_grad=True)
+    _, w_i8, w_absmax = quantized_weight(50, 40, device)
+    grad = torch.randn(9, 50, device=device)
+    whole, = torch.autograd.grad(mlx_kernels.int8_gemm(x, w_i8, w_absmax), x, grad)
+    monkeypatch.setattr(int8_module, "_DEQUANT_BLOCK_ELEMENTS", 7 * 40)
+    blocks, = torch.autograd.grad(mlx_kernels.int8_gemm(x, w_i8, w_absmax), x, grad)
+    torch.testing.assert_close(blocks, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_gemm_gradient_of_empty_shapes(device):
+    _, w_i8, w_absmax = quantized_weight(6, 8, device)
+    x = torch.randn(0, 8, device=device, requires_grad=True)
+    mlx_kernels.int8_gemm(x, w_i8, w_absmax).sum().backward()
+    assert x.grad.shape == (0, 8)
+    x = torch.randn(3, 8, device=device, requires_grad=True)
+    mlx_kernels.int8_gemm(x, w_i8[:0], w_absmax[:0]).sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_int8_non_differentiable_ops_raise(device):
+    x = torch.randn(4, 16, device=device, requires_grad=True)
+    x_i8, row_absmax, _ = mlx_kernels.int8_vectorwise_quant(x, 0.0)
+    assert not x_i8.requires_grad
+    with pytest.raises(RuntimeError, match=r"int8_vectorwise_quant is not differentiable"):
+        row_absmax.sum().backward()
+    a = random_int8(3, 8, device=device)
+    assert not mlx_kernels.int8_mm(a, a).requires_grad  # integer in and out: nothing to ask a gradient of
+
+
+def test_int8_gemm_backward_torch_compile(device):
+    layer = mlx_kernels.Int8Linear.from_float(torch.nn.Linear(64, 48).to(device))
+    x = with_outlier_columns(torch.randn(2, 6, 64), [11]).to(device)
+    eager_x = x.clone().requires_grad_()
+    layer(eager_x).square().sum().backward()
+    compiled_x = x.clone().requires_grad_()
+    bias_grad = layer.bias.grad.clone()
+    layer.bias.grad = None
+    torch.compile(layer, fullgraph=True)(compiled_x).square().sum().backward()
+    torch.testing.assert_close(compiled_x.grad, eager_x.grad)
+    torch.testing.assert_close(layer.bias.grad, bias_grad)
+
+
+def lora_training_losses(base: torch.nn.Module, in_features: int, hidden: int, device, steps=60, train_bias=False):
+    """A LoRA adapter (two small nn.Linear) feeding a frozen quantized layer; returns the losses.
+    The adapter's gradient must pass through the frozen layer's backward w.r.t. x."""
+    torch.manual_seed(0)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    if train_bias:
+        base.bias.requires_grad_(True)
+    down = torch.nn.Linear(in_features, 4, bias=False).to(device)
+    up = torch.nn.Linear(4, in_features, bias=False).to(device)
+    torch.nn.init.zeros_(up.weight)
+    target_delta = torch.randn(in_features, 4, device=device) @ torch.randn(4, in_features, device=device) / 4
+    x = torch.randn(24, in_features, device=device)
+    with torch.no_grad():
+        target = base(x + x @ target_delta.T) + (0.5 if train_bias else 0.0)
+    params = list(down.parameters()) + list(up.parameters()) + ([base.bias] if train_bias else [])
+    optim = torch.optim.Adam(params, lr=3e-2)
+    losses = []
+    for _ in range(steps):
+        optim.zero_grad()
+        loss = (base(x + up(down(x))) - target).square().mean()
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    assert base.bias.grad is None or train_bias
+    return losses
+
+
+def test_int8_linear_lora_training_loss_goes_down(device):
+    base = mlx_kernels.Int8Linear.from_float(torch.nn.Linear(32, 16).to(device), threshold=6.0)
+    losses = lora_training_losses(base, 32, 16, device)
+    assert losses[-1] < 0.2 * losses[0], losses[::10]
+    losses = lora_training_losses(base, 32, 16, device, train_bias=True)
+    assert losses[-1] < 0.2 * losses[0], losses[::10]

@@ -1,10 +1,25 @@
-"""LLM.int8() linear layers: ``Int8Linear`` and ``quantize_model_int8``.
+"""LLM.int8() linear layers: ``Int8Linear`` and ``quantize_model_int8``, and the
+autograd of the int8 ops.
 
 Weights are stored as int8 with one absmax per output row (vector-wise
 quantization); activations are quantized per row on the fly, and activation
 columns with any |x| > ``threshold`` (the "emergent outlier features" of large
 models) are multiplied in 16-bit against the dequantized weight columns
 (Dettmers et al., 2022). All of it runs in ``int8_gemm``.
+
+Autograd (``torch.library.register_autograd``, so ``torch.compile`` and opcheck
+see it):
+
+- ``int8_gemm(x, w_i8, w_absmax, bias, threshold)``, out ≈ x @ W_deq.T + bias with
+  W_deq = w_i8 · w_absmax[:, None] / 127:
+  d/dx = g @ W_deq (straight through x's int8 rounding, as bitsandbytes'
+  ``Linear8bitLt`` does), W_deq built in x's dtype a bounded block of rows at a
+  time; d/dbias = Σ g over the rows. d/dw_absmax is exact (the output is linear in
+  it): Σ_m g[m, n] · P[m, n] / 127 with P = int8_gemm(x in fp32, w_i8, 127)
+  (the same quantized product with w_absmax = 127, i.e. W_deq = w_i8). The int8
+  weight ``w_i8`` is frozen: an integer tensor cannot require grad.
+- ``int8_mm``, ``int8_vectorwise_quant``: not differentiable (integer in or out);
+  asking for a gradient through them raises an error naming the op.
 """
 
 from __future__ import annotations
@@ -16,17 +31,84 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from ._autograd import needs_grad, register_non_differentiable
 
 __all__ = ["Int8Linear", "quantize_model_int8"]
 
+# Rows of the dequantized weight materialised at once by the backward of x:
+# at most this many elements (64 MiB of fp32) per block.
+_DEQUANT_BLOCK_ELEMENTS = 1 << 24
+
+
+def _grad_through_dequantized_weight(grad2d: Tensor, k: int, dtype: torch.dtype, dequantized_rows) -> Tensor:
+    """grad2d [M, N] @ W_deq [N, K] in ``dtype``, W_deq built ``dequantized_rows(n0, n1)``
+    ([n1 - n0, K] in dtype) a bounded block of rows at a time."""
+    m, n = grad2d.shape
+    grad2d = grad2d.to(dtype)
+    block = max(1, _DEQUANT_BLOCK_ELEMENTS // max(k, 1))
+    if n <= block:
+        return grad2d @ dequantized_rows(0, n)
+    out = grad2d.new_zeros((m, k))
+    for n0 in range(0, n, block):
+        n1 = min(n, n0 + block)
+        out.addmm_(grad2d[:, n0:n1], dequantized_rows(n0, n1))
+    return out
+
+
+def _int8_gemm_setup_context(ctx, inputs, output):
+    x, w_i8, w_absmax, bias, threshold = inputs
+    ctx.threshold = threshold
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+    ctx.save_for_backward(x, w_i8, w_absmax)
+
+
+def _int8_gemm_backward(ctx, grad):
+    x, w_i8, w_absmax = ctx.saved_tensors
+    need_x, need_w, need_absmax, need_bias, _ = needs_grad(ctx, 5)
+    if need_w:  # unreachable (int8 cannot require grad), kept as a guard
+        raise RuntimeError(f"{ops._name('int8_gemm')}: the int8 weight w_i8 is frozen (no gradient)")
+    n, k = w_i8.shape
+    grad2d = grad.reshape(ops._rows(x), n)
+    grad_x = grad_absmax = grad_bias = None
+    if need_x:
+        def dequantized_rows(n0, n1):
+            # bitsandbytes' W_deq: w_i8 in x's dtype times absmax / 127, rounded once.
+            return w_i8[n0:n1].to(x.dtype).mul_((w_absmax[n0:n1] / 127.0)[:, None])
+        grad_x = _grad_through_dequantized_weight(grad2d, k, x.dtype, dequantized_rows).reshape(x.shape)
+    if need_absmax:
+        # out[m, n] = P[m, n] · w_absmax[n] / 127 (+ bias): P is int8_gemm with w_absmax = 127.
+        product = ops.int8_gemm(x.to(torch.float32), w_i8, torch.full_like(w_absmax, 127.0), None, ctx.threshold)
+        grad_absmax = (grad2d.to(torch.float32) * product.reshape(grad2d.shape)).sum(0) / 127.0
+    if need_bias:
+        grad_bias = grad2d.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+    return (grad_x, None, grad_absmax, grad_bias, None)[:len(ctx.needs_input_grad)]
+
+
+torch.library.register_autograd(ops._name("int8_gemm"), _int8_gemm_backward, setup_context=_int8_gemm_setup_context)
+register_non_differentiable("int8_mm", "it is an exact integer product of int8 tensors")
+register_non_differentiable(
+    "int8_vectorwise_quant",
+    "it rounds x to int8 (row_absmax is not differentiated either); for a straight-through gradient "
+    "use int8_gemm / Int8Linear, whose backward w.r.t. x is grad @ W_deq")
+
 
 class Int8Linear(nn.Module):
-    """Drop-in replacement for ``nn.Linear`` with LLM.int8 weights.
+    """Drop-in replacement for ``nn.Linear`` with LLM.int8 weights (``int8_gemm``).
 
-    Buffers (all in ``state_dict``): ``weight`` int8 [out, in], ``weight_absmax``
-    fp32 [out] (the row absmax: weight ≈ weight * weight_absmax[:, None] / 127),
-    and ``bias`` [out] or None. The output has the input's dtype.
-    ``threshold`` = 0 disables the outlier decomposition (pure int8).
+    State (all in ``state_dict``): buffers ``weight`` int8 [out, in] and
+    ``weight_absmax`` fp32 [out] (the row absmax: the layer multiplies by
+    W_deq = weight * weight_absmax[:, None] / 127), and ``bias``, an
+    ``nn.Parameter`` [out] (any float dtype) or None.
+
+    ``forward(x)``: x [..., in] fp16/bf16/fp32 on the layer's device (CPU, or CUDA
+    in a CUDA build) -> [..., out] in x's dtype. ``threshold`` = 0 disables the
+    outlier decomposition (pure int8).
+
+    Training: the int8 weight is frozen (it is a buffer and an integer tensor).
+    Gradients flow to x (grad @ W_deq, straight through x's quantization, as
+    bitsandbytes' ``Linear8bitLt``), to ``bias``, and to ``weight_absmax`` if you
+    make it require grad (exact: the output is linear in it) — enough to train
+    LoRA adapters around a frozen layer, or its bias. NaN/Inf: see ``int8_gemm``.
     """
 
     def __init__(
@@ -47,14 +129,16 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_absmax", torch.zeros(out_features, dtype=torch.float32, device=device))
         if bias:
-            self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device))
+            self.bias = nn.Parameter(torch.zeros(out_features, dtype=bias_dtype, device=device))
         else:
-            self.register_buffer("bias", None)
+            self.register_parameter("bias", None)
 
     @classmethod
     @torch.no_grad()
     def from_float(cls, linear: nn.Linear, threshold: float = 6.0) -> "Int8Linear":
-        """Quantizes ``linear``'s weight per output row (absmax, round to nearest)."""
+        """Quantizes ``linear``'s weight per output row (absmax, round to nearest, with
+        ``int8_vectorwise_quant``); copies its bias. A weight row holding a NaN or ±Inf
+        gets weight_absmax NaN/+Inf, so that output feature is NaN (never finite)."""
         weight = linear.weight.detach()
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                      threshold=threshold, device=weight.device,
@@ -71,6 +155,7 @@ class Int8Linear(nn.Module):
         return self.weight.float() * (self.weight_absmax[:, None] / 127.0)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x [..., in_features] -> [..., out_features] in x's dtype (``int8_gemm``)."""
         return ops.int8_gemm(x, self.weight, self.weight_absmax, self.bias, self.threshold)
 
     def _apply(self, fn, recurse=True):

@@ -42,7 +42,11 @@ def _int8_mm_fake(a_i8, b_i8):
 
 
 def int8_mm(a_i8: Tensor, b_i8: Tensor) -> Tensor:
-    """Exact int32 ``a_i8 [M, K] @ b_i8 [N, K].T``."""
+    """Exact int32 ``a_i8 [M, K] @ b_i8 [N, K].T`` -> int32 [M, N].
+
+    a_i8, b_i8: int8, 2-D, on one device (CPU, or CUDA in a CUDA build); any strides.
+    K < 2^31 / 128² so that the int32 sum cannot overflow. Not differentiable (integers).
+    """
     return ops.int8_mm(a_i8, b_i8)
 
 
@@ -57,7 +61,23 @@ def _int8_vectorwise_quant_fake(x, threshold=0.0):
 
 
 def int8_vectorwise_quant(x: Tensor, threshold: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
-    """Per-row absmax int8 quantization; columns with any |x| > threshold are outliers."""
+    """LLM.int8 per-row absmax quantization of x [..., K] (fp16/bf16/fp32, CPU or CUDA).
+
+    Returns ``(x_i8, row_absmax, outlier_cols)``: x_i8 int8 with x's shape,
+    round_half_even(x · 127 / absmax) per row; row_absmax fp32 [rows] (rows = x.numel() / K)
+    over the row's non-outlier columns; outlier_cols int64 sorted column indices.
+    threshold > 0: a column is an outlier when any |x| in it exceeds threshold (±Inf
+    does, NaN does not: it compares false); its x_i8 entries are 0 and it is left out of
+    every absmax. threshold = 0: no outliers (outlier_cols empty). A row whose absmax is 0
+    quantizes to zeros.
+
+    NaN/Inf: a row holding a NaN (or an ±Inf outside the outlier columns) gets
+    row_absmax NaN (resp. +Inf) and x_i8 all 0, so dequantizing it (x_i8 · row_absmax /
+    127) gives NaN across the row: the non-finite value is flagged by row_absmax,
+    never quantized into plausible finite levels.
+
+    Not differentiable (it rounds); use ``int8_gemm`` for a straight-through gradient.
+    """
     return ops.int8_vectorwise_quant(x, threshold)
 
 
@@ -69,7 +89,25 @@ def _int8_gemm_fake(x, w_i8, w_absmax, bias=None, threshold=6.0):
 def int8_gemm(
     x: Tensor, w_i8: Tensor, w_absmax: Tensor, bias: Optional[Tensor] = None, threshold: float = 6.0
 ) -> Tensor:
-    """LLM.int8 ``x @ w.T + bias`` with outlier columns of x in 16-bit."""
+    """LLM.int8 ``x @ W_deq.T + bias`` with W_deq = w_i8 · w_absmax[:, None] / 127.
+
+    x [..., K] fp16/bf16/fp32; w_i8 int8 [N, K] and w_absmax fp32 [N] (from
+    ``int8_vectorwise_quant(w)``); bias [N] fp16/bf16/fp32 or None; all on one device
+    (CPU, or CUDA in a CUDA build). Returns [..., N] in x's dtype. x is quantized per
+    row to int8 (fp32 dequantization fused into the GEMM's epilogue); with threshold > 0
+    the outlier columns of x (any |x| > threshold) go instead through a 16-bit product
+    with W_deq's columns rounded to x's dtype; threshold = 0 is pure vector-wise int8.
+
+    NaN/Inf (never a finite result where x @ W_deq.T + bias is not): a row of x holding a
+    NaN — or an ±Inf with threshold = 0 — gives NaN across its output row (its row
+    absmax is NaN/Inf). With threshold > 0 an ±Inf makes its column an outlier, so it
+    reaches the output through the 16-bit product exactly as in torch.matmul (±Inf, or
+    NaN for Inf·0 or Inf − Inf) and the other rows stay finite. A NaN/±Inf w_absmax[n]
+    or bias[n] makes output column n non-finite (NaN where it meets a zero product).
+
+    Autograd: d/dx = grad @ W_deq (straight through x's rounding, as bitsandbytes'
+    Linear8bitLt), d/dbias = Σ grad, d/dw_absmax exact. w_i8 is frozen (integer).
+    """
     return ops.int8_gemm(x, w_i8, w_absmax, bias, threshold)
 
 

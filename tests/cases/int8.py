@@ -20,6 +20,11 @@ def _w(n, k, device):
     return mlx_kernels.int8_vectorwise_quant(torch.randn(n, k, device=device), 0.0)[:2]
 
 
+def _grad_args(*args):
+    """Every floating tensor argument requires grad (int8 ones cannot)."""
+    return tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
 OPCHECK = [
     ("int8_mm", lambda d: ("int8_mm", (_i8(13, 40, device=d), _i8(7, 40, device=d)), {})),
     ("int8_mm_empty", lambda d: ("int8_mm", (_i8(0, 40, device=d), _i8(7, 40, device=d)), {})),
@@ -32,6 +37,11 @@ OPCHECK = [
      lambda d: ("int8_gemm", (_x(3, 20, 64, device=d, outlier_cols=(7,)), *_w(40, 64, d),
                               torch.randn(40, device=d), 6.0), {})),
     ("int8_gemm_empty", lambda d: ("int8_gemm", (_x(0, 32, device=d), *_w(8, 32, d)), {})),
+    # requires_grad: opcheck's autograd checks run the registered backward (x, w_absmax, bias).
+    ("int8_gemm_grad", lambda d: ("int8_gemm", _grad_args(_x(2, 5, 48, device=d, outlier_cols=(4,)), *_w(24, 48, d),
+                                                          torch.randn(24, device=d), 6.0), {})),
+    ("int8_gemm_grad_x_only_fp16", lambda d: ("int8_gemm", (_x(3, 32, device=d, dtype=torch.float16).requires_grad_(),
+                                                            *_w(16, 32, d)), {"threshold": 0.0})),
 ]
 
 BAD_INPUTS = [
