@@ -254,7 +254,8 @@ def test_bipolar_linear_zero_in_features(device, with_bias):
     # K = 0: every product is an empty sum, so the output is the bias (or zeros).
     layer = mlx_kernels.BipolarLinear(0, 5, w_bits=2, x_bits=3, bias=with_bias, device=device)
     if with_bias:
-        layer.bias.copy_(torch.arange(5.0))
+        with torch.no_grad():  # bias is an nn.Parameter, as nn.Linear's
+            layer.bias.copy_(torch.arange(5.0))
     out = layer(torch.randn(2, 3, 0, device=device))
     expected = torch.arange(5.0, device=device) if with_bias else torch.zeros(5, device=device)
     torch.testing.assert_close(out, expected.expand(2, 3, 5), rtol=0, atol=0)
@@ -314,3 +315,178 @@ def test_mma_peak_runs_every_kind(kind):
 def test_mma_peak_bad_arguments(kind, blocks, iterations, match):
     with pytest.raises(ValueError, match=f"bipolar_mma_peak.*{match}"):
         mlx_kernels.ops.bipolar_mma_peak(torch.empty(0, device="cuda"), kind, blocks, iterations)
+
+
+# --- NaN / Inf policy: never a finite result where x @ W_deq.T + bias is not --------
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_quantize_nonfinite_rows_get_nan_scale(device, dtype):
+    x = torch.randn(5, 70)
+    x[1, 40], x[2, 0], x[3, 69] = NAN, INF, -INF
+    x = x.to(dtype).to(device)
+    planes, scale = mlx_kernels.bipolar_quantize(x, 3)
+    scale = scale.cpu()
+    assert torch.isnan(scale[1:4]).all() and torch.isfinite(scale[[0, 4]]).all()
+    levels = mlx_kernels.bipolar_unpack(planes, 70).cpu()
+    assert (levels[1:4] == 1).all()  # as a row of zeros: level +1, dequantizing to NaN · 1
+    assert torch.isnan(scale[:, None] * levels)[1:4].all()
+    expected_levels, expected_scale = oracles.bipolar_quantize_levels(x[[0, 4]], 3)
+    torch.testing.assert_close(scale[[0, 4]], expected_scale, rtol=0, atol=0)
+    assert torch.equal(levels[[0, 4]].long(), expected_levels)
+
+
+def test_quantize_float64_beyond_float32_range_is_nonfinite(device):
+    x = torch.tensor([[1e300, 1.0], [1.0, 2.0]], dtype=torch.float64, device=device)
+    _, scale = mlx_kernels.bipolar_quantize(x, 2)
+    assert torch.isnan(scale[0]) and scale[1] == 2 / 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows,k", [(7, 75), (2, 4100)])  # CUDA: (2, 4100) runs split-K
+def test_bipolar_linear_nonfinite_inputs(device, dtype, rows, k):
+    n = 12
+    x = torch.randn(rows, k)
+    x[1, 5] = NAN
+    if rows > 2:
+        x[2, 9], x[4, 0] = INF, -INF
+    x = x.to(dtype).to(device)
+    w_planes, w_scale = mlx_kernels.bipolar_quantize(torch.randn(n, k, device=device), 2)
+    w_scale[3], w_scale[4], w_scale[5] = NAN, INF, -INF
+    bias = torch.randn(n, device=device).to(dtype)
+    bias[7], bias[8] = NAN, -INF
+    out = mlx_kernels.bipolar_linear(x, w_planes, w_scale, 4, bias).cpu()
+    bad_rows = [1, 2, 4] if rows > 2 else [1]
+    good_rows = [r for r in range(rows) if r not in bad_rows]
+    bad_cols, good_cols = [3, 4, 5, 7, 8], [c for c in range(n) if c not in (3, 4, 5, 7, 8)]
+    assert torch.isnan(out[bad_rows]).all()  # a row with a NaN or ±Inf: scale NaN, NaN across the row
+    assert torch.isnan(out[:, [3, 7]]).all() and torch.isneginf(out[good_rows][:, 8]).all()
+    assert not torch.isfinite(out[:, bad_cols]).any()
+    assert torch.isfinite(out[good_rows][:, good_cols]).all()
+    # The finite part is what it is without the non-finite rows and columns.
+    clean = mlx_kernels.bipolar_linear(x[good_rows], w_planes, w_scale.nan_to_num(0, 0, 0), 4,
+                                       bias.nan_to_num(0, 0, 0)).cpu()
+    torch.testing.assert_close(out[good_rows][:, good_cols], clean[:, good_cols], rtol=0, atol=0)
+
+
+def test_bipolar_linear_nonfinite_weight_row_is_flagged(device):
+    linear = torch.nn.Linear(40, 6).to(device)
+    with torch.no_grad():
+        linear.weight[2, 7] = NAN
+        linear.weight[4, 0] = -INF
+    layer = mlx_kernels.BipolarLinear.from_float(linear, 3, 4)
+    assert torch.isnan(layer.w_scale[[2, 4]]).all()
+    with torch.no_grad():
+        out = layer(torch.randn(3, 40, device=device)).cpu()
+    assert torch.isnan(out[:, [2, 4]]).all() and torch.isfinite(out[:, [0, 1, 3, 5]]).all()
+
+
+# --- autograd ----------------------------------------------------------------
+
+
+def bipolar_linear_grads(x, w_planes, w_scale, x_bits, bias, grad):
+    x = x.detach().requires_grad_()
+    w_scale = w_scale.detach().requires_grad_()
+    bias = bias.detach().requires_grad_() if bias is not None else None
+    mlx_kernels.bipolar_linear(x, w_planes, w_scale, x_bits, bias).backward(grad)
+    return x.grad, w_scale.grad, bias.grad if bias is not None else None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("w_bits,x_bits", [(1, 1), (3, 5), (8, 8)])
+@pytest.mark.parametrize("rows", [3, 40])
+def test_bipolar_linear_gradients_match_float64(device, dtype, w_bits, x_bits, rows):
+    # bipolar_linear admits no float64: its gradients against float64 torch math on the
+    # same dequantized weights, by the tolerance rule (straight-through estimator for x).
+    k, n = 75, 33
+    x = torch.randn(2, rows, k).to(dtype).to(device)
+    w_planes, w_scale = mlx_kernels.bipolar_quantize(torch.randn(n, k, device=device) / k**0.5, w_bits)
+    bias = torch.randn(n, device=device).to(dtype)
+    grad = torch.randn(2, rows, n).to(dtype).to(device)
+    grad_x, grad_scale, grad_bias = bipolar_linear_grads(x, w_planes, w_scale, x_bits, bias, grad)
+    assert grad_x.dtype == dtype and grad_x.shape == x.shape and grad_bias.dtype == dtype
+    assert grad_scale.dtype == torch.float32 and grad_scale.shape == (n,)
+    levels_w = oracles.bipolar_unpack(w_planes, k).double()
+    w_deq64 = w_scale.cpu().double()[:, None] * levels_w
+    w_deq = (levels_w.to(dtype) * w_scale.cpu()[:, None]).to(dtype)
+    g64 = grad.cpu().double().reshape(-1, n)
+    assert_close_to_oracle(grad_x.cpu().reshape(-1, k), g64 @ w_deq64, grad.cpu().reshape(-1, n) @ w_deq,
+                           atol=1e-6)
+    tol = 1e-5 if dtype is torch.float32 else 2e-2
+    torch.testing.assert_close(grad_bias.cpu().double(), g64.sum(0), rtol=tol, atol=tol)
+    # d/dw_scale is exact: out = x_scale[m] · (levels_x @ levels_w.T)[m, n] · w_scale[n].
+    levels_x, x_scale = oracles.bipolar_quantize_levels(x.reshape(-1, k), x_bits)
+    product = (levels_x.double() @ levels_w.T) * x_scale.double()[:, None]
+    expected = (g64 * product).sum(0)
+    torch.testing.assert_close(grad_scale.cpu().double(), expected, rtol=1e-5,
+                               atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.filterwarnings("ignore:Input #.*not a double precision")
+def test_bipolar_linear_gradcheck_scale_and_bias():
+    # Linear in w_scale and bias: finite differences of the fp32 op check their
+    # gradients (not x's: the straight-through estimator is not the derivative of
+    # the rounded forward, which is 0 almost everywhere).
+    x = torch.randn(6, 40)
+    w_planes, w_scale = mlx_kernels.bipolar_quantize(torch.randn(7, 40), 3)
+    torch.autograd.gradcheck(
+        lambda s, b: mlx_kernels.bipolar_linear(x, w_planes, s, 4, b),
+        (w_scale.clone().requires_grad_(), torch.randn(7).requires_grad_()), eps=1e-2, atol=2e-3, rtol=2e-3)
+
+
+def test_bipolar_linear_backward_in_blocks(monkeypatch, device):
+    import mlx_kernels.int8 as int8_module
+
+    x = torch.randn(9, 40, device=device, requires_grad=True)
+    w_planes, w_scale = mlx_kernels.bipolar_quantize(torch.randn(50, 40, device=device), 2)
+    grad = torch.randn(9, 50, device=device)
+    whole, = torch.autograd.grad(mlx_kernels.bipolar_linear(x, w_planes, w_scale, 3), x, grad)
+    monkeypatch.setattr(int8_module, "_DEQUANT_BLOCK_ELEMENTS", 7 * 40)
+    blocks, = torch.autograd.grad(mlx_kernels.bipolar_linear(x, w_planes, w_scale, 3), x, grad)
+    torch.testing.assert_close(blocks, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_bipolar_linear_gradient_of_empty_shapes(device):
+    w_planes, w_scale = mlx_kernels.bipolar_quantize(torch.randn(6, 8, device=device), 2)
+    x = torch.randn(0, 8, device=device, requires_grad=True)
+    mlx_kernels.bipolar_linear(x, w_planes, w_scale, 3).sum().backward()
+    assert x.grad.shape == (0, 8)
+    x = torch.randn(3, 8, device=device, requires_grad=True)
+    mlx_kernels.bipolar_linear(x, w_planes[:, :0], w_scale[:0], 3).sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_bipolar_non_differentiable_ops_raise(device):
+    x = torch.randn(4, 40, device=device, requires_grad=True)
+    planes, scale = mlx_kernels.bipolar_quantize(x, 3)
+    assert not planes.requires_grad
+    with pytest.raises(RuntimeError, match=r"bipolar_quantize is not differentiable"):
+        scale.sum().backward()
+    # Integer in and out: there is no gradient to ask for, and none is silently made up.
+    values, planes = packed(3, 40, 2, device)
+    assert not mlx_kernels.bipolar_unpack(planes, 40).requires_grad
+    assert not mlx_kernels.bipolar_gemm(planes, planes, 40).requires_grad
+
+
+def test_bipolar_linear_backward_torch_compile(device):
+    layer = mlx_kernels.BipolarLinear.from_float(torch.nn.Linear(64, 48).to(device), 2, 4)
+    x = torch.randn(5, 64, device=device)
+    eager_x = x.clone().requires_grad_()
+    layer(eager_x).square().sum().backward()
+    bias_grad, layer.bias.grad = layer.bias.grad.clone(), None
+    compiled_x = x.clone().requires_grad_()
+    torch.compile(layer, fullgraph=True)(compiled_x).square().sum().backward()
+    torch.testing.assert_close(compiled_x.grad, eager_x.grad)
+    torch.testing.assert_close(layer.bias.grad, bias_grad)
+
+
+def test_bipolar_linear_lora_and_bias_training_loss_goes_down(device):
+    from test_int8 import lora_training_losses
+
+    base = mlx_kernels.BipolarLinear.from_float(torch.nn.Linear(32, 16).to(device), 4, 8)
+    losses = lora_training_losses(base, 32, 16, device)
+    assert losses[-1] < 0.2 * losses[0], losses[::10]
+    losses = lora_training_losses(base, 32, 16, device, train_bias=True)
+    assert losses[-1] < 0.2 * losses[0], losses[::10]

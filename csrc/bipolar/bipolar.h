@@ -20,6 +20,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cfloat>
+#include <cmath>
 #include <cstdint>
 
 #include "common/checks.h"
@@ -53,6 +55,20 @@ MLX_BIPOLAR_HOST_DEVICE int32_t combine(uint32_t s, uint32_t row_a, uint32_t row
   const uint32_t levels_a = (1u << p) - 1u, levels_w = (1u << q) - 1u;
   const uint32_t c = 4u * s - 2u * levels_w * row_a - 2u * levels_a * row_w + K * levels_a * levels_w;
   return static_cast<int32_t>(c);
+}
+
+// The row absmax of a quantizer, one |x| at a time. fmaxf and std::max drop a
+// NaN; here it sticks, so that a row holding one is flagged by its scale.
+MLX_BIPOLAR_HOST_DEVICE float absmax_keep_nan(float absmax, float abs_value) {
+  return (absmax != absmax || abs_value != abs_value) ? absmax + abs_value : fmaxf(absmax, abs_value);
+}
+
+// Per-row quantization scale absmax / (2^bits − 1). A row holding a NaN or an
+// ±Inf (absmax not finite) gets scale NaN: its levels are then all +1 (as for
+// a row of zeros) and every product it enters dequantizes to NaN, never to a
+// finite, plausible value.
+MLX_BIPOLAR_HOST_DEVICE float row_scale_for(float absmax, int bits) {
+  return absmax <= FLT_MAX ? absmax / static_cast<float>((1 << bits) - 1) : absmax * 0.0f;  // Inf·0 = NaN
 }
 
 // Odd level nearest to v, clamped to ±(2^bits − 1), as u = (level + 2^bits − 1)/2.
@@ -140,6 +156,16 @@ inline void check_linear_args(const at::Tensor& x, const at::Tensor& w_planes, c
   check_dtype(op, "x", x, {at::kHalf, at::kBFloat16, at::kFloat});
   check_min_dim(op, "x", x, 1);
   const int64_t K = x.size(-1);
+  // w_planes' own format first (blamed on it), then x's K against its word count
+  // (blamed on x: the planes fix K only to within a word, x fixes it exactly).
+  check_dtype(op, "w_planes", w_planes, {at::kInt});
+  check_dim(op, "w_planes", w_planes, 3);
+  check_bits(op, "w_planes.shape[0]", w_planes.size(0));
+  const int64_t words = w_planes.size(2);
+  MLX_CHECK(words_for(K) == words, op, "argument 'x' has K = ", K, " (x.shape[-1], x is ", x.sizes(),
+            ") but w_planes ", w_planes.sizes(), " [q, N, W] has W = ", words, " words per row, packed from K in ",
+            words == 0 ? 0 : (words - 1) * kWordBits + 1, "..", words * kWordBits,
+            " (x [..., K] @ w [N, K].T needs equal K)");
   check_weight_planes(op, w_planes, K, x_bits);
   const int64_t N = w_planes.size(1);
   check_dtype(op, "w_scale", w_scale, {at::kFloat});

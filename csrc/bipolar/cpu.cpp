@@ -106,16 +106,16 @@ at::Tensor bipolar_unpack_cpu(const at::Tensor& planes_in, int64_t K) {
 // --- quantize ------------------------------------------------------------------
 
 // Per-row scale = absmax / (2^bits − 1) and planes of the nearest odd levels of
-// x / scale. A row of zeros gets scale 0 and level +1 everywhere.
+// x / scale. A row of zeros gets scale 0 and level +1 everywhere; a row with a
+// NaN or ±Inf gets scale NaN and level +1 everywhere (row_scale_for).
 template <typename scalar_t>
 void quantize_rows(const scalar_t* x, int64_t R, int64_t K, int bits, int32_t* planes, float* scale) {
-  const float top = static_cast<float>((1 << bits) - 1);
   at::parallel_for(0, R, grain_for(K * bits), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* row = x + r * K;
       float absmax = 0.0f;
-      for (int64_t k = 0; k < K; ++k) absmax = std::max(absmax, std::abs(static_cast<float>(row[k])));
-      const float s = absmax / top;
+      for (int64_t k = 0; k < K; ++k) absmax = absmax_keep_nan(absmax, std::abs(static_cast<float>(row[k])));
+      const float s = row_scale_for(absmax, bits);
       scale[r] = s;
       write_plane_row(planes, R, r, K, bits, [&](int64_t k) {
         return nearest_level_code(s > 0.0f ? static_cast<float>(row[k]) / s : 0.0f, bits);

@@ -62,8 +62,9 @@ __global__ void unpack_kernel(const uint32_t* __restrict__ planes, int64_t rows,
   }
 }
 
-// One block per row: scale = absmax / (2^bits − 1), then the nearest odd level
-// of x / scale per element (bipolar.h's nearest_level_code, shared with the CPU).
+// One block per row: scale = absmax / (2^bits − 1) (NaN for a row with a NaN or
+// ±Inf: row_scale_for), then the nearest odd level of x / scale per element
+// (bipolar.h's nearest_level_code, shared with the CPU).
 template <typename scalar_t>
 __global__ void quantize_kernel(const scalar_t* __restrict__ x, int64_t rows, int64_t K, int bits,
                                 int32_t* __restrict__ planes, float* __restrict__ scale) {
@@ -71,13 +72,17 @@ __global__ void quantize_kernel(const scalar_t* __restrict__ x, int64_t rows, in
   const int64_t row = blockIdx.x;
   const scalar_t* x_row = x + row * K;
   float absmax = 0.0f;
-  for (int64_t k = threadIdx.x; k < K; k += kThreads) absmax = fmaxf(absmax, fabsf(static_cast<float>(x_row[k])));
-  for (int offset = 16; offset > 0; offset /= 2) absmax = fmaxf(absmax, __shfl_xor_sync(0xffffffffu, absmax, offset));
+  for (int64_t k = threadIdx.x; k < K; k += kThreads) {
+    absmax = absmax_keep_nan(absmax, fabsf(static_cast<float>(x_row[k])));
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    absmax = absmax_keep_nan(absmax, __shfl_xor_sync(0xffffffffu, absmax, offset));
+  }
   if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = absmax;
   __syncthreads();
   absmax = 0.0f;
-  for (int w = 0; w < kWarps; ++w) absmax = fmaxf(absmax, warp_max[w]);
-  const float s = absmax / static_cast<float>((1 << bits) - 1);
+  for (int w = 0; w < kWarps; ++w) absmax = absmax_keep_nan(absmax, warp_max[w]);
+  const float s = row_scale_for(absmax, bits);  // NaN for a row with a NaN or ±Inf
   if (threadIdx.x == 0) scale[row] = s;
 
   const int64_t words = words_for(K);

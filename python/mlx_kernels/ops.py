@@ -120,7 +120,10 @@ def _bipolar_pack_fake(values, bits):
 
 
 def bipolar_pack(values: Tensor, bits: int) -> Tensor:
-    """Odd integers [R, K] -> bit-planes int32 [bits, R, ceil(K/32)]."""
+    """Odd integers values [R, K] (int8/16/32/64, each odd and within ±(2^bits − 1),
+    bits in 1..8; anything else is an error) -> bit-planes int32 [bits, R, ceil(K/32)]
+    on values' device: bit b of u = (v + 2^bits − 1)/2 is bit k % 32 of word k // 32 of
+    plane b; padding bits 0. Not differentiable (integers)."""
     return ops.bipolar_pack(values, bits)
 
 
@@ -130,7 +133,8 @@ def _bipolar_unpack_fake(planes, K):
 
 
 def bipolar_unpack(planes: Tensor, K: int) -> Tensor:
-    """Bit-planes [bits, R, ceil(K/32)] -> odd integers int32 [R, K]."""
+    """Bit-planes int32 [bits, R, ceil(K/32)] -> odd integers int32 [R, K] on planes'
+    device: the inverse of ``bipolar_pack`` (padding bits ignored). Not differentiable."""
     return ops.bipolar_unpack(planes, K)
 
 
@@ -140,7 +144,12 @@ def _bipolar_gemm_fake(a_planes, w_planes, K):
 
 
 def bipolar_gemm(a_planes: Tensor, w_planes: Tensor, K: int) -> Tensor:
-    """Exact int32 ``unpack(a) @ unpack(w).T`` on bit-planes."""
+    """Exact int32 ``unpack(a_planes, K) @ unpack(w_planes, K).T`` -> int32 [M, N].
+
+    a_planes int32 [p, M, ceil(K/32)], w_planes int32 [q, N, ceil(K/32)], p and q in
+    1..8, on one device; K·(2^p − 1)·(2^q − 1) < 2^31. Padding bits may hold anything.
+    Not differentiable (integers).
+    """
     return ops.bipolar_gemm(a_planes, w_planes, K)
 
 
@@ -154,7 +163,18 @@ def _bipolar_quantize_fake(x, bits):
 
 
 def bipolar_quantize(x: Tensor, bits: int) -> Tuple[Tensor, Tensor]:
-    """Per-row scaled quantization of x [R, K] to bits-bit bipolar-INT planes."""
+    """Per-row quantization of x [R, K] (fp16/bf16/fp32/fp64, CPU or CUDA) to bits-bit
+    bipolar-INT (bits in 1..8).
+
+    Returns ``(planes, scale)``: planes int32 [bits, R, ceil(K/32)] (``bipolar_pack``'s
+    format) of the odd level nearest to x / scale (ties up, clamped to ±(2^bits − 1)),
+    scale fp32 [R] = row absmax / (2^bits − 1), so x ≈ scale[:, None] · unpack(planes).
+    A row of zeros gets scale 0 (levels +1).
+
+    NaN/Inf: a row holding a NaN or ±Inf (in fp32, so also a float64 value beyond
+    fp32's range) gets scale NaN and levels +1: it dequantizes to NaN, never to
+    finite, plausible values. Not differentiable (it rounds); use ``bipolar_linear``.
+    """
     return ops.bipolar_quantize(x, bits)
 
 
@@ -166,7 +186,24 @@ def _bipolar_linear_fake(x, w_planes, w_scale, x_bits, bias=None):
 def bipolar_linear(
     x: Tensor, w_planes: Tensor, w_scale: Tensor, x_bits: int, bias: Optional[Tensor] = None
 ) -> Tensor:
-    """Quantize x to x_bits, bipolar GEMM against w_planes, dequantize, add bias."""
+    """``x @ W_deq.T + bias`` with x quantized per row to x_bits-bit bipolar-INT and
+    W_deq = w_scale[:, None] · unpack(w_planes).
+
+    x [..., K] fp16/bf16/fp32; w_planes int32 [q, N, ceil(K/32)] (q in 1..8, e.g. from
+    ``bipolar_quantize(w, q)``); w_scale fp32 [N]; x_bits in 1..8; bias [N] in x's dtype
+    or None; all on one device (CPU, or CUDA in a CUDA build). Returns [..., N] in x's
+    dtype: x_scale[m] · w_scale[n] · (levels_x @ levels_w.T)[m, n] + bias[n] from the
+    exact integer GEMM. An x whose K does not fit w_planes' word count is an error
+    naming 'x' (the planes fix K only to within 32).
+
+    NaN/Inf (never a finite result where x @ W_deq.T + bias is not): a row of x holding
+    a NaN or ±Inf gives NaN across its output row (its scale is NaN, see
+    ``bipolar_quantize``); a NaN/±Inf w_scale[n] or bias[n] makes output column n
+    non-finite (NaN where it meets a zero product).
+
+    Autograd: d/dx = grad @ W_deq (straight-through estimator for x's quantization),
+    d/dbias = Σ grad, d/dw_scale exact. The bit-planes are frozen (integer).
+    """
     return ops.bipolar_linear(x, w_planes, w_scale, x_bits, bias)
 
 
@@ -176,7 +213,7 @@ def _bipolar_mma_peak_fake(like, kind, blocks, iterations):
 
 
 def bipolar_mma_peak(like: Tensor, kind: str, blocks: int, iterations: int) -> Tensor:
-    """Internal microbenchmark: ``blocks`` CTAs issuing back-to-back tensor-core MMAs of ``kind``
+    """Internal microbenchmark (CUDA only; not differentiable): ``blocks`` CTAs issuing back-to-back tensor-core MMAs of ``kind``
     on like's GPU: mma.sync per warp ("b1_and": m16n8k256 AND-popc, "s4": m16n8k64, "s8":
     m16n8k32) or, on cc 9.0 with a 9.0a build, wgmma per warpgroup from shared memory
     ("wgmma_b1_and": m64n128k256 AND-popc, "wgmma_s8": m64n128k32, "wgmma_f16": m64n128k16)."""

@@ -22,6 +22,11 @@ def _linear_args(device, dtype=torch.float32, k=70, n=9, bias=True):
     return x, w_planes, w_scale, 4, b
 
 
+def _grad_args(*args):
+    """Every floating tensor argument requires grad (the int32 planes cannot)."""
+    return tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
 OPCHECK = [
     ("bipolar_pack", lambda d: ("bipolar_pack", (_values(5, 70, 3, d), 3), {})),
     ("bipolar_pack_empty", lambda d: ("bipolar_pack", (_values(0, 70, 3, d), 3), {})),
@@ -32,6 +37,11 @@ OPCHECK = [
     ("bipolar_quantize_half", lambda d: ("bipolar_quantize", (torch.randn(6, 50, device=d).half(), 5), {})),
     ("bipolar_linear", lambda d: ("bipolar_linear", _linear_args(d), {})),
     ("bipolar_linear_bf16_nobias", lambda d: ("bipolar_linear", _linear_args(d, torch.bfloat16, bias=False), {})),
+    # requires_grad: opcheck's autograd checks run the registered backward (x, w_scale, bias).
+    ("bipolar_linear_grad", lambda d: ("bipolar_linear", _grad_args(*_linear_args(d)), {})),
+    ("bipolar_linear_grad_x_only_fp16",
+     lambda d: ("bipolar_linear", (_linear_args(d, torch.float16, bias=False)[0].requires_grad_(),
+                                   *_linear_args(d, torch.float16, bias=False)[1:]), {})),
 ]
 
 
@@ -83,7 +93,13 @@ BAD_INPUTS = [
      ValueError, op_pattern("bipolar_linear") + r".*'x_bits' must be in 1..8.*got 9"),
     ("bipolar_linear_k_mismatch", lambda d: lambda: mlx_kernels.bipolar_linear(
         torch.randn(4, 100, device=d), *_linear_args(d)[1:]),
-     RuntimeError, op_pattern("bipolar_linear") + r".*'w_planes' has 3 words.*K = 100.*needs 4"),
+     RuntimeError, op_pattern("bipolar_linear") + r".*'x' has K = 100.*w_planes.*W = 3 words.*K in 65\.\.96"),
+    ("bipolar_linear_k_mismatch_batched", lambda d: lambda: mlx_kernels.bipolar_linear(
+        torch.randn(2, 3, 20, device=d), *_linear_args(d)[1:]),
+     RuntimeError, op_pattern("bipolar_linear") + r".*'x' has K = 20.*\[2, 3, 20\].*W = 3 words"),
+    ("bipolar_linear_planes_rank", lambda d: lambda: mlx_kernels.bipolar_linear(
+        torch.randn(4, 70, device=d), _linear_args(d)[1][0], *_linear_args(d)[2:]),
+     RuntimeError, op_pattern("bipolar_linear") + r".*'w_planes' must be 3-D"),
     ("bipolar_linear_scale_shape", lambda d: lambda: mlx_kernels.bipolar_linear(
         *_linear_args(d)[:2], torch.rand(5, device=d), 4),
      RuntimeError, op_pattern("bipolar_linear") + r".*'w_scale' has size 5"),
