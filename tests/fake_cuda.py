@@ -12,7 +12,8 @@ their own generator, so the CPU random stream is the one a real GPU run sees.
 A CPU tensor among CUDA ones in a call of this package's ops gets the op's own message.
 Tests of what only a real GPU has skip under it, with the reason (needs_real_gpu):
 torch.compile of CUDA tensors, CUDA graph capture, fp16 cuFFT references (no fp16 FFT on
-the CPU), one opcheck sample whose aot_autograd asks for the CUDA context.
+the CPU), opcheck samples with inputs that require grad whose aot_autograd backward asks for
+the CUDA context.
 
 MLX_FAKE_CUDA=1 alone runs the CUDA tests against the CPU kernels: test-side bugs (device
 mix-ups, a tolerance reference that cannot be met) found before a GPU session, but nothing
@@ -81,6 +82,11 @@ def load_emulator(library: str) -> None:
                 torch.library.register_fake(qualified, fake.func)
 
 
+# opcheck samples with inputs that require grad whose aot_autograd backward asks for the CUDA context.
+_AOT_BACKWARD_SAMPLES = ("fft_conv_gates_grad", "int8_gemm_grad", "int8_gemm_grad_x_only_fp16", "bipolar_linear_grad",
+                         "bipolar_linear_grad_x_only_fp16")
+
+
 def needs_real_gpu(nodeid: str):
     """Why the CUDA test `nodeid` cannot run on the fake GPU (it then skips), or None."""
     if "torch_compile" in nodeid and "cuda" in nodeid:
@@ -89,7 +95,7 @@ def needs_real_gpu(nodeid: str):
         return "CUDA graph capture"
     if "test_fft_conv_cuda_matches_oracle[" in nodeid and "float16" in nodeid:
         return "the reference is cuFFT in fp16, and the CPU has no fp16 FFT"
-    if "test_opcheck[fft_conv_gates_grad-cuda]" in nodeid:
+    if any(f"test_opcheck[{sample}-cuda]" in nodeid for sample in _AOT_BACKWARD_SAMPLES):
         return "aot_autograd of its backward asks for the CUDA context"
     return None
 
