@@ -71,10 +71,12 @@ def int8_vectorwise_quant(x: Tensor, threshold: float = 0.0) -> Tuple[Tensor, Te
     every absmax. threshold = 0: no outliers (outlier_cols empty). A row whose absmax is 0
     quantizes to zeros.
 
-    NaN/Inf: a row holding a NaN (or an ±Inf outside the outlier columns) gets
-    row_absmax NaN (resp. +Inf) and x_i8 all 0, so dequantizing it (x_i8 · row_absmax /
-    127) gives NaN across the row: the non-finite value is flagged by row_absmax,
-    never quantized into plausible finite levels.
+    NaN/Inf: a row holding a NaN or ±Inf outside the outlier columns (with threshold > 0,
+    ±Inf always is in one) gets row_absmax NaN (NaN present) or +Inf, and x_i8 all 0, so
+    dequantizing it (x_i8 · row_absmax / 127) gives NaN across the row: the non-finite
+    value is flagged by row_absmax, never quantized into plausible finite levels. A NaN
+    or ±Inf inside an outlier column is left to the caller's 16-bit product (as
+    ``int8_gemm`` does), like every outlier value.
 
     Not differentiable (it rounds); use ``int8_gemm`` for a straight-through gradient.
     """
@@ -101,8 +103,8 @@ def int8_gemm(
     NaN/Inf (never a finite result where x @ W_deq.T + bias is not): a row of x holding a
     NaN — or an ±Inf with threshold = 0 — gives NaN across its output row (its row
     absmax is NaN/Inf). With threshold > 0 an ±Inf makes its column an outlier, so it
-    reaches the output through the 16-bit product exactly as in torch.matmul (±Inf, or
-    NaN for Inf·0 or Inf − Inf) and the other rows stay finite. A NaN/±Inf w_absmax[n]
+    reaches the output through the 16-bit product as in torch.matmul (±Inf, or NaN for
+    Inf·0 or Inf − Inf) and the other rows stay finite. A NaN/±Inf w_absmax[n]
     or bias[n] makes output column n non-finite (NaN where it meets a zero product).
 
     Autograd: d/dx = grad @ W_deq (straight through x's rounding, as bitsandbytes'
