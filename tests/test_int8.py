@@ -813,3 +813,15 @@ def test_int8_linear_lora_training_loss_goes_down(device):
     assert losses[-1] < 0.2 * losses[0], losses[::10]
     losses = lora_training_losses(base, 32, 16, device, train_bias=True)
     assert losses[-1] < 0.2 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("m", [3, 40])
+def test_nan_inside_an_outlier_column_goes_through_the_16_bit_product(device, m):
+    x = with_outlier_columns(torch.randn(m, 32), [7]).to(device)
+    x[1, 7] = NAN  # column 7 is an outlier (its other values exceed the threshold)
+    x_i8, row_absmax, cols = mlx_kernels.int8_vectorwise_quant(x, 6.0)
+    assert cols.tolist() == [7] and torch.isfinite(row_absmax).all() and (x_i8[:, 7] == 0).all()
+    _, w_i8, w_absmax = quantized_weight(10, 32, device)
+    out = mlx_kernels.int8_gemm(x, w_i8, w_absmax, None, 6.0).cpu()
+    assert torch.isnan(out[1]).all()
+    assert torch.isfinite(out[[r for r in range(m) if r != 1]]).all()
