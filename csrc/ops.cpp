@@ -30,6 +30,11 @@ MLX_LIBRARY(m) {
   // for BlockSparseMatrix, which checks its indices once when it is built. The
   // CPU kernel checks them anyway: its memory safety rests on them.
   m.def("bsr_spmm_unchecked(Tensor crow, Tensor col, Tensor blocks, Tensor b, int m, Tensor? row_perm=None) -> Tensor");
+  // (a [m, n] · b [k, n]ᵀ) sampled at the stored blocks of an [m, k] BCSR
+  // structure: blocks [nblocks, br, bc], 0 in the padding. bsr_spmm's d/dblocks.
+  m.def("bsr_sddmm(Tensor crow, Tensor col, Tensor a, Tensor b, int br, int bc, Tensor? row_perm=None) -> Tensor");
+  // Internal: bsr_sddmm without the index-value checks on CUDA (bsr_spmm's backward).
+  m.def("bsr_sddmm_unchecked(Tensor crow, Tensor col, Tensor a, Tensor b, int br, int bc, Tensor? row_perm=None) -> Tensor");
   // Internal (CPU) helpers of BlockSparseMatrix: SMaT row reordering and CSR -> BCSR.
   m.def("bsr_reorder_rows(Tensor crow, Tensor col, int k, int block_rows, int block_cols) -> Tensor");
   // Internal (CPU, int64 indices): bsr_spmm on blocks packed as row-major bit

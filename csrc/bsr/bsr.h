@@ -29,6 +29,7 @@ namespace mlx_kernels::bsr {
 
 constexpr const char* kSpmmOp = MLX_OP_NAME("bsr_spmm");
 constexpr const char* kSpmmPackedOp = MLX_OP_NAME("bsr_spmm_packed");
+constexpr const char* kSddmmOp = MLX_OP_NAME("bsr_sddmm");
 
 // Accumulation type of bsr_spmm: fp32 for fp16/bf16 inputs, fp64 for fp32 and
 // fp64 inputs. An fp32 sum of products already differs from torch's fp32 GEMM by
@@ -80,6 +81,26 @@ inline void check_bsr_spmm_shapes(const at::Tensor& crow, const at::Tensor& col,
             "'blocks' must be [nblocks, br, bc] with br, bc >= 1, got shape ", blocks.sizes());
   check_bcsr_structure(op, crow, col, blocks.size(0), "one column index per block (blocks.shape[0])",
                        blocks.size(1), b, m, perm);
+}
+
+// Shape, dtype and device checks of bsr_sddmm: a [m, n] and b [k, n] of one
+// dtype, the BCSR structure of an [m, k] matrix with br × bc blocks.
+inline void check_bsr_sddmm_shapes(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& a,
+                                   const at::Tensor& b, int64_t br, int64_t bc,
+                                   const c10::optional<at::Tensor>& row_perm) {
+  constexpr const char* op = kSddmmOp;
+  const at::Tensor* perm = row_perm.has_value() ? &*row_perm : nullptr;
+  check_same_device(op, {{"crow", &crow}, {"col", &col}, {"a", &a}, {"b", &b}, {"row_perm", perm}});
+  check_dtype(op, "a", a, {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble});
+  check_dtype(op, "b", b, {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble});
+  MLX_CHECK(a.scalar_type() == b.scalar_type(), op, "'a' and 'b' must have one dtype, got ",
+            dtype_name(a.scalar_type()), " and ", dtype_name(b.scalar_type()));
+  check_dim(op, "a", a, 2);
+  MLX_CHECK(br >= 1 && bc >= 1, op, "'br' and 'bc' (the block shape) must be >= 1, got ", br, " and ", bc);
+  check_dim(op, "b", b, 2);
+  MLX_CHECK(a.size(1) == b.size(1), op, "'a' [m, n] and 'b' [k, n] must have one n, got shapes ", a.sizes(),
+            " and ", b.sizes());
+  check_bcsr_structure(op, crow, col, col.numel(), "one column index per block", br, b, a.size(0), perm);
 }
 
 // Shape, dtype and device checks of bsr_spmm_packed (a CPU op on int64 indices).

@@ -557,12 +557,121 @@ at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_
   return out;
 }
 
+// --- bsr_sddmm: (a · bᵀ) sampled at the stored blocks ---------------------------------
+//
+// out[j][r][c] = Σ_t a[row(rb·br + r), t] · b[col[j]·bc + c, t] for block j of
+// block row rb, row(s) = row_perm[s] (or s); 0 where the entry is padding (row
+// at or past m, column at or past k). The gradient of bsr_spmm's blocks is
+// bsr_sddmm(crow, col, grad_out, b, br, bc, row_perm). Every product is made, so
+// Inf and NaN propagate as in a dense matmul. Threads take ranges of blocks;
+// each entry is one dot product over n, in 64-byte vectors of acc_t.
+
+// Σ_t x[t] · y[t] over n values, in acc_t (fp32 for 16-bit inputs, converted
+// to fp32 first; fp64 for fp32 and fp64).
+template <typename acc_t, typename x_t>
+inline __attribute__((always_inline)) acc_t dot(const x_t* x, const x_t* y, int64_t n) {
+  using V = acc_vector<acc_t>;
+  constexpr int64_t kLanes = sizeof(V) / sizeof(acc_t);
+  V sum0 = {}, sum1 = {};
+  int64_t t = 0;
+  for (; t + 2 * kLanes <= n; t += 2 * kLanes) {
+    sum0 += load_as<V>(x + t) * load_as<V>(y + t);
+    sum1 += load_as<V>(x + t + kLanes) * load_as<V>(y + t + kLanes);
+  }
+  for (; t + kLanes <= n; t += kLanes) sum0 += load_as<V>(x + t) * load_as<V>(y + t);
+  sum0 += sum1;
+  acc_t total = 0;
+  for (int64_t l = 0; l < kLanes; ++l) total += sum0[l];
+  for (; t < n; ++t) total += static_cast<acc_t>(x[t]) * static_cast<acc_t>(y[t]);
+  return total;
+}
+
+template <typename scalar_t, typename index_t>
+struct SddmmProblem {
+  const index_t *crow, *col;
+  const int64_t* perm;  // [m] or nullptr
+  const b_type<scalar_t>*a, *b;  // [m, n], [k, n], as the dot products read them
+  scalar_t* out;        // [nblocks, br, bc]
+  int64_t m, k, n, br, bc, block_rows;
+};
+
+// Blocks [j_begin, j_end) of the problem.
+template <typename scalar_t, typename index_t>
+inline __attribute__((always_inline)) void sddmm_blocks(const SddmmProblem<scalar_t, index_t>& p, int64_t j_begin,
+                                                        int64_t j_end) {
+  using acc_t = acc_type<scalar_t>;
+  // The block row of j_begin: the last rb with crow[rb] <= j_begin.
+  int64_t rb = std::upper_bound(p.crow, p.crow + p.block_rows + 1, static_cast<index_t>(j_begin)) - p.crow - 1;
+  for (int64_t j = j_begin; j < j_end; ++j) {
+    while (p.crow[rb + 1] <= j) ++rb;
+    const int64_t k0 = static_cast<int64_t>(p.col[j]) * p.bc;
+    scalar_t* block = p.out + j * p.br * p.bc;
+    for (int64_t r = 0; r < p.br; ++r) {
+      const int64_t s = rb * p.br + r;
+      scalar_t* out_row = block + r * p.bc;
+      if (s >= p.m) {
+        std::fill(out_row, out_row + p.bc, scalar_t(0));
+        continue;
+      }
+      const auto* a_row = p.a + (p.perm != nullptr ? p.perm[s] : s) * p.n;
+      for (int64_t c = 0; c < p.bc; ++c) {
+        const int64_t kc = k0 + c;
+        out_row[c] = kc < p.k ? static_cast<scalar_t>(dot<acc_t>(a_row, p.b + kc * p.n, p.n)) : scalar_t(0);
+      }
+    }
+  }
+}
+
+#define MLX_BSR_SDDMM_BLOCKS(scalar_t, index_t)                                                               \
+  MLX_CPU_MULTIVERSION void sddmm_blocks_mv(const SddmmProblem<scalar_t, index_t>& p, int64_t j_begin,       \
+                                            int64_t j_end) {                                                 \
+    sddmm_blocks(p, j_begin, j_end);                                                                        \
+  }
+MLX_BSR_SDDMM_BLOCKS(c10::Half, int32_t)
+MLX_BSR_SDDMM_BLOCKS(c10::BFloat16, int32_t)
+MLX_BSR_SDDMM_BLOCKS(float, int32_t)
+MLX_BSR_SDDMM_BLOCKS(double, int32_t)
+MLX_BSR_SDDMM_BLOCKS(c10::Half, int64_t)
+MLX_BSR_SDDMM_BLOCKS(c10::BFloat16, int64_t)
+MLX_BSR_SDDMM_BLOCKS(float, int64_t)
+MLX_BSR_SDDMM_BLOCKS(double, int64_t)
+#undef MLX_BSR_SDDMM_BLOCKS
+
+at::Tensor bsr_sddmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, const at::Tensor& a,
+                         const at::Tensor& b, int64_t br, int64_t bc, const c10::optional<at::Tensor>& row_perm_in) {
+  check_bsr_sddmm_shapes(crow_in, col_in, a, b, br, bc, row_perm_in);
+  const at::Tensor crow = crow_in.contiguous(), col = col_in.contiguous();
+  const c10::optional<at::Tensor> row_perm = contiguous_perm(row_perm_in);
+  const int64_t m = a.size(0), k = b.size(0), n = a.size(1), nblocks = col.numel();
+  AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "bsr_sddmm_check", [&] {
+    check_bsr_spmm_values<index_t>(crow, col, k, bc, row_perm, kSddmmOp);
+  });
+  at::Tensor out = at::empty({nblocks, br, bc}, a.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor a_acc = b_for_accumulation(a), b_acc = b_for_accumulation(b);
+  const int64_t* perm = row_perm.has_value() ? row_perm->data_ptr<int64_t>() : nullptr;
+  // Work per block: its entries' dot products (at least one unit each).
+  const int64_t grain = std::max<int64_t>(1, kMinPartWork / std::max<int64_t>(1, br * bc * std::max<int64_t>(n, 1)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "bsr_sddmm_cpu", [&] {
+    using value_t = scalar_t;
+    AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "bsr_sddmm_cpu_index", [&] {
+      const SddmmProblem<value_t, index_t> problem{crow.data_ptr<index_t>(), col.data_ptr<index_t>(), perm,
+                                                  a_acc.data_ptr<b_type<value_t>>(), b_acc.data_ptr<b_type<value_t>>(),
+                                                  out.data_ptr<value_t>(), m, k, n, br, bc, crow.numel() - 1};
+      at::parallel_for(0, nblocks, grain, [&](int64_t begin, int64_t end) { sddmm_blocks_mv(problem, begin, end); });
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 MLX_LIBRARY_IMPL(CPU, m) {
   m.impl("bsr_spmm", &bsr_spmm_cpu);
   m.impl("bsr_spmm_unchecked", &bsr_spmm_cpu);
   m.impl("bsr_spmm_packed", &bsr_spmm_packed_cpu);
+  m.impl("bsr_sddmm", &bsr_sddmm_cpu);
+  m.impl("bsr_sddmm_unchecked", &bsr_sddmm_cpu);
 }
 
 }  // namespace mlx_kernels::bsr

@@ -234,7 +234,26 @@ def _bsr_spmm_fake(crow, col, blocks, b, m, row_perm=None):
 def bsr_spmm(
     crow: Tensor, col: Tensor, blocks: Tensor, b: Tensor, m: int, row_perm: Optional[Tensor] = None
 ) -> Tensor:
-    """C [m, n] = A @ b for A in BCSR (torch sparse_bsr conventions)."""
+    """C = A @ b for a sparse A [m, k] in BCSR (torch's ``sparse_bsr`` conventions).
+
+    Args:
+        crow: [ceil(m / br) + 1] int32 or int64 block-row offsets (block row rb holds blocks
+            crow[rb] .. crow[rb+1]-1).
+        col: [nblocks] block-column indices, crow's index dtype.
+        blocks: [nblocks, br, bc] fp16, bf16, fp32 or fp64 (b's dtype). When m or k is not a
+            multiple of br or bc the last blocks are padded; whatever the padding holds (NaN
+            included) never reaches C or any gradient.
+        b: [k, n] dense, on the same device (CPU or CUDA).
+        m: rows of A.
+        row_perm: optional int64 [m]: stored row r is A's row row_perm[r]; C comes back in A's
+            original row order.
+
+    Returns:
+        C [m, n] in b's dtype (fp32 accumulation; fp64 for fp32/fp64 inputs). NaN and Inf in
+        b or in a stored block reach C as in ``torch.matmul`` (a stored zero times Inf is NaN).
+
+    Differentiable w.r.t. ``blocks`` (``bsr_sddmm``: (grad · bᵀ) at the stored blocks, 0 in the
+    padding) and ``b`` (Aᵀ · grad, a transposed block-sparse product on the same kernels)."""
     return ops.bsr_spmm(crow, col, blocks, b, m, row_perm)
 
 
@@ -264,6 +283,41 @@ def bsr_spmm_packed(
     values[row_values[s] .. row_values[s+1]), word by word, column by column."""
     return ops.bsr_spmm_packed(crow, col, row_words, row_values, word_blocks, word_cols, values, b, m, block_rows,
                                block_cols, row_perm)
+
+
+@torch.library.register_fake(_name("bsr_sddmm"))
+@torch.library.register_fake(_name("bsr_sddmm_unchecked"))
+def _bsr_sddmm_fake(crow, col, a, b, br, bc, row_perm=None):
+    return a.new_empty((col.shape[0], br, bc))
+
+
+def bsr_sddmm(
+    crow: Tensor, col: Tensor, a: Tensor, b: Tensor, br: int, bc: int, row_perm: Optional[Tensor] = None
+) -> Tensor:
+    """(a @ b.T) sampled at the stored blocks of a BCSR structure (SDDMM).
+
+    Args:
+        crow, col: the BCSR structure of an [m, k] matrix with br × bc blocks, as in ``bsr_spmm``
+            (int32 or int64, one dtype).
+        a: [m, n] fp16, bf16, fp32 or fp64; b: [k, n], a's dtype and device (CPU or CUDA).
+        row_perm: optional int64 [m]: stored row r is a's row row_perm[r] (as in ``bsr_spmm``).
+
+    Returns:
+        blocks [nblocks, br, bc] in a's dtype: blocks[j][r][c] = Σ_t a[row_perm[rb·br + r], t] ·
+        b[col[j]·bc + c, t] for block j of block row rb (fp32 accumulation; fp64 for fp32/fp64),
+        0 in the padding (rows at or past m, columns at or past k). NaN/Inf propagate as in a
+        dense matmul. ``bsr_sddmm(crow, col, grad_c, b, br, bc, row_perm)`` is the gradient of
+        ``bsr_spmm`` w.r.t. its blocks."""
+    return ops.bsr_sddmm(crow, col, a, b, br, bc, row_perm)
+
+
+def bsr_sddmm_unchecked(
+    crow: Tensor, col: Tensor, a: Tensor, b: Tensor, br: int, bc: int, row_perm: Optional[Tensor] = None
+) -> Tensor:
+    """bsr_sddmm without its index-value checks on CUDA (no device sync), for indices checked
+    before (bsr_spmm's backward). A bad index gives a wrong result, never an access out of
+    bounds. On the CPU it is bsr_sddmm, checks included."""
+    return ops.bsr_sddmm_unchecked(crow, col, a, b, br, bc, row_perm)
 
 
 @torch.library.register_fake(_name("bsr_reorder_rows"))
