@@ -477,3 +477,296 @@ def test_bsr_spmm_cuda_matches_cpu(dtype, block, n):
     out = (a.to("cuda") @ b.cuda()).cpu()
     assert_close_to_oracle(out, oracles.bsr_spmm(a.crow, a.col, a.blocks, b, 700, a.row_perm),
                            reference_same_dtype(a_dense, b))
+
+
+# --- autograd ------------------------------------------------------------------------
+
+
+def _bsr_args(m, k, block, reorder, density=0.3, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a_dense = torch.randn(m, k, generator=g, dtype=torch.float64) * (torch.rand(m, k, generator=g) < density)
+    a = BlockSparseMatrix.from_dense(a_dense.to(dtype), block=block, reorder=reorder).to(device)
+    return a, a_dense.to(dtype)
+
+
+def stored_mask(a: BlockSparseMatrix) -> torch.Tensor:
+    """[m, k] bool: the entries of A inside a stored block (A's row order)."""
+    return oracles.bsr_to_dense(a.crow, a.col, torch.ones_like(a.blocks, device="cpu"), a.shape[0], a.shape[1],
+                                a.row_perm) != 0
+
+
+@pytest.mark.parametrize("variant", ["bsr_spmm", "bsr_spmm_unchecked"])
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32], ids=str)
+@pytest.mark.parametrize("permuted", [False, True])
+@pytest.mark.parametrize("m,k,n,block", [(37, 45, 5, (16, 8)), (5, 3, 2, (3, 2)), (20, 21, 3, (4, 4)),
+                                         (0, 4, 3, (2, 2)), (4, 0, 3, (2, 2)), (6, 5, 0, (2, 3)), (9, 7, 1, (1, 1))])
+def test_bsr_spmm_gradcheck(variant, index_dtype, permuted, m, k, n, block):
+    # Ragged m and k (padded blocks), empty m, k and n; with a row_perm (any permutation
+    # of the stored rows is a valid matrix) the backward gathers g's rows through it.
+    a, _ = _bsr_args(m, k, block, False)
+    row_perm = torch.randperm(m) if permuted else None
+    blocks = a.blocks.clone().requires_grad_()
+    b = torch.randn(k, n, dtype=torch.float64, requires_grad=True)
+    op = getattr(ops, variant)
+    crow, col = a.crow.to(index_dtype), a.col.to(index_dtype)
+    assert torch.autograd.gradcheck(lambda bl, bb: op(crow, col, bl, bb, m, row_perm), (blocks, b))
+    # One input at a time (the other saved tensor is then not kept).
+    assert torch.autograd.gradcheck(lambda bl: op(crow, col, bl, b.detach(), m, row_perm), (blocks,))
+    assert torch.autograd.gradcheck(lambda bb: op(crow, col, blocks.detach(), bb, m, row_perm), (b,))
+
+
+def test_bsr_spmm_gradcheck_with_row_perm():
+    # A shuffled block structure: the reordering finds a permutation, so the backward
+    # gathers g's rows through it (d/db) and the SDDMM reads g through it (d/dblocks).
+    a_dense = block_structured(40, 36, (4, 4), 0.2, 0.6, shuffle_rows=True).double()
+    a = BlockSparseMatrix.from_dense(a_dense, block=(4, 4), reorder=True)
+    assert a.row_perm is not None
+    blocks = a.blocks.clone().requires_grad_()
+    b = torch.randn(36, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda bl, bb: ops.bsr_spmm(a.crow, a.col, bl, bb, 40, a.row_perm),
+                                    (blocks, b))
+
+
+def cut_blocks(a: BlockSparseMatrix, full: torch.Tensor) -> torch.Tensor:
+    """A dense [m, k] tensor (A's row order) cut into A's stored blocks [nblocks, br, bc], 0 in
+    the padding (bsr_to_dense's inverse)."""
+    m, k = a.shape
+    br, bc = a.block
+    stored = full if a.row_perm is None else full[a.row_perm.cpu()]
+    padded = full.new_zeros(-(-m // br) * br, -(-k // bc) * bc)
+    padded[:m, :k] = stored
+    crow, col = a.crow.cpu().long(), a.col.cpu().long()
+    block_row = torch.repeat_interleave(torch.arange(crow.numel() - 1), crow.diff())
+    tiles = padded.reshape(-1, br, padded.shape[1] // bc, bc).permute(0, 2, 1, 3)
+    return tiles[block_row, col]
+
+
+def padding_mask(a: BlockSparseMatrix) -> torch.Tensor:
+    """[nblocks, br, bc] bool: the padding entries of A's blocks (past row m or column k)."""
+    return cut_blocks(a, torch.ones(a.shape, dtype=torch.float64)) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("block", [(16, 16), (16, 8), (3, 5), (40, 33)])
+def test_block_sparse_matrix_backward_matches_oracle(device, dtype, block):
+    # CPU and CUDA (emulated) kernels of both backward products against float64, under the
+    # tolerance rule: plain torch computing the same gradients (a dense matmul's) in the same dtype.
+    a, a_dense = _bsr_args(83, 70, block, True, density=0.15, dtype=dtype)
+    a = a.to(device).requires_grad_()
+    b = torch.randn(70, 37, dtype=dtype, device=device, requires_grad=True)
+    g = torch.randn(83, 37, dtype=dtype)
+    (a @ b).backward(g.to(device))
+    b_cpu = b.detach().cpu()
+    oracle_b = a_dense.double().t() @ g.double()
+    oracle_blocks = cut_blocks(a, g.double() @ b_cpu.double().t())
+    dense = a_dense.clone().requires_grad_()
+    b_ref = b_cpu.clone().requires_grad_()
+    (dense @ b_ref).backward(g)
+    assert a.blocks.grad.dtype == dtype and b.grad.dtype == dtype
+    assert_close_to_oracle(b.grad.cpu(), oracle_b, b_ref.grad, atol=1e-12)
+    assert_close_to_oracle(a.blocks.grad.cpu(), oracle_blocks, cut_blocks(a, dense.grad), atol=1e-12)
+    assert (a.blocks.grad.cpu()[padding_mask(a)] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("block,n", [((16, 16), 40), ((16, 8), 1), ((3, 5), 70), ((1, 1), 3), ((33, 40), 0)])
+def test_bsr_sddmm_matches_oracle(device, dtype, block, n):
+    # The op on its own: (x @ yᵀ) at the stored blocks, through a row_perm, NaN in the
+    # padding of neither input can exist (x, y are dense), padding entries exactly 0.
+    a, _ = _bsr_args(53, 47, block, False, density=0.2)
+    row_perm = torch.randperm(53)
+    x, y = torch.randn(53, n, dtype=dtype), torch.randn(47, n, dtype=dtype)
+    out = ops.bsr_sddmm(a.crow.to(device), a.col.to(device), x.to(device), y.to(device), *block,
+                        row_perm.to(device)).cpu()
+    assert out.shape == a.blocks.shape and out.dtype == dtype
+    permuted = BlockSparseMatrix(a.crow, a.col, a.blocks, a.shape, row_perm)
+    oracle = cut_blocks(permuted, x.double() @ y.double().t())
+    reference = cut_blocks(permuted, (x @ y.t()).to(dtype)) if dtype != torch.float16 else cut_blocks(
+        permuted, (x.float() @ y.float().t()).half())  # fp16 matmul on the CPU: through fp32
+    assert_close_to_oracle(out, oracle, reference, atol=1e-12)
+    assert (out[padding_mask(permuted)] == 0).all()
+
+
+def test_bsr_sddmm_int32_noncontiguous_and_empty(device):
+    a, _ = _bsr_args(30, 20, (8, 4), False, dtype=torch.float32)
+    x = torch.randn(9, 30).t()  # a transposed view
+    y = torch.randn(20, 9)
+    out = ops.bsr_sddmm(a.crow.int().to(device), a.col.int().to(device), x.to(device), y.to(device), 8, 4).cpu()
+    torch.testing.assert_close(out, cut_blocks(a, x.double() @ y.double().t()).float(), rtol=1e-5, atol=1e-5)
+    empty = BlockSparseMatrix.from_dense(torch.zeros(30, 20), block=(8, 4))
+    out = ops.bsr_sddmm(empty.crow.to(device), empty.col.to(device), x.to(device), y.to(device), 8, 4)
+    assert out.shape == (0, 8, 4)
+
+
+@pytest.mark.parametrize("dtype,block", [(torch.float32, (16, 16)), (torch.bfloat16, (16, 16)),
+                                         (torch.float16, (16, 8)), (torch.float64, (3, 5))])
+def test_nan_in_padding_never_reaches_gradients(device, dtype, block):
+    # The contract's padding rule, backward too: NaN in the padding rows (past m) and
+    # columns (past k) of the blocks changes neither product nor gradient; the padding
+    # entries' gradient is exactly 0.
+    a, a_dense = _bsr_args(20, 21, block, False, density=0.5, dtype=dtype)
+    blocks = a.blocks.clone()
+    blocks[padding_mask(a)] = float("nan")
+    poisoned = BlockSparseMatrix(a.crow, a.col, blocks, a.shape).to(device).requires_grad_()
+    b = torch.randn(21, 6, dtype=dtype, device=device, requires_grad=True)
+    out = poisoned @ b
+    assert out.isfinite().all()
+    g = torch.randn(20, 6, dtype=dtype, device=device)
+    out.backward(g)
+    assert b.grad.isfinite().all() and poisoned.blocks.grad.isfinite().all()
+    assert (poisoned.blocks.grad.cpu()[padding_mask(a)] == 0).all()
+    clean = a.to(device).requires_grad_()
+    b_clean = b.detach().clone().requires_grad_()
+    clean_out = clean @ b_clean
+    clean_out.backward(g)
+    torch.testing.assert_close(out.detach(), clean_out.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(b.grad, b_clean.grad, rtol=0, atol=0)
+    torch.testing.assert_close(poisoned.blocks.grad, clean.blocks.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype,block", [(torch.float32, (16, 16)), (torch.bfloat16, (16, 16)),
+                                         (torch.float16, (16, 8)), (torch.float64, (3, 5))])
+def test_nan_and_inf_propagate_forward_and_backward(device, dtype, block):
+    # NaN/Inf in → NaN/Inf out where the math touches them, as a dense matmul would (and
+    # only there: entries outside the stored blocks add nothing). Forward: NaN in a stored
+    # block of A; Inf in b. Backward: NaN in the output gradient reaches d/db through
+    # every stored entry of its row (stored zeros included, 0 · NaN) and d/dblocks across
+    # its row; Inf in b reaches d/dblocks in its column.
+    m, k, n = 20, 21, 5
+    a, a_dense = _bsr_args(m, k, block, False, density=0.4, dtype=dtype, seed=3)
+    blocks = a.blocks.clone()
+    j = int(a.crow[1]) - 1 if int(a.crow[1]) > 0 else 0  # a block of block row 0
+    blocks[j, 0, 0] = float("nan")
+    a = BlockSparseMatrix(a.crow, a.col, blocks, a.shape)
+    a_dense = a.to_dense()
+    stored = stored_mask(a)
+    b = torch.randn(k, n, dtype=torch.float64)
+    b[2, 1] = float("inf")
+    b = b.to(dtype)
+    terms = torch.where(stored[:, :, None], a_dense.double()[:, :, None] * b.double()[None], 0.0)
+    expected = terms.sum(1)
+    assert expected.isnan().any() and not expected.isfinite().all()
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype in (torch.float16, torch.bfloat16) else dict(rtol=1e-5, atol=1e-5)
+    for trainable in (False, True):  # the packed CPU form, then the differentiable dense path
+        on_device = a.to(device).requires_grad_(trainable)
+        torch.testing.assert_close((on_device @ b.to(device)).detach().cpu().double(), expected, equal_nan=True,
+                                   **tol)
+    g = torch.randn(m, n, dtype=torch.float64)
+    g[4, 3] = float("nan")
+    on_device = a.to(device).requires_grad_()
+    b_dev = b.to(device).requires_grad_()
+    (on_device @ b_dev).backward(g.to(dtype).to(device))
+    grad_terms = torch.where(stored[:, :, None], a_dense.double()[:, :, None] * g.to(dtype).double()[:, None, :], 0.)
+    torch.testing.assert_close(b_dev.grad.cpu().double(), grad_terms.sum(0), equal_nan=True, **tol)
+    expected_blocks = cut_blocks(a, g.to(dtype).double() @ b.double().t())
+    got = on_device.blocks.grad.cpu().double()
+    assert torch.equal(got.isnan(), expected_blocks.isnan()) and got.isnan().any()
+    assert torch.equal(got.isinf(), expected_blocks.isinf())
+    assert (got[padding_mask(a)] == 0).all()
+
+
+def test_training_loop_through_block_sparse_matrix(device):
+    # Fit A's stored blocks to a target A* with the same block structure: the loss falls
+    # to near zero. Then, frozen, the CPU's packed form is rebuilt from the trained blocks.
+    target, _ = _bsr_args(48, 40, (16, 8), True, density=0.3, dtype=torch.float32)
+    a = BlockSparseMatrix(target.crow, target.col, torch.zeros_like(target.blocks), target.shape,
+                          target.row_perm).to(device).requires_grad_()
+    assert a.requires_grad and a.blocks.is_leaf
+    target = target.to(device)
+    opt = torch.optim.Adam([a.blocks], lr=0.1)
+    losses = []
+    for _ in range(60):
+        x = torch.randn(40, 16, device=device)
+        loss = (a @ x - target @ x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.05 * losses[0], losses[::10]
+    a.requires_grad_(False)
+    x = torch.randn(40, 5, device=device)
+    torch.testing.assert_close(a @ x, a.to_dense() @ x, rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_of_b_only_and_of_blocks_only(device):
+    a, a_dense = _bsr_args(30, 25, (8, 8), True, dtype=torch.float32)
+    a = a.to(device)
+    b = torch.randn(25, 4, device=device, requires_grad=True)
+    (a @ b).sum().backward()  # frozen A: only b's gradient
+    torch.testing.assert_close(b.grad.cpu(), a_dense.t() @ torch.ones(30, 4), rtol=1e-5, atol=1e-5)
+    a.requires_grad_()
+    v = torch.randn(25, device=device)
+    (a @ v).sum().backward()  # a vector b that needs no gradient
+    torch.testing.assert_close(a.blocks.grad.cpu(), cut_blocks(a, torch.ones(30, 1) @ v.cpu()[None]),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_torch_compile_backward_through_matmul(device):
+    a, a_dense = _bsr_args(50, 40, (16, 16), True, dtype=torch.float32)
+    a = a.to(device).requires_grad_()
+
+    @torch.compile(fullgraph=True)
+    def loss_fn(b):
+        return (a.matmul(b) * 2.0).sum()
+
+    b = torch.randn(40, 12, device=device, requires_grad=True)
+    loss_fn(b).backward()
+    torch.testing.assert_close(b.grad.cpu(), 2 * a_dense.t() @ torch.ones(50, 12), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.blocks.grad.cpu(), cut_blocks(a, 2 * torch.ones(50, 12) @ b.detach().cpu().t()),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_non_differentiable_bsr_ops_say_so():
+    a, _ = _bsr_args(20, 18, (4, 4), False, dtype=torch.float32)
+    *structure, values = a._packed
+    values = values.clone().requires_grad_()
+    out = ops.bsr_spmm_packed(*structure, values, torch.randn(18, 3), 20, 4, 4)
+    with pytest.raises(RuntimeError, match=r"mlx::bsr_spmm_packed is not differentiable"):
+        out.sum().backward()
+    csr = torch.randn(6, 5).to_sparse_csr()
+    vals = csr.values().clone().requires_grad_()
+    _, _, blocks = ops.bsr_from_csr(csr.crow_indices(), csr.col_indices(), vals, 5, 2, 2)
+    with pytest.raises(RuntimeError, match=r"mlx::bsr_from_csr is not differentiable"):
+        blocks.sum().backward()
+
+
+# --- API edges -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("a_dtype,b_dtype", [(torch.float64, torch.float32), (torch.float32, torch.float64),
+                                             (torch.float16, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                             (torch.float32, torch.int64)], ids=str)
+def test_matmul_follows_type_promotion(device, a_dtype, b_dtype):
+    a, a_dense = _bsr_args(30, 25, (8, 8), True, dtype=a_dtype)
+    a = a.to(device)
+    b = torch.randint(-3, 4, (25, 6)).to(b_dtype).to(device)
+    out = a @ b
+    expected_dtype = torch.result_type(a_dense, b.cpu())
+    assert out.dtype == expected_dtype and out.device == b.device
+    torch.testing.assert_close(out.cpu().double(), a_dense.double() @ b.cpu().double(), rtol=2e-2, atol=2e-2)
+    if b_dtype.is_floating_point:  # and the gradients come back in each input's dtype
+        a.requires_grad_()
+        b = b.clone().requires_grad_()
+        (a @ b).sum().backward()
+        assert a.blocks.grad.dtype == a_dtype and b.grad.dtype == b_dtype
+
+
+def test_user_facing_errors_name_block_sparse_matrix(device):
+    a, _ = _bsr_args(30, 25, (8, 8), False, dtype=torch.float32)
+    a = a.to(device)
+    with pytest.raises(TypeError, match=r"BlockSparseMatrix @ b: .*complex64.*not one of"):
+        a @ torch.randn(25, 3, dtype=torch.complex64, device=device)
+    with pytest.raises(ValueError, match=r"BlockSparseMatrix @ b: A is \(30, 25\), so b must be \[25, n\]"):
+        a @ torch.randn(3, 25, device=device)
+    with pytest.raises(TypeError, match=r"BlockSparseMatrix @ b: b must be a torch.Tensor"):
+        a.matmul([[1.0]])
+    if device != "cpu":
+        with pytest.raises(ValueError, match=r"BlockSparseMatrix @ b: A is on cuda.*b on cpu"):
+            a @ torch.randn(25, 3)
+    with pytest.raises(RuntimeError, match=r"BlockSparseMatrix\(crow, col, blocks.*'col'\[\d+\] = \d+ is out of range"):
+        BlockSparseMatrix(a.crow, a.col + 5, a.blocks, a.shape)
+    for b in (torch.randn(25, 3, dtype=torch.float64), torch.randn(25, 3, dtype=torch.float16)):
+        try:
+            a @ b.to(device)
+        except Exception as e:  # never the internal op or an argument the user did not pass
+            assert "bsr_spmm_packed" not in str(e) and "'values'" not in str(e), str(e)

@@ -326,7 +326,10 @@ def _bsr_reorder_rows_fake(crow, col, k, block_rows, block_cols):
 
 
 def bsr_reorder_rows(crow: Tensor, col: Tensor, k: int, block_rows: int, block_cols: int) -> Tensor:
-    """SMaT row reordering of a CSR pattern [m, k]: perm with stored row r = A's row perm[r]."""
+    """SMaT row reordering of a CSR pattern [m, k] (CPU; crow [m + 1], col [nnz], int32 or int64,
+    one dtype): groups rows with similar column patterns so that block_rows × block_cols blocks
+    get denser. Returns perm, int64 [m], a permutation: stored row r = A's row perm[r] (the
+    ``row_perm`` of bsr_from_csr / bsr_spmm). Not differentiable (integers)."""
     return ops.bsr_reorder_rows(crow, col, k, block_rows, block_cols)
 
 
@@ -345,7 +348,11 @@ def bsr_from_csr(
     crow: Tensor, col: Tensor, values: Tensor, k: int, block_rows: int, block_cols: int,
     row_perm: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """CSR [m, k] -> BCSR (crow, col, blocks) with stored row r = A's row row_perm[r]."""
+    """CSR [m, k] -> BCSR (CPU): crow [m + 1], col [nnz] (int32 or int64, one dtype), values
+    [nnz] fp16/bf16/fp32/fp64; optional int64 row_perm [m] (stored row r = A's row row_perm[r]).
+    Returns (bcrow [ceil(m / block_rows) + 1], bcol [nblocks], crow's index dtype; blocks
+    [nblocks, block_rows, block_cols], values' dtype, zero-padded), block columns ascending in
+    each block row. Not differentiable: train BlockSparseMatrix.blocks instead."""
     return ops.bsr_from_csr(crow, col, values, k, block_rows, block_cols, row_perm)
 
 

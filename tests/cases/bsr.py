@@ -1,5 +1,7 @@
 """bsr family samples for opcheck and bad-input tests."""
 
+import os
+
 import torch
 
 import mlx_kernels
@@ -81,6 +83,44 @@ OPCHECK = [
     ("bsr_spmm_packed", lambda d: _cpu_only(lambda _: ("bsr_spmm_packed", tuple(_packed_args()), {}))(d)),
     ("bsr_spmm_packed_perm_16x8_bf16", lambda d: _cpu_only(lambda _: (
         "bsr_spmm_packed", tuple(_packed_args(reorder=True, block=(16, 8), dtype=torch.bfloat16)), {}))(d)),
+]
+
+def _grad_spmm_args(device, **kwargs):
+    """bsr_spmm's sample with blocks and b requiring grad (opcheck's autograd checks). Not on the
+    fake GPU (tests/fake_cuda.py): aot_autograd of the backward asks for the CUDA context."""
+    if device != "cpu" and "1" in (os.environ.get("MLX_FAKE_CUDA"), os.environ.get("MLX_EMU")):
+        import pytest
+
+        pytest.skip("needs a real GPU: aot_autograd of its backward asks for the CUDA context")
+    args = _spmm_args(device, **kwargs)
+    args[2] = args[2].clone().requires_grad_()
+    args[3] = args[3].clone().requires_grad_()
+    return args
+
+
+def _sddmm_args(device, n=7, index_dtype=torch.int64, reorder=False, **kwargs):
+    a = _bsr(device=device, reorder=reorder, **kwargs)
+    m, k = a.shape
+    row_perm = torch.randperm(m).to(device) if reorder else None
+    x = torch.randn(m, n, dtype=a.dtype, device=device)
+    y = torch.randn(k, n, dtype=a.dtype, device=device)
+    return [a.crow.to(index_dtype), a.col.to(index_dtype), x, y, *a.block, row_perm]
+
+
+OPCHECK += [
+    ("bsr_spmm_grad", lambda d: ("bsr_spmm", tuple(_grad_spmm_args(d, dtype=torch.float64)), {})),
+    ("bsr_spmm_grad_perm_16x8", lambda d: ("bsr_spmm", tuple(_grad_spmm_args(d, reorder=True, block=(16, 8),
+                                                                              index_dtype=torch.int32)), {})),
+    ("bsr_spmm_grad_ragged_3x5", lambda d: ("bsr_spmm", tuple(_grad_spmm_args(d, block=(3, 5))), {})),
+    ("bsr_spmm_grad_empty", lambda d: ("bsr_spmm", tuple(_grad_spmm_args(d, density=0.0)), {})),
+    ("bsr_spmm_unchecked_grad_bf16", lambda d: ("bsr_spmm_unchecked", tuple(_grad_spmm_args(
+        d, reorder=True, dtype=torch.bfloat16, n=16)), {})),
+    ("bsr_sddmm", lambda d: ("bsr_sddmm", tuple(_sddmm_args(d)), {})),
+    ("bsr_sddmm_perm_int32_16x8_fp16", lambda d: ("bsr_sddmm", tuple(_sddmm_args(
+        d, reorder=True, index_dtype=torch.int32, block=(16, 8), dtype=torch.float16)), {})),
+    ("bsr_sddmm_unchecked_3x5_bf16", lambda d: ("bsr_sddmm_unchecked", tuple(_sddmm_args(
+        d, block=(3, 5), dtype=torch.bfloat16)), {})),
+    ("bsr_sddmm_empty", lambda d: ("bsr_sddmm", tuple(_sddmm_args(d, density=0.0)), {})),
 ]
 
 _SPMM = op_pattern("bsr_spmm")
@@ -186,4 +226,33 @@ BAD_INPUTS += [(name, _cpu_only(lambda d, change=change: _packed_call(change)), 
      _PACKED + r".*words mark \d+ values, but 'row_values' gives it \d+"),
     ("bsr_spmm_packed_col_range", _poke(1, 0, 3), RuntimeError, _PACKED + r".*'col'\[0\] = 3 is out of range"),
     ("bsr_spmm_packed_perm", _poke(11, 0, 1), RuntimeError, _PACKED + r".*'row_perm' must be a permutation"),
+]]
+
+
+_SDDMM = op_pattern("bsr_sddmm")
+
+
+def _sddmm_call(device, change):
+    """A zero-argument call of bsr_sddmm with one argument broken by `change(args)`.
+    args: crow 0, col 1, a 2, b 3, br 4, bc 5, row_perm 6."""
+    args = _sddmm_args(device, reorder=True)
+    change(args)
+    return lambda: mlx_kernels.ops.bsr_sddmm(*args)
+
+
+BAD_INPUTS += [(name, lambda d, change=change: _sddmm_call(d, change), exc, pattern)
+               for name, change, exc, pattern in [
+    ("bsr_sddmm_a_rank", _set(2, lambda a: a[2][:, 0]), RuntimeError, _SDDMM + r".*'a' must be 2-D"),
+    ("bsr_sddmm_dtype_mismatch", _set(3, lambda a: a[3].double()), RuntimeError,
+     _SDDMM + r".*'a' and 'b' must have one dtype"),
+    ("bsr_sddmm_int_dtype", _set(2, lambda a: a[2].int()), RuntimeError, _SDDMM + r".*'a' must have dtype"),
+    ("bsr_sddmm_n_mismatch", _set(3, lambda a: a[3][:, :-1]), RuntimeError,
+     _SDDMM + r".*'a' \[m, n\] and 'b' \[k, n\] must have one n"),
+    ("bsr_sddmm_block_shape", _set(5, lambda a: 0), RuntimeError, _SDDMM + r".*'br' and 'bc' .* must be >= 1"),
+    ("bsr_sddmm_crow_length", _set(2, lambda a: a[2][:-16]), RuntimeError,
+     _SDDMM + r".*'crow'.*ceil\(m / br\) \+ 1"),
+    ("bsr_sddmm_col_range", _set(3, lambda a: a[3][:16]), RuntimeError,
+     _SDDMM + r".*'col'\[\d+\] = \d+ is out of range: b has k = 16 rows"),
+    ("bsr_sddmm_perm", _poke(6, 0, 1000), RuntimeError, _SDDMM + r".*'row_perm' must be a permutation"),
+    ("bsr_sddmm_crow_decreasing", _poke(0, 1, 100), RuntimeError, _SDDMM + r".*'crow' must be non-decreasing"),
 ]]
