@@ -297,3 +297,57 @@ def test_fft_conv_cuda_fp32_matches_oracle(L, gates):
     u, k, pre, post = make_inputs(2, 2, L, L, torch.float32, gates)
     out = mlx_kernels.fft_conv(*(t.cuda() if t is not None else None for t in (u, k, pre, post))).cpu()
     assert_close_to_oracle(out, oracles.fft_conv_spectral(u, k, pre, post), torch_reference(u, k, pre, post))
+
+
+# --- non-finite input ----------------------------------------------------------------
+# An FFT convolution spreads a NaN or Inf over its whole (b, h) row (as torch.fft's
+# does); the kernels pair rows into one complex signal, which must not carry it
+# into the partner row: a different sequence.
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("where", ["u_nan", "u_inf", "pregate", "k", "postgate"])
+@pytest.mark.parametrize("L", [100, 9000])  # 9000: the two-pass CUDA path (N = 32768)
+def test_nonfinite_input_stays_in_its_row(device, where, L, dtype):
+    B, H = 3, 3  # rows pair (0, 1) per head, row 2 alone
+    u = torch.randn(B, H, L, device=device).to(dtype)
+    k = torch.randn(H, min(L, 40), device=device)
+    pre, post = torch.ones_like(u), torch.ones_like(u)
+    t = L // 2
+    if where == "u_nan":
+        u[1, 2, t] = float("nan")
+    elif where == "u_inf":
+        u[0, 1, t] = float("inf")
+    elif where == "pregate":
+        pre[1, 0, t] = float("nan")
+    elif where == "k":
+        k[0, 3] = float("nan")
+    else:
+        post[1, 2, t] = float("nan")
+    y = mlx_kernels.fft_conv(u, k, pre, post).float().cpu()
+    clean = mlx_kernels.fft_conv(u.nan_to_num(0, 0, 0), k.nan_to_num(0, 0, 0)).float().cpu()
+    expected_bad = torch.zeros(B, H, L, dtype=torch.bool)
+    if where == "u_nan":
+        expected_bad[1, 2] = True
+    elif where == "u_inf":
+        expected_bad[0, 1] = True
+    elif where == "pregate":
+        expected_bad[1, 0] = True
+    elif where == "k":
+        expected_bad[:, 0] = True  # every sequence convolved with head 0's kernel
+    else:
+        expected_bad[1, 2, t] = True
+    assert torch.equal(~torch.isfinite(y), expected_bad)
+    # Everything else as without the non-finite value (the partner row's rounding may differ).
+    torch.testing.assert_close(y[~expected_bad], clean[~expected_bad], rtol=2e-2, atol=2e-2)
+
+
+def test_nonfinite_kernel_spectrum_stays_in_its_head(device):
+    k = torch.randn(4, 33, device=device)
+    k[2, 7] = float("inf")
+    spectrum = mlx_kernels.ops.fft_conv_spectrum(k, 64, 8).cpu()
+    assert torch.isnan(spectrum[2]).all()
+    assert torch.isfinite(spectrum[[0, 1, 3]]).all()
+    k[2, 7] = 0
+    torch.testing.assert_close(spectrum[[0, 1, 3]], mlx_kernels.ops.fft_conv_spectrum(k, 64, 8).cpu()[[0, 1, 3]],
+                               rtol=1e-5, atol=1e-6)

@@ -77,6 +77,11 @@ inline std::common_type_t<A, B> max(A a, B b) {
   return static_cast<C>(a) < static_cast<C>(b) ? static_cast<C>(b) : static_cast<C>(a);
 }
 
+// CUDA's classification functions are global names.
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+
 inline void sincospif(float x, float* s, float* c) {
   const double angle = static_cast<double>(x) * 3.14159265358979323846;
   *s = static_cast<float>(std::sin(angle));

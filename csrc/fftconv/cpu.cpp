@@ -24,6 +24,12 @@
 // The kernel spectrum is the same forward transform, two heads at a time
 // (z = k[h] + i·k[h+1]), separated by Hermitian symmetry:
 // K_h[f] = (Z[f] + conj(Z[-f]))/2, K_{h+1}[f] = (Z[f] - conj(Z[-f]))/(2i).
+//
+// Non-finite input: an FFT spreads a NaN or Inf over its whole row, and the
+// complex arithmetic would carry it into the other row sharing the signal, a
+// different sequence (or head). So a row holding one is transformed as zeros and
+// its whole result set to NaN: that row comes out NaN, as any FFT convolution
+// (torch.fft's) makes it, and its partner stays exact.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -31,6 +37,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -519,6 +526,20 @@ int64_t loaded_length(const PlanView<T>& plan, int64_t L) {
 // ---- the kernel spectrum ---------------------------------------------------
 
 // k_f [H, 2, N] in Monarch order: FFT_N(k zero-padded) / N, zero outside the kept band.
+// NaN when some x[i] is NaN or ±Inf, else 0 (x·0 is NaN exactly then; vectorizes).
+template <typename T>
+T nonfinite_probe(const T* x, int64_t n) {
+  T probe = T(0);
+  for (int64_t i = 0; i < n; ++i) probe += x[i] * T(0);
+  return probe;
+}
+
+// The row's result after its input was found non-finite (see the top of the file).
+template <typename T>
+void poison_row(T* x, int64_t n) {
+  std::fill(x, x + n, std::numeric_limits<T>::quiet_NaN());
+}
+
 template <typename T>
 void spectrum_cpu(const at::Tensor& k, int64_t N, int64_t keep_blocks, at::Tensor& k_f) {
   const auto plan = get_plan<T>(N);
@@ -534,8 +555,10 @@ void spectrum_cpu(const at::Tensor& k, int64_t N, int64_t keep_blocks, at::Tenso
       const bool has_second = h + 1 < H;
       std::fill(re.begin(), re.end(), T(0));
       std::fill(im.begin(), im.end(), T(0));
-      std::copy(k_ptr + h * Lk, k_ptr + (h + 1) * Lk, re.begin());
-      if (has_second) std::copy(k_ptr + (h + 1) * Lk, k_ptr + (h + 2) * Lk, im.begin());
+      const bool bad_first = std::isnan(nonfinite_probe(k_ptr + h * Lk, Lk));
+      const bool bad_second = has_second && std::isnan(nonfinite_probe(k_ptr + (h + 1) * Lk, Lk));
+      if (!bad_first) std::copy(k_ptr + h * Lk, k_ptr + (h + 1) * Lk, re.begin());
+      if (has_second && !bad_second) std::copy(k_ptr + (h + 1) * Lk, k_ptr + (h + 2) * Lk, im.begin());
       forward(plan->view, re.data(), im.data(), Lk);
       T* first = out + h * 2 * N;
       T* second = first + 2 * N;
@@ -547,6 +570,14 @@ void spectrum_cpu(const at::Tensor& k, int64_t N, int64_t keep_blocks, at::Tenso
         if (has_second) {
           second[pos] = (zi - mi) * mask;
           second[N + pos] = (mr - zr) * mask;
+        }
+      }
+      // A non-finite head's spectrum is NaN on the kept blocks (zero outside, as always).
+      for (auto [bad, spectrum] : {std::pair{bad_first, first}, std::pair{bad_second, second}}) {
+        if (!bad) continue;
+        for (int64_t pos = 0; pos < N; ++pos) {
+          spectrum[pos] = spectrum[N + pos] =
+              position_kept(pos, keep_blocks) ? std::numeric_limits<T>::quiet_NaN() : T(0);
         }
       }
     }
@@ -595,9 +626,13 @@ void spectral_cpu(const at::Tensor& u, const at::Tensor& k_f, int64_t keep_block
           im[t] = T(0);
         }
       }
-      std::fill(re.begin() + L, re.begin() + load_len, T(0));
-      std::fill(im.begin() + L, im.begin() + load_len, T(0));
+      const bool bad0 = std::isnan(nonfinite_probe(re.data(), L));
+      const bool bad1 = std::isnan(nonfinite_probe(im.data(), L));
+      std::fill(re.begin() + (bad0 ? 0 : L), re.begin() + load_len, T(0));
+      std::fill(im.begin() + (bad1 ? 0 : L), im.begin() + load_len, T(0));
       convolve(plan->view, re.data(), im.data(), L, spec + h * 2 * N, spec + h * 2 * N + N, kept);
+      if (bad0) poison_row(re.data(), L);
+      if (bad1) poison_row(im.data(), L);
       for (int64_t t = 0; t < L; ++t) {
         const T g0 = post ? static_cast<T>(post[row0 + t]) : T(1);
         y_ptr[row0 + t] = static_cast<scalar_t>(re[t] * g0);

@@ -54,7 +54,22 @@ struct Signal {
   const scalar_t* postgate;  // nullable
   scalar_t* y;               // output (convolution), nullptr for the spectrum
   SignalLayout layout;
+  // Two-pass path only (set by run_tasks): per task, which of its rows hold a
+  // non-finite value (bit 0: row0, bit 1: row1).
+  const int* nonfinite_rows = nullptr;
 };
+
+// Non-finite input. An FFT spreads a NaN or Inf over its whole row, and the
+// complex arithmetic would carry it into the other row sharing the signal (a
+// different sequence). So a row holding one is transformed as zeros and its
+// output written as NaN: that row comes out NaN, as any FFT convolution makes
+// it, and its partner stays exact. The CPU kernels do the same.
+constexpr int kNonfiniteRow0 = 1, kNonfiniteRow1 = 2;
+
+// x·0 is NaN exactly when x is NaN or ±Inf.
+__device__ __forceinline__ int nonfinite_bits(float probe0, float probe1) {
+  return (isnan(probe0) ? kNonfiniteRow0 : 0) | (isnan(probe1) ? kNonfiniteRow1 : 0);
+}
 
 // exp(-2πi·num/den) from the exact integer phase.
 __device__ __forceinline__ float2 unit_root(int64_t num, int64_t den) {
@@ -299,6 +314,7 @@ template <typename scalar_t, bool kTensorCores, bool kFromScratch, bool kSpectru
 __global__ void __launch_bounds__(kThreads) fused_kernel(const FusedArgs<scalar_t> a) {
   MLX_DYNAMIC_SHARED(float, smem);
   MLX_SHARED(float2[kRadix], w16);
+  MLX_SHARED(int, nonfinite_rows);
   const int64_t M = a.block_len, blocks_per_task = a.N / M;
   const int64_t local_task = blockIdx.x / blocks_per_task, block = blockIdx.x % blocks_per_task;
   const int64_t task = a.task_begin + local_task, block_offset = block * M;
@@ -311,6 +327,13 @@ __global__ void __launch_bounds__(kThreads) fused_kernel(const FusedArgs<scalar_
   const int64_t L = a.signal.layout.L;
   float* scratch_re = kFromScratch ? a.scratch + local_task * 2 * a.N + block_offset : nullptr;
   float* scratch_im = kFromScratch ? scratch_re + a.N : nullptr;
+  // From u, the CTA holds the whole signal (M = N): it finds its non-finite rows itself.
+  constexpr bool kFindNonfinite = !kFromScratch && !kSpectrum;
+  if (kFindNonfinite) {
+    if (threadIdx.x == 0) nonfinite_rows = 0;
+    __syncthreads();
+  }
+  float probe0 = 0.f, probe1 = 0.f;
   for (int64_t n = threadIdx.x; n < M; n += blockDim.x) {
     if (kFromScratch) {
       re[n] = scratch_re[n];
@@ -324,6 +347,20 @@ __global__ void __launch_bounds__(kThreads) fused_kernel(const FusedArgs<scalar_
       }
       re[n] = v0;
       im[n] = v1;
+      probe0 += v0 * 0.f;
+      probe1 += v1 * 0.f;
+    }
+  }
+  int nonfinite = 0;
+  if (kFindNonfinite) {
+    if (const int bits = nonfinite_bits(probe0, probe1)) atomicOr(&nonfinite_rows, bits);
+    __syncthreads();
+    nonfinite = nonfinite_rows;
+    if (nonfinite) {  // uniform across the CTA
+      for (int64_t n = threadIdx.x; n < M; n += blockDim.x) {
+        if (nonfinite & kNonfiniteRow0) re[n] = 0.f;
+        if (nonfinite & kNonfiniteRow1) im[n] = 0.f;
+      }
     }
   }
   __syncthreads();
@@ -372,8 +409,9 @@ __global__ void __launch_bounds__(kThreads) fused_kernel(const FusedArgs<scalar_
       scratch_im[n] = im[n];
     } else if (n < L) {
       const scalar_t* post = a.signal.postgate;
-      a.signal.y[row0 + n] = static_cast<scalar_t>(re[n] * (post ? to_float(post[row0 + n]) : 1.f));
-      if (row1 >= 0) a.signal.y[row1 + n] = static_cast<scalar_t>(im[n] * (post ? to_float(post[row1 + n]) : 1.f));
+      const float y0 = nonfinite & kNonfiniteRow0 ? NAN : re[n], y1 = nonfinite & kNonfiniteRow1 ? NAN : im[n];
+      a.signal.y[row0 + n] = static_cast<scalar_t>(y0 * (post ? to_float(post[row0 + n]) : 1.f));
+      if (row1 >= 0) a.signal.y[row1 + n] = static_cast<scalar_t>(y1 * (post ? to_float(post[row1 + n]) : 1.f));
     }
   }
 }
@@ -399,6 +437,7 @@ __global__ void __launch_bounds__(kThreads) global_stage_kernel(const Signal<sca
     float* xi = xr + N;
     int64_t row0, row1, head;
     signal.layout.rows(task_begin + local_task, row0, row1, head);
+    const int nonfinite = signal.nonfinite_rows ? signal.nonfinite_rows[task_begin + local_task] : 0;
     // Stage 0 has one block (base = m): point j of the column is time j·stride + m.
     const int rows_holding = static_cast<int>(std::min<int64_t>(radix, (L - base + stride - 1) / stride));
     if (!kInverse) {
@@ -408,8 +447,12 @@ __global__ void __launch_bounds__(kThreads) global_stage_kernel(const Signal<sca
           [&](int j) {
             if (stage != 0) return make_float2(xr[j * stride], xi[j * stride]);
             const int64_t t = base + j * stride;
-            const float v0 = to_float(signal.x[row0 + t]) * (pre ? to_float(pre[row0 + t]) : 1.f);
-            const float v1 = row1 >= 0 ? to_float(signal.x[row1 + t]) * (pre ? to_float(pre[row1 + t]) : 1.f) : 0.f;
+            const float v0 = nonfinite & kNonfiniteRow0
+                                 ? 0.f
+                                 : to_float(signal.x[row0 + t]) * (pre ? to_float(pre[row0 + t]) : 1.f);
+            const float v1 = row1 < 0 || nonfinite & kNonfiniteRow1
+                                 ? 0.f
+                                 : to_float(signal.x[row1 + t]) * (pre ? to_float(pre[row1 + t]) : 1.f);
             return make_float2(v0, v1);
           },
           [&](int i, float2 v) {
@@ -428,11 +471,32 @@ __global__ void __launch_bounds__(kThreads) global_stage_kernel(const Signal<sca
               return;
             }
             const int64_t t = base + i * stride;
-            signal.y[row0 + t] = static_cast<scalar_t>(v.x * (post ? to_float(post[row0 + t]) : 1.f));
-            if (row1 >= 0) signal.y[row1 + t] = static_cast<scalar_t>(v.y * (post ? to_float(post[row1 + t]) : 1.f));
+            const float y0 = nonfinite & kNonfiniteRow0 ? NAN : v.x, y1 = nonfinite & kNonfiniteRow1 ? NAN : v.y;
+            signal.y[row0 + t] = static_cast<scalar_t>(y0 * (post ? to_float(post[row0 + t]) : 1.f));
+            if (row1 >= 0) signal.y[row1 + t] = static_cast<scalar_t>(y1 * (post ? to_float(post[row1 + t]) : 1.f));
           });
     }
   }
+}
+
+// For the two-pass path, whose stage 0 sees one column of a row at a time: each
+// task's non-finite rows (bits as above), one CTA per task.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) find_nonfinite_rows_kernel(const Signal<scalar_t> signal, int* flags) {
+  MLX_SHARED(int, bits);
+  if (threadIdx.x == 0) bits = 0;
+  __syncthreads();
+  int64_t row0, row1, head;
+  signal.layout.rows(blockIdx.x, row0, row1, head);
+  const scalar_t* pre = signal.pregate;
+  float probe0 = 0.f, probe1 = 0.f;
+  for (int64_t t = threadIdx.x; t < signal.layout.L; t += blockDim.x) {
+    probe0 += to_float(signal.x[row0 + t]) * (pre ? to_float(pre[row0 + t]) : 1.f) * 0.f;
+    if (row1 >= 0) probe1 += to_float(signal.x[row1 + t]) * (pre ? to_float(pre[row1 + t]) : 1.f) * 0.f;
+  }
+  if (const int found = nonfinite_bits(probe0, probe1)) atomicOr(&bits, found);
+  __syncthreads();
+  if (threadIdx.x == 0) flags[blockIdx.x] = bits;
 }
 
 // ---- host side ---------------------------------------------------------------
@@ -507,16 +571,25 @@ void run_tasks(const Signal<scalar_t>& signal, int64_t tasks, int64_t N, const f
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(tasks, kScratchFloats / (2 * N)));
   at::Tensor scratch = at::empty({chunk, 2, N}, options.dtype(at::kFloat));
   args.scratch = scratch.data_ptr<float>();
+  at::Tensor nonfinite_rows;
+  if constexpr (!kSpectrum) {
+    TORCH_CHECK(tasks <= std::numeric_limits<int32_t>::max(), "fft_conv: too many CTAs (", tasks, ")");
+    nonfinite_rows = at::empty({tasks}, options.dtype(at::kInt));
+    args.signal.nonfinite_rows = nonfinite_rows.data_ptr<int>();
+    MLX_LAUNCH_KERNEL(find_nonfinite_rows_kernel<scalar_t>, static_cast<unsigned>(tasks), kThreads, 0, stream,
+                      args.signal, nonfinite_rows.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   for (int64_t begin = 0; begin < tasks; begin += chunk) {
     const int64_t count = std::min(chunk, tasks - begin);
     args.task_begin = begin;
     for (int s = 0; s < plan.first_fused; ++s) {
-      launch_global_stage<scalar_t, false>(signal, args.scratch, N, count, begin, plan, s, stream);
+      launch_global_stage<scalar_t, false>(args.signal, args.scratch, N, count, begin, plan, s, stream);
     }
     launch_fused<scalar_t, kTensorCores, true, kSpectrum>(args, count, stream);
     if constexpr (!kSpectrum) {
       for (int s = plan.first_fused - 1; s >= 0; --s) {
-        launch_global_stage<scalar_t, true>(signal, args.scratch, N, count, begin, plan, s, stream);
+        launch_global_stage<scalar_t, true>(args.signal, args.scratch, N, count, begin, plan, s, stream);
       }
     }
   }
