@@ -52,7 +52,9 @@ if compgen -G ".carry/whl/*.whl" >/dev/null; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 if compgen -G ".carry/matrices/*.mtx" >/dev/null; then export MLX_MATRIX_DIR="$PWD/.carry/matrices"; fi
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" PYTHONUNBUFFERED=1
+# MLX_CUDA=ON: the CUDA kernels or a failed build, never a silent CPU-only one.
+# Built against whatever torch the machine has (2.11 so far): nothing here pins one.
+export MLX_CUDA="${MLX_CUDA:-ON}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" PYTHONUNBUFFERED=1
 
 note "commit ${MLX_COMMIT:-unknown}; families: ${families[*]}; budget ${budget} s"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | sed 's/^/gpu: /' | tee -a "$summary"

@@ -8,9 +8,19 @@ with CUDA. The names below are thin typed wrappers and the nn.Modules built on t
 
 import torch  # noqa: F401  (loads libtorch, whose symbols the extension resolves against)
 
-from . import _C  # noqa: F401  (registers the ops)
-from . import _cuda_missing  # noqa: F401  (a CPU-only build's own error for CUDA tensors)
 from ._build_config import OPS_NAMESPACE, WITH_CUDA
+from ._build_config import TORCH_VERSION as _BUILT_WITH_TORCH
+
+try:
+    from . import _C  # noqa: F401  (registers the ops)
+except ImportError as error:
+    if _BUILT_WITH_TORCH != torch.__version__:
+        raise ImportError(
+            f"mlx_kernels was built against torch {_BUILT_WITH_TORCH} and this is torch {torch.__version__}; "
+            "a compiled extension runs only with the torch it was built against: rebuild it against this "
+            "torch (pip install --no-build-isolation ...)") from error
+    raise
+from . import _cuda_missing  # noqa: F401  (a CPU-only build's own error for CUDA tensors)
 from .attention import (
     attention_with_lse,
     hierarchical_shared_prefix_attention,
