@@ -1,0 +1,1 @@
+"""Third-party packages vendored into otherlib (installed here by tests/vendoring/CMakeLists.txt)."""
