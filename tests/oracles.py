@@ -161,7 +161,8 @@ def _masked_softmax_attention(q, k, v, visible, scale):
     scores = torch.einsum("qhd,khd->hqk", q, k) * scale
     scores = scores.masked_fill(~visible, float("-inf"))
     lse = torch.logsumexp(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1)
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    # A query that sees no key gets 0; any other NaN (a NaN or +inf score) stays, as in torch.
+    probs = torch.where(visible.any(-1)[None, :, None], torch.softmax(scores, dim=-1), 0.0)
     return torch.einsum("hqk,khd->qhd", probs, v), lse
 
 

@@ -574,3 +574,35 @@ def test_training_through_shared_prefix_attention_reduces_loss():
         optim.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_nonfinite_keys_and_values_reach_the_outputs_they_touch(device, dtype):
+    """NaN/Inf reaches the outputs softmax(QKᵀ)V takes it to, as in torch: a NaN score
+    makes the query's row NaN, a +Inf one too (∞ − ∞), a −Inf one drops the key, a NaN
+    value one output dimension. Keys past suffix_lens (KV-cache garbage) never reach
+    anything. (A non-finite value of a key inside the length that a query causally does
+    not see may reach it on CUDA, 0·NaN in the tensor-core P·V as in FlashAttention; not
+    on the CPU, which skips the key. Not tested: torch's own answer there depends on BLAS.)"""
+    q, prefix_k, prefix_v, suffix_k, suffix_v = make_inputs(3, 3, (4, 2), 5, 6, head_dim=16, dtype=dtype,
+                                                            device=device)
+    q[2, 2, :, 5] = torch.tensor([1.0, -1.0, 1.0, -1.0])  # the Inf key below scores +∞ for head 0, −∞ for head 1
+    lens = torch.tensor([6, 2, 4], dtype=torch.int32, device=device)
+    suffix_v[0, 2, 1, 3] = float("nan")   # seen by every query of sequence 0
+    suffix_k[2, 3, 0, 5] = float("inf")   # seen by sequence 2's query 2 (and, +∞ or −∞, by 0 and 1 causally not)
+    prefix_v[2, 0, 7] = float("inf")      # every query of KV head 0, dimension 7
+    garbage = [(1, 3, 1, 0, float("nan")), (1, 5, 0, 0, float("inf")), (0, 5, 1, 2, float("nan"))]
+    lens[0] = 5  # so (0, 5) is past sequence 0's length too
+    for b, j, h, d, value in garbage:
+        suffix_k[b, j, h, d] = value
+        suffix_v[b, j, h, d] = value
+    out = mlx_kernels.shared_prefix_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, lens).float().cpu()
+    past_length = torch.arange(6, device=device)[None, :] >= lens[:, None]
+    expected = oracles.shared_prefix_attention(q, prefix_k, prefix_v, suffix_k.masked_fill(past_length[..., None, None], 0),
+                                               suffix_v.masked_fill(past_length[..., None, None], 0), lens)
+    differ = (~torch.isfinite(out) != ~torch.isfinite(expected)).nonzero().tolist()
+    assert not differ, f"non-finite at other places than torch's (ours/oracle): {differ}"
+    assert torch.isnan(out[2, 2, 0]).all() and torch.isfinite(out[2, 2, 1, :7]).all()
+    assert torch.isfinite(out[1, :, :, :7]).all()  # sequence 1 sees no non-finite key or value but the prefix's
+    torch.testing.assert_close(out[torch.isfinite(expected)], expected[torch.isfinite(expected)].float(),
+                               rtol=0, atol=0.05 if dtype == torch.bfloat16 else 1e-5)
