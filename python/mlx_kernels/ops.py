@@ -423,7 +423,16 @@ def _fft_conv_fake(u, k, pregate=None, postgate=None):
 def fft_conv(
     u: Tensor, k: Tensor, pregate: Optional[Tensor] = None, postgate: Optional[Tensor] = None
 ) -> Tensor:
-    """Causal long convolution of u [B, H, L] with k [H, Lk], optional gates."""
+    """Causal long convolution ``y[b, h, t] = Σ_{s ≤ min(t, Lk-1)} k[h, s]·v[b, h, t-s]``,
+    ``v = u·pregate``, then ``y·postgate`` (FlashFFTConv: FFTs as Monarch matmuls).
+
+    u [B, H, L] float16/bfloat16/float32 (float64 on the CPU), any L ≥ 1; k [H, Lk] float32
+    (float64 with float64 u), 1 ≤ Lk ≤ L; pregate/postgate None or u's shape and dtype.
+    CPU and CUDA (all tensors on one device). Returns y [B, H, L] in u's dtype, computed in
+    float32 (float64 for float64 u). Differentiable in u, k and both gates. A NaN or Inf in
+    a (b, h) row of u·pregate, or in k[h], makes that output row NaN (an FFT spreads it over
+    the row, as torch.fft's convolution does) and no other row; a non-finite postgate entry
+    only its own output."""
     return ops.fft_conv(u, k, pregate, postgate)
 
 
@@ -434,7 +443,10 @@ def _fft_conv_spectrum_fake(k, seqlen, keep_blocks):
 
 
 def fft_conv_spectrum(k: Tensor, seqlen: int, keep_blocks: int = 8) -> Tensor:
-    """Internal: k's spectrum [H, 2, N] (Monarch order, scaled by 1/N, kept frequency blocks only)."""
+    """Internal: k's spectrum [H, 2, N] (N = fft_size_for(seqlen); real and imaginary parts in
+    Monarch order, scaled by 1/N, zero outside the kept frequency blocks), float32 (float64 for
+    float64 k). Not differentiable (FFTConv differentiates k through it); a non-finite k[h]
+    gives a NaN spectrum for head h only."""
     return ops.fft_conv_spectrum(k, seqlen, keep_blocks)
 
 
@@ -448,7 +460,8 @@ def fft_conv_spectral(
     u: Tensor, k_f: Tensor, keep_blocks: int = 8, pregate: Optional[Tensor] = None,
     postgate: Optional[Tensor] = None,
 ) -> Tensor:
-    """Internal: fft_conv with a precomputed spectrum from :func:`fft_conv_spectrum`."""
+    """Internal: fft_conv with a precomputed spectrum from :func:`fft_conv_spectrum` (the same
+    keep_blocks). Differentiable in u and the gates, not in k_f (use FFTConv for k)."""
     return ops.fft_conv_spectral(u, k_f, keep_blocks, pregate, postgate)
 
 
@@ -467,7 +480,14 @@ def _attention_with_lse_fake(q, k, v, causal=False, scale=None):
 def attention_with_lse(
     q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale: Optional[float] = None
 ) -> Tuple[Tensor, Tensor]:
-    """Softmax attention [B, S, H, D] that also returns the natural-log LSE [B, H, Sq]."""
+    """Softmax attention that also returns its log-sum-exp.
+
+    q [B, Sq, Hq, D], k and v [B, Sk, Hkv, D] (Hq a multiple of Hkv: GQA), float16/bfloat16/
+    float32, one device (CPU or CUDA). causal: query i sees keys j ≤ Sk − Sq + i (the last
+    query aligned with the last key, as in FlashAttention). scale defaults to 1/√D.
+    Returns out [B, Sq, Hq, D] in q's dtype and lse float32 [B, Hq, Sq] (natural log); a
+    query that sees no key gets out 0 and lse −inf. Differentiable in q, k, v, through out
+    and lse (recomputing backward in float32)."""
     return ops.attention_with_lse(q, k, v, causal, scale)
 
 
@@ -479,7 +499,9 @@ def _attention_with_lse_ragged_fake(q, k, v, key_lens, causal=False, scale=None)
 def attention_with_lse_ragged(
     q: Tensor, k: Tensor, v: Tensor, key_lens: Tensor, causal: bool = False, scale: Optional[float] = None
 ) -> Tuple[Tensor, Tensor]:
-    """attention_with_lse where sequence b sees only its first key_lens[b] keys (int32 [B])."""
+    """Internal: attention_with_lse where sequence b sees only its first key_lens[b] keys
+    (key_lens int32 [B] in [0, Sk]; causal aligns the last query with key key_lens[b] − 1).
+    Keys past the length are never read into any result. Differentiable in q, k, v."""
     return ops.attention_with_lse_ragged(q, k, v, key_lens, causal, scale)
 
 
@@ -491,7 +513,13 @@ def _merge_attention_states_fake(out_a, lse_a, out_b, lse_b):
 def merge_attention_states(
     out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor
 ) -> Tuple[Tensor, Tensor]:
-    """Exact softmax merge of two attentions over disjoint key sets."""
+    """Exact softmax merge of two attentions over disjoint key sets.
+
+    out_a, out_b [B, S, H, D] (one dtype: float16/bfloat16/float32), lse_a, lse_b float32
+    [B, H, S] as returned by attention_with_lse. Returns (out, lse) of the attention over
+    both key sets: out in out_a's dtype, lse float32. A side with lse −inf contributes
+    nothing; both −inf gives out 0 and lse −inf. Differentiable in all four (closed form;
+    both-empty rows get zero gradients)."""
     return ops.merge_attention_states(out_a, lse_a, out_b, lse_b)
 
 
@@ -511,5 +539,15 @@ def shared_prefix_attention(
     suffix_lens: Optional[Tensor] = None,
     scale: Optional[float] = None,
 ) -> Tensor:
-    """Attention of q over one shared prefix plus each sequence's own suffix (Hydragen)."""
+    """Attention of every sequence over one shared prefix plus its own suffix (Hydragen).
+
+    q [B, Sq, Hq, D]; prefix_k/prefix_v [P, Hkv, D], stored once and attended by all B·Sq
+    queries as one batched matmul; suffix_k/suffix_v [B, S, Hkv, D]; suffix_lens int32 [B]
+    in [0, S] (None: S): keys past a sequence's length are never read into its result (a
+    KV cache may hold anything there). Query i of Sq sees the whole prefix and suffix keys
+    j ≤ len − Sq + i (causal, the last query aligned with the last key). float16/bfloat16/
+    float32, one device; Hq a multiple of Hkv (GQA); scale defaults to 1/√D. Returns
+    [B, Sq, Hq, D] in q's dtype; a query that sees no key at all gets 0. Differentiable in
+    q and the four key/value tensors (recomputing backward in float32, the prefix again
+    batched across sequences)."""
     return ops.shared_prefix_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens, scale)
