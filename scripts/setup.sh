@@ -21,14 +21,14 @@ echo "setup: installing requirements-dev.txt into .venv (torch $(sed -n 's/^torc
 echo "setup: requirements installed ($(elapsed)); building mlx_kernels (MLX_CUDA=${MLX_CUDA:-AUTO})"
 
 # --no-build-isolation: build against the torch installed above (see README).
-# pip -v passes the build's output through; the filter keeps ninja's line per
-# compiled unit ([done/total elapsed]) and our own configure messages.
+# pip -v passes the build's output through (indented); the filter keeps ninja's
+# line per compiled unit ([done/total elapsed]) and our own configure messages.
 mkdir -p build
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" NINJA_STATUS="${NINJA_STATUS:-[%f/%t %es] }"
 .venv/bin/python -m pip install -v --no-build-isolation -e . >build/setup.log 2>&1 </dev/null &
 pid=$!
-tail -n +1 -f --pid=$pid build/setup.log | grep --line-buffered -E "^\[[0-9]+/[0-9]+[] ]|^-- mlx-kernels:" |
-  sed -u 's/^-- //' || true
+tail -n +1 -f --pid=$pid build/setup.log | grep --line-buffered -E "^ *\[[0-9]+/[0-9]+[] ]|^ *-- mlx-kernels:" |
+  sed -u 's/^ *\(-- \)\{0,1\}//' || true
 if ! wait $pid; then
   echo "setup: build FAILED after $(elapsed); the end of build/setup.log:" >&2
   tail -40 build/setup.log >&2
