@@ -606,3 +606,28 @@ def test_nonfinite_keys_and_values_reach_the_outputs_they_touch(device, dtype):
     assert torch.isfinite(out[1, :, :, :7]).all()  # sequence 1 sees no non-finite key or value but the prefix's
     torch.testing.assert_close(out[torch.isfinite(expected)], expected[torch.isfinite(expected)].float(),
                                rtol=0, atol=0.05 if dtype == torch.bfloat16 else 1e-5)
+
+
+def test_hierarchical_shared_prefix_gradients(device):
+    """The hierarchical helper is built of differentiable ops: with one level shared by all
+    it is shared_prefix_attention, gradients included; with groups, every input gets one."""
+    inputs = make_inputs(4, 2, (4, 2), 7, 3, head_dim=16, device=device)
+    lens = torch.tensor([3, 0, 2, 1], dtype=torch.int32, device=device)
+    grads = []
+    for hierarchical in (False, True):
+        q, prefix_k, prefix_v, suffix_k, suffix_v = leaves = [t.clone().requires_grad_() for t in inputs]
+        if hierarchical:
+            out = mlx_kernels.hierarchical_shared_prefix_attention(q, [(prefix_k, prefix_v, None)], suffix_k, suffix_v,
+                                                                   lens)
+        else:
+            out = mlx_kernels.shared_prefix_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, lens)
+        grads.append(torch.autograd.grad(out.square().sum(), leaves))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    q, doc_k, doc_v, suffix_k, suffix_v = [t.clone().requires_grad_() for t in
+                                           (inputs[0], rand(2, 5, 2, 16, device=device), rand(2, 5, 2, 16, device=device),
+                                            inputs[3], inputs[4])]
+    groups = torch.tensor([0, 1, 1, 0], device=device)
+    out = mlx_kernels.hierarchical_shared_prefix_attention(q, [(doc_k, doc_v, groups)], suffix_k, suffix_v, lens)
+    out.sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, doc_k, doc_v, suffix_k, suffix_v))
