@@ -22,9 +22,10 @@ def needs_grad(ctx, count: int) -> Tuple[bool, ...]:
 def register_non_differentiable(op: str, why: str) -> None:
     """Make a gradient through ``op`` an error that names it and says why."""
     qualname = _ops._name(op)
+    shown = qualname.replace("::", ".")  # as every other error names the op
 
     def backward(ctx, *grads):
-        raise RuntimeError(f"{qualname} is not differentiable: {why}")
+        raise RuntimeError(f"{shown} is not differentiable: {why}")
 
     def setup_context(ctx, inputs, output):
         pass
