@@ -37,7 +37,8 @@ namespace mlx_kernels::bipolar {
 constexpr int64_t kMaxBits = 8;
 constexpr int kWordBits = 32;
 
-MLX_BIPOLAR_HOST_DEVICE int64_t words_for(int64_t K) { return (K + kWordBits - 1) / kWordBits; }
+// (K - 1) / 32 + 1, not (K + 31) / 32: K = 2^63 - 1 must get an error, not an overflow.
+MLX_BIPOLAR_HOST_DEVICE int64_t words_for(int64_t K) { return K > 0 ? (K - 1) / kWordBits + 1 : 0; }
 
 // Mask of the valid bits of word `word` of a K-long row (all ones except in the last word).
 MLX_BIPOLAR_HOST_DEVICE uint32_t valid_bits(int64_t word, int64_t K) {
@@ -101,6 +102,7 @@ inline void check_planes(const char* op, const char* arg, const at::Tensor& plan
 
 inline void check_pack_args(const at::Tensor& values, int64_t bits) {
   constexpr const char* op = MLX_OP_NAME("bipolar_pack");
+  check_same_device(op, {{"values", &values}});  // (and its size: an expanded input larger than memory is refused)
   check_bits(op, "bits", bits);
   check_dtype(op, "values", values, {at::kChar, at::kShort, at::kInt, at::kLong});
   check_dim(op, "values", values, 2);
@@ -118,10 +120,12 @@ inline void check_pack_args(const at::Tensor& values, int64_t bits) {
 }
 
 inline void check_unpack_args(const at::Tensor& planes, int64_t K) {
+  check_same_device(MLX_OP_NAME("bipolar_unpack"), {{"planes", &planes}});
   check_planes(MLX_OP_NAME("bipolar_unpack"), "planes", planes, K);
 }
 
 inline void check_quantize_args(const char* op, const at::Tensor& x, int64_t bits) {
+  check_same_device(op, {{"x", &x}});
   check_bits(op, "bits", bits);
   check_dtype(op, "x", x, {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble});
   check_dim(op, "x", x, 2);
@@ -144,6 +148,7 @@ inline void check_gemm_args(const at::Tensor& a_planes, const at::Tensor& w_plan
   check_same_device(op, {{"a_planes", &a_planes}, {"w_planes", &w_planes}});
   check_planes(op, "a_planes", a_planes, K);
   check_weight_planes(op, w_planes, K, a_planes.size(0));
+  check_alloc(op, "the output", {a_planes.size(1), w_planes.size(1)}, sizeof(int32_t), a_planes.device());
 }
 
 // bipolar_linear(x [..., K], w_planes [q, N, W], w_scale fp32 [N], x_bits, bias [N]?).
@@ -177,6 +182,8 @@ inline void check_linear_args(const at::Tensor& x, const at::Tensor& w_planes, c
     check_size(op, "bias", *bias, 0, N, "w_planes [q, N, W]");
   }
   check_fits_int32(op, "x rows", leading_rows(x));
+  // the int32 product [M, N] the output is dequantized from (at least as large as the output)
+  check_alloc(op, "the int32 product", {leading_rows(x), N}, sizeof(int32_t), x.device());
 }
 
 }  // namespace mlx_kernels::bipolar

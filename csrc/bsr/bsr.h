@@ -81,6 +81,7 @@ inline void check_bsr_spmm_shapes(const at::Tensor& crow, const at::Tensor& col,
             "'blocks' must be [nblocks, br, bc] with br, bc >= 1, got shape ", blocks.sizes());
   check_bcsr_structure(op, crow, col, blocks.size(0), "one column index per block (blocks.shape[0])",
                        blocks.size(1), b, m, perm);
+  check_alloc(op, "the output", {m, b.size(1)}, b.element_size(), b.device());
 }
 
 // Shape, dtype and device checks of bsr_sddmm: a [m, n] and b [k, n] of one
@@ -101,6 +102,7 @@ inline void check_bsr_sddmm_shapes(const at::Tensor& crow, const at::Tensor& col
   MLX_CHECK(a.size(1) == b.size(1), op, "'a' [m, n] and 'b' [k, n] must have one n, got shapes ", a.sizes(),
             " and ", b.sizes());
   check_bcsr_structure(op, crow, col, col.numel(), "one column index per block", br, b, a.size(0), perm);
+  check_alloc(op, "the output", {col.numel(), br, bc}, a.element_size(), a.device());
 }
 
 // Shape, dtype and device checks of bsr_spmm_packed (a CPU op on int64 indices).

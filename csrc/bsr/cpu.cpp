@@ -509,6 +509,7 @@ at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_
             "and end at word_blocks.numel() = ", word_blocks.numel(), ", got ", row_words_ptr[0], " and ",
             row_words_ptr[m]);
 
+  check_alloc(op, "the output", {m, n}, b.element_size(), b.device());
   at::Tensor out = at::empty({m, n}, b.options());
   if (m == 0 || n == 0) return out;
   const at::Tensor b_acc = b_for_accumulation(b);

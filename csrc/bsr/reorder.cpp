@@ -221,13 +221,24 @@ at::Tensor bsr_reorder_rows_cpu(const at::Tensor& crow_in, const at::Tensor& col
   std::vector<int64_t> best;
   AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "bsr_reorder_rows", [&] {
     check_csr<index_t>(kReorderOp, crow, col, k);
-    const Signatures sig = row_signatures(crow.data_ptr<index_t>(), col.data_ptr<index_t>(), m, block_cols);
-    const int64_t width = ceil_div(k, block_cols);
+    Signatures sig = row_signatures(crow.data_ptr<index_t>(), col.data_ptr<index_t>(), m, block_cols);
+    const std::vector<int64_t> minhash = minhash_order(sig, m);
+    // The greedy pass stamps block columns in an array indexed by them: when the
+    // ones that occur are few over a wide matrix (k = 2^40 with a handful of
+    // entries), renumber them densely first, so the array is O(nnz), never O(k).
+    int64_t width = ceil_div(k, block_cols);
+    if (width > 2 * static_cast<int64_t>(sig.blocks.size()) + 4096) {
+      std::vector<int64_t> present(sig.blocks);
+      std::sort(present.begin(), present.end());
+      present.erase(std::unique(present.begin(), present.end()), present.end());
+      for (int64_t& b : sig.blocks) b = std::lower_bound(present.begin(), present.end(), b) - present.begin();
+      width = static_cast<int64_t>(present.size());
+    }
     std::vector<int64_t> identity(m);
     std::iota(identity.begin(), identity.end(), 0);
     int64_t best_blocks = count_blocks(sig, identity, block_rows, width);
     best = identity;
-    for (const auto& order : {identity, minhash_order(sig, m)}) {
+    for (const auto& order : {identity, minhash}) {
       auto [perm, blocks] = greedy_block_rows(sig, order, block_rows, width);
       if (blocks < best_blocks) best = std::move(perm), best_blocks = blocks;
     }
@@ -293,6 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bsr_from_csr_cpu(const at::Tensor
     });
     std::partial_sum(bcrow_ptr + 1, bcrow_ptr + block_rows + 1, bcrow_ptr + 1);
     const int64_t nblocks = bcrow_ptr[block_rows];
+    check_alloc(op, "the blocks", {nblocks, br, bc}, values.element_size(), values.device());
     bcol = at::empty({nblocks}, crow.options().dtype(at::kLong));
     blocks = at::zeros({nblocks, br, bc}, values.options());
     int64_t* bcol_ptr = bcol.data_ptr<int64_t>();

@@ -18,6 +18,13 @@ __host__ __device__ constexpr T ceil_div_dev(T a, T b) {
   return (a + b - 1) / b;
 }
 
+// The GPU's global memory for check_alloc (common/checks.h): registered at load
+// time by every CUDA translation unit (the same function each time).
+inline int64_t cuda_global_memory_bytes(c10::DeviceIndex index) {
+  return static_cast<int64_t>(at::cuda::getDeviceProperties(index)->totalGlobalMem);
+}
+[[maybe_unused]] static const bool cuda_memory_query_registered = (cuda_memory_query() = &cuda_global_memory_bytes, true);
+
 // Whether machine code built for sm_90a (wgmma, setmaxnreg) runs on a device:
 // arch-specific targets run on their exact compute capability only.
 inline bool runs_sm90a_code(const cudaDeviceProp& props) { return props.major == 9 && props.minor == 0; }

@@ -226,6 +226,7 @@ inline void check_fft_conv_args(const at::Tensor& u, const at::Tensor& k, const 
 // fft_conv_spectrum(k [H, Lk], seqlen, keep_blocks)
 inline void check_spectrum_args(const at::Tensor& k, int64_t seqlen, int64_t keep_blocks, bool allow_double) {
   constexpr const char* op = MLX_OP_NAME("fft_conv_spectrum");
+  check_same_device(op, {{"k", &k}});
   check_dim(op, "k", k, 2);
   if (allow_double) {
     check_dtype(op, "k", k, {at::kFloat, at::kDouble});
@@ -235,6 +236,9 @@ inline void check_spectrum_args(const at::Tensor& k, int64_t seqlen, int64_t kee
   MLX_CHECK(seqlen >= 0 && k.size(1) <= seqlen && (k.size(1) >= 1 || seqlen == 0), op,
             "argument 'k' must have 1 <= Lk <= seqlen = ", seqlen, ", got Lk = ", k.size(1));
   check_keep_blocks(op, keep_blocks);
+  // The spectrum [H, 2, N] with N in [2·seqlen, 4·seqlen): bounded before N is computed.
+  check_alloc(op, "the output (the spectrum [H, 2, N >= 2·seqlen])", {std::max<int64_t>(k.size(0), 1), 2, seqlen, 2},
+              k.element_size(), k.device());
 }
 
 // fft_conv_spectral(u [B, H, L], k_f [H, 2, N], keep_blocks, pregate?, postgate?)

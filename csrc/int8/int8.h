@@ -27,6 +27,7 @@ inline void check_int8_mm_args(const at::Tensor& a, const at::Tensor& b) {
             " can overflow the int32 accumulator (needs K < ", (int64_t{1} << 31) / (128 * 128), ")");
   check_fits_int32(op, "M", a.size(0));
   check_fits_int32(op, "N", b.size(0));
+  check_alloc(op, "the output", {a.size(0), b.size(0)}, sizeof(int32_t), a.device());
 }
 
 // LLM.int8 quantization scale: x_i8 = round(x * 127 / absmax), and an int32
@@ -81,6 +82,7 @@ inline void check_threshold(const char* op, double threshold) {
 // int8_vectorwise_quant(x [..., K] float, threshold).
 inline void check_int8_vectorwise_quant_args(const at::Tensor& x, double threshold) {
   constexpr const char* op = MLX_OP_NAME("int8_vectorwise_quant");
+  check_same_device(op, {{"x", &x}});  // (and its size: an expanded x larger than memory is refused)
   check_dtype(op, "x", x, {at::kHalf, at::kBFloat16, at::kFloat});
   check_min_dim(op, "x", x, 1);
   check_threshold(op, threshold);
@@ -115,6 +117,7 @@ inline void check_int8_gemm_args(const at::Tensor& x, const at::Tensor& w_i8, co
             " can overflow the int32 accumulator (needs K < ", (int64_t{1} << 31) / (127 * 128), ")");
   check_fits_int32(op, "N", w_i8.size(0));
   check_fits_int32(op, "rows of x (x.numel() / K)", leading_rows(x));
+  check_alloc(op, "the output", {leading_rows(x), w_i8.size(0)}, x.element_size(), x.device());
 }
 
 }  // namespace mlx_kernels::int8
