@@ -299,7 +299,9 @@ void int8_gemm_packed(const int8_t* a, const int8_t* b, int64_t M, int64_t N, in
           for (int64_t t = 0; t < std::min(Ops::kGroup, K - k0); ++t) dst[t] = b_row[k0 + t];
         }
         if constexpr (kIsa == Int8Isa::kAvx512Vnni) {
-          compensation[j] = 128 * std::accumulate(b_row, b_row + K, int32_t{0});
+          // Modulo 2^32, as the VNNI sums it adds to: 128·Σ b can pass 2^31 (K near its
+          // limit) while the final a·b does not, and signed int overflow is undefined.
+          compensation[j] = static_cast<int32_t>(128u * static_cast<uint32_t>(std::accumulate(b_row, b_row + K, int32_t{0})));
         }
       }
       for (int64_t m0 = m_begin; m0 < m_end; m0 += kMicroRows) {
