@@ -217,13 +217,22 @@ inline AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, con
 
 // The ops, composed from a backend's run_pass(op, const AttentionParams&, at::ScalarType).
 
+// t contiguous and starting on a 16-byte boundary (a fresh copy when a view
+// starts elsewhere): the CUDA tensor-core path needs aligned rows, and without
+// this a misaligned view of the same values would take the FFMA path and give
+// other last bits.
+inline at::Tensor contiguous_aligned(const at::Tensor& t) {
+  at::Tensor out = t.contiguous();
+  return reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0 ? out : out.clone();
+}
+
 template <typename RunPass>
 std::tuple<at::Tensor, at::Tensor> attention_with_lse_impl(const char* op, const at::Tensor& q_in,
                                                            const at::Tensor& k_in, const at::Tensor& v_in,
                                                            const std::optional<at::Tensor>& key_lens, bool causal,
                                                            std::optional<double> scale, RunPass run_pass) {
   check_attention_args(op, q_in, k_in, v_in, key_lens.has_value() ? &*key_lens : nullptr);
-  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const at::Tensor q = contiguous_aligned(q_in), k = contiguous_aligned(k_in), v = contiguous_aligned(v_in);
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
   if (lse.numel() == 0) return {out, lse};
@@ -297,9 +306,9 @@ at::Tensor shared_prefix_attention_impl(const at::Tensor& q_in, const at::Tensor
                                         ChooseSplits choose_splits) {
   constexpr const char* op = MLX_OP_NAME("shared_prefix_attention");
   check_shared_prefix_args(q_in, prefix_k_in, prefix_v_in, suffix_k_in, suffix_v_in, suffix_lens);
-  const at::Tensor q = q_in.contiguous();
-  const at::Tensor prefix_k = prefix_k_in.contiguous(), prefix_v = prefix_v_in.contiguous();
-  const at::Tensor suffix_k = suffix_k_in.contiguous(), suffix_v = suffix_v_in.contiguous();
+  const at::Tensor q = contiguous_aligned(q_in);
+  const at::Tensor prefix_k = contiguous_aligned(prefix_k_in), prefix_v = contiguous_aligned(prefix_v_in);
+  const at::Tensor suffix_k = contiguous_aligned(suffix_k_in), suffix_v = contiguous_aligned(suffix_v_in);
   const int64_t batch = q.size(0), seq_q = q.size(1), heads_q = q.size(2), head_dim = q.size(3);
   const int64_t prefix_len = prefix_k.size(0);
   const float scale = softmax_scale(scale_in, head_dim);
