@@ -86,6 +86,7 @@ struct Problem {
   int64_t m, k, n;
   int block_rows, nblocks, br, bc;
   int split_rows;           // workspace slots
+  int chunk;                // blocks per CTA at most: kChunk, or nblocks (no row split) when deterministic
 };
 
 // Blocks [first, last) of block row rb, clamped into [0, nblocks].
@@ -128,8 +129,8 @@ __global__ void __launch_bounds__(kSplitThreads) split_work_kernel(Problem<acc_t
       if (first_row + i < p.block_rows) {
         const BlockRange range = block_range(p, static_cast<int>(first_row + i));
         const int blocks = range.last - range.first;
-        chunks[i] = max(1, ceil_div_dev(blocks, kChunk));
-        split[i] = blocks > kChunk;
+        chunks[i] = max(1, ceil_div_dev(blocks, p.chunk));
+        split[i] = blocks > p.chunk;
       }
     }
     int64_t chunk_sum[kSplitRowsPerThread], split_index[kSplitRowsPerThread], chunk_total, split_total;
@@ -162,8 +163,10 @@ __device__ Chunk find_chunk(const Problem<acc_t>& p, int item) {
   if (lo == p.block_rows) return {-1, 0, 0, -1};
   const int chunk = item - (lo > 0 ? p.chunk_end[lo - 1] : 0);  // in [0, chunks of row lo)
   const BlockRange range = block_range(p, lo);
-  const int first = min(range.first + chunk * kChunk, range.last);
-  return {lo, first, min(first + kChunk, range.last), p.split_slot[lo]};
+  const int first = static_cast<int>(min(range.first + static_cast<int64_t>(chunk) * p.chunk,
+                                          static_cast<int64_t>(range.last)));
+  return {lo, first, static_cast<int>(min(static_cast<int64_t>(first) + p.chunk, static_cast<int64_t>(range.last))),
+          p.split_slot[lo]};
 }
 
 template <typename T>
@@ -477,10 +480,13 @@ at::Tensor run_bsr_spmm(const at::Tensor& crow_in, const at::Tensor& col_in, con
   // and a split row holds more than kChunk blocks. The workspace is sized by
   // that bound without a host sync while it is small; past kWorkspaceSyncBytes
   // the exact count is worth one sync.
-  const int64_t max_items = block_rows + nblocks / kChunk;
+  // Under torch.use_deterministic_algorithms(True) no block row is split: each
+  // is summed by one CTA in block order (no atomics), bitwise reproducible.
+  const int64_t chunk = at::globalContext().deterministicAlgorithms() ? std::max<int64_t>(nblocks, 1) : kChunk;
+  const int64_t max_items = block_rows + nblocks / chunk;
   check_fits_int32(op, "work items", max_items);
   const auto workspace_dtype = acc_dtype(b.scalar_type());
-  int64_t split_rows = std::min<int64_t>(block_rows, nblocks / (kChunk + 1));
+  int64_t split_rows = std::min<int64_t>(block_rows, nblocks / (chunk + 1));
   const bool count_split_rows = split_rows * br * n * at::elementSize(workspace_dtype) > kWorkspaceSyncBytes;
   // chunk_end, split_slot, then the split-row count.
   const at::Tensor table = at::empty({2 * block_rows + 1}, crow.options());
@@ -497,7 +503,7 @@ at::Tensor run_bsr_spmm(const at::Tensor& crow_in, const at::Tensor& col_in, con
                      nullptr,
                      m, k, n,
                      static_cast<int>(block_rows), static_cast<int>(nblocks), static_cast<int>(br),
-                     static_cast<int>(bc), static_cast<int>(split_rows)};
+                     static_cast<int>(bc), static_cast<int>(split_rows), static_cast<int>(chunk)};
     MLX_LAUNCH_KERNEL(split_work_kernel<acc_t>, 1, kSplitThreads, 0, stream, p, static_cast<int>(max_items), chunk_end,
                                                               chunk_end + block_rows, chunk_end + 2 * block_rows);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -282,6 +282,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spgemm_csr_cuda(
   // Hash keys are int32 columns and row lists int32 row ids.
   MLX_CHECK(s.n < std::numeric_limits<int32_t>::max(), kOp, "the CUDA kernel needs n < 2^31 - 1, got n = ", s.n);
   MLX_CHECK(s.m < std::numeric_limits<int32_t>::max(), kOp, "the CUDA kernel needs m < 2^31 - 1, got m = ", s.m);
+  // The values of C are summed with floating-point atomics in a run-dependent
+  // order: torch.use_deterministic_algorithms(True) makes this an error (and
+  // warn_only=True a warning), as for torch's own atomic-add kernels.
+  at::globalContext().alertNotDeterministic(
+      std::string(kOp) + " on CUDA (C's values are summed with floating-point atomics in a run-dependent order)");
   const c10::cuda::CUDAGuard guard(a_crow.device());
   const at::Tensor ac = a_crow.contiguous(), aj = a_col.contiguous(), av = a_val.contiguous();
   const at::Tensor bc = b_crow.contiguous(), bj = b_col.contiguous(), bv = b_val.contiguous();
