@@ -735,13 +735,13 @@ def test_int8_gemm_gradcheck_scales_and_bias():
 
 def test_int8_gemm_backward_in_blocks(monkeypatch, device):
     # W_deq is built a bounded block of rows at a time: the blocks must add up.
-    import mlx_kernels.int8 as int8_module
+    import mlx_kernels._autograd as autograd_module
 
     x = torch.randn(9, 40, device=device, requires_grad=True)
     _, w_i8, w_absmax = quantized_weight(50, 40, device)
     grad = torch.randn(9, 50, device=device)
     whole, = torch.autograd.grad(mlx_kernels.int8_gemm(x, w_i8, w_absmax), x, grad)
-    monkeypatch.setattr(int8_module, "_DEQUANT_BLOCK_ELEMENTS", 7 * 40)
+    monkeypatch.setattr(autograd_module, "DEQUANT_BLOCK_ELEMENTS", 7 * 40)
     blocks, = torch.autograd.grad(mlx_kernels.int8_gemm(x, w_i8, w_absmax), x, grad)
     torch.testing.assert_close(blocks, whole, rtol=1e-5, atol=1e-5)
 

@@ -27,8 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from ._autograd import needs_grad, register_non_differentiable
-from .int8 import _grad_through_dequantized_weight
+from ._autograd import grad_through_dequantized_weight, needs_grad, register_non_differentiable
 
 
 def _bipolar_linear_setup_context(ctx, inputs, output):
@@ -47,7 +46,7 @@ def _bipolar_linear_backward(ctx, grad):
         def dequantized_rows(n0, n1):
             levels = ops.bipolar_unpack(w_planes[:, n0:n1], k)  # int32 [n1 - n0, K], odd levels
             return levels.to(x.dtype).mul_(w_scale[n0:n1, None])
-        grad_x = _grad_through_dequantized_weight(grad2d, k, x.dtype, dequantized_rows).reshape(x.shape)
+        grad_x = grad_through_dequantized_weight(grad2d, k, x.dtype, dequantized_rows).reshape(x.shape)
     if need_scale:
         # out[m, n] = P[m, n] · w_scale[n] (+ bias): P is bipolar_linear with w_scale = 1.
         product = ops.bipolar_linear(x.to(torch.float32), w_planes, torch.ones_like(w_scale), ctx.x_bits, None)

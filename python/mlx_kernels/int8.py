@@ -31,29 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from ._autograd import needs_grad, register_non_differentiable
+from ._autograd import grad_through_dequantized_weight, needs_grad, register_non_differentiable
 
 __all__ = ["Int8Linear", "quantize_model_int8"]
-
-# Rows of the dequantized weight materialised at once by the backward of x:
-# at most this many elements (64 MiB of fp32) per block.
-_DEQUANT_BLOCK_ELEMENTS = 1 << 24
-
-
-def _grad_through_dequantized_weight(grad2d: Tensor, k: int, dtype: torch.dtype, dequantized_rows) -> Tensor:
-    """grad2d [M, N] @ W_deq [N, K] in ``dtype``, W_deq built ``dequantized_rows(n0, n1)``
-    ([n1 - n0, K] in dtype) a bounded block of rows at a time."""
-    m, n = grad2d.shape
-    grad2d = grad2d.to(dtype)
-    block = max(1, _DEQUANT_BLOCK_ELEMENTS // max(k, 1))
-    if n <= block:
-        return grad2d @ dequantized_rows(0, n)
-    out = grad2d.new_zeros((m, k))
-    for n0 in range(0, n, block):
-        n1 = min(n, n0 + block)
-        out.addmm_(grad2d[:, n0:n1], dequantized_rows(n0, n1))
-    return out
-
 
 def _int8_gemm_setup_context(ctx, inputs, output):
     x, w_i8, w_absmax, bias, threshold = inputs
@@ -64,9 +44,7 @@ def _int8_gemm_setup_context(ctx, inputs, output):
 
 def _int8_gemm_backward(ctx, grad):
     x, w_i8, w_absmax = ctx.saved_tensors
-    need_x, need_w, need_absmax, need_bias, _ = needs_grad(ctx, 5)
-    if need_w:  # unreachable (int8 cannot require grad), kept as a guard
-        raise RuntimeError(f"{ops._name('int8_gemm')}: the int8 weight w_i8 is frozen (no gradient)")
+    need_x, _, need_absmax, need_bias, _ = needs_grad(ctx, 5)  # w_i8: int8, never requires grad
     n, k = w_i8.shape
     grad2d = grad.reshape(ops._rows(x), n)
     grad_x = grad_absmax = grad_bias = None
@@ -74,7 +52,7 @@ def _int8_gemm_backward(ctx, grad):
         def dequantized_rows(n0, n1):
             # bitsandbytes' W_deq: w_i8 in x's dtype times absmax / 127, rounded once.
             return w_i8[n0:n1].to(x.dtype).mul_((w_absmax[n0:n1] / 127.0)[:, None])
-        grad_x = _grad_through_dequantized_weight(grad2d, k, x.dtype, dequantized_rows).reshape(x.shape)
+        grad_x = grad_through_dequantized_weight(grad2d, k, x.dtype, dequantized_rows).reshape(x.shape)
     if need_absmax:
         # out[m, n] = P[m, n] · w_absmax[n] / 127 (+ bias): P is int8_gemm with w_absmax = 127.
         product = ops.int8_gemm(x.to(torch.float32), w_i8, torch.full_like(w_absmax, 127.0), None, ctx.threshold)
