@@ -565,11 +565,13 @@ def test_int8_gemm_mixed_devices_rejected():
 @requires_cuda
 def test_int8_gemm_n_near_int32_max_is_refused():
     # The CUDA kernels index features in int32 up to N rounded up to a GEMV block
-    # of 32. Expanded (stride-0) weights and no rows of x keep this allocation-free.
+    # of 32. Expanded (stride-0) weights and no rows of x keep this allocation-free;
+    # K = 1 keeps the weight's dense size (2 GiB) under any device's memory, so the
+    # refusal that fires is the index check, not the dense-read check.
     n = 2**31 - 1 - 16
-    w_i8 = torch.zeros(1, 16, dtype=torch.int8, device="cuda").expand(n, 16)
+    w_i8 = torch.zeros(1, 1, dtype=torch.int8, device="cuda").expand(n, 1)
     w_absmax = torch.ones(1, device="cuda").expand(n)
-    x = torch.zeros(0, 16, dtype=torch.float16, device="cuda")
+    x = torch.zeros(0, 1, dtype=torch.float16, device="cuda")
     with pytest.raises(RuntimeError, match=r"int8_gemm.*N rounded up to a multiple of 32 .* = 2147483648 does not fit"):
         mlx_kernels.int8_gemm(x, w_i8, w_absmax)
 
