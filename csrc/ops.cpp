@@ -2,12 +2,20 @@
 // implementations from their family folders (csrc/<family>/cpu.cpp, *.cu);
 // the fake (meta) implementations live in python/mlx_kernels/ops.py.
 //
-// This file also holds the (empty) Python module init: `from mlx_kernels import
-// _C` just loads the library, whose static initializers register the ops.
+// This file also holds the Python module init: `from mlx_kernels import _C`
+// loads the library, whose static initializers register the ops; the module
+// itself has only _C.cpu_isa() and _C.cpu_isa_available() (not torch ops: they
+// take no tensor).
 
 #include <Python.h>
 
 #include "common/registration.h"
+
+#ifndef MLX_EMU
+#include <c10/util/Exception.h>
+
+#include "common/cpu_isa.h"
+#endif
 
 MLX_LIBRARY(m) {
   // int8 mixed-precision GEMM (LLM.int8)
@@ -69,7 +77,29 @@ MLX_LIBRARY(m) {
 #define MLX_MODULE_NAME _C
 #endif
 
+#ifdef MLX_EMU
+static PyMethodDef* const module_methods = nullptr;
+#else
+// The ISA path the CPU kernels take now (MLX_CPU_ISA applied; RuntimeError on a
+// bad value), and the best this CPU executes: "scalar", "avx2" or "avx512".
+static PyObject* cpu_isa_py(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(mlx_kernels::cpu_isa_name(mlx_kernels::cpu_isa("mlx_kernels.cpu_isa")));
+  } catch (const c10::Error& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what_without_backtrace());
+    return nullptr;
+  }
+}
+static PyObject* cpu_isa_available_py(PyObject*, PyObject*) {
+  return PyUnicode_FromString(mlx_kernels::cpu_isa_name(mlx_kernels::cpu_isa_available()));
+}
+static PyMethodDef module_methods[] = {
+    {"cpu_isa", cpu_isa_py, METH_NOARGS, "The ISA path the CPU kernels take now (MLX_CPU_ISA applied)."},
+    {"cpu_isa_available", cpu_isa_available_py, METH_NOARGS, "The best ISA path this CPU executes."},
+    {nullptr, nullptr, 0, nullptr}};
+#endif
+
 PyMODINIT_FUNC MLX_CONCAT(PyInit_, MLX_MODULE_NAME)(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, MLX_STRINGIFY(MLX_MODULE_NAME), nullptr, -1, nullptr};
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, MLX_STRINGIFY(MLX_MODULE_NAME), nullptr, -1, module_methods};
   return PyModule_Create(&module);
 }

@@ -21,6 +21,7 @@
 
 #include "attention/attention.h"
 #include "attention/softmax_math.h"
+#include "common/cpu_isa.h"
 #include "common/cpu_utils.h"
 #include "common/registration.h"
 
@@ -36,8 +37,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // scores[r, j] = Σ_d q[r, d]·k_t[d, j] for all kTileRows × kTileKeys entries.
 // k_t is the key tile transposed ([head_dim, kTileKeys], zero past the last key),
 // so the key index is contiguous and vectorizes without reassociating sums.
-MLX_CPU_MULTIVERSION
-void scores_tile(const float* q, const float* k_t, float* scores, int64_t rows, int64_t head_dim) {
+inline __attribute__((always_inline)) void scores_tile(const float* q, const float* k_t, float* scores, int64_t rows,
+                                                      int64_t head_dim) {
   for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
     float acc[kRowBlock][kTileKeys] = {};
     for (int64_t d = 0; d < head_dim; ++d) {
@@ -50,10 +51,11 @@ void scores_tile(const float* q, const float* k_t, float* scores, int64_t rows, 
     for (int64_t r = 0; r < kRowBlock; ++r) std::copy_n(acc[r], kTileKeys, scores + (r0 + r) * kTileKeys);
   }
 }
+MLX_CPU_ISA_DISPATCH(scores_tile_isa, scores_tile)
 
 // acc[r, :] += Σ_{j < keys} p[r, j]·v[j, :], kRowBlock rows × kDimBlock columns at a time.
-MLX_CPU_MULTIVERSION
-void accumulate_pv(const float* p, const float* v, float* acc, int64_t rows, int64_t keys, int64_t head_dim) {
+inline __attribute__((always_inline)) void accumulate_pv(const float* p, const float* v, float* acc, int64_t rows,
+                                                        int64_t keys, int64_t head_dim) {
   const int64_t full_dims = head_dim / kDimBlock * kDimBlock;
   for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
     for (int64_t d0 = 0; d0 < full_dims; d0 += kDimBlock) {
@@ -75,6 +77,7 @@ void accumulate_pv(const float* p, const float* v, float* acc, int64_t rows, int
     }
   }
 }
+MLX_CPU_ISA_DISPATCH(accumulate_pv_isa, accumulate_pv)
 
 // Per-thread fp32 working set of one task.
 struct TaskBuffers {
@@ -120,12 +123,13 @@ void online_softmax_tile(TaskBuffers& buf, int64_t rows, int64_t key0, int64_t k
 }
 
 template <typename T>
-void attention_pass(const AttentionParams& p) {
+void attention_pass(const char* op, const AttentionParams& p) {
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
   const int64_t group = p.group(), rows = p.rows(), head_dim = p.head_dim;
   const int64_t row_tiles = ceil_div(rows, kTileRows);
+  const CpuIsa isa = cpu_isa(op);
 
   at::parallel_for(0, p.batch * p.heads_kv * row_tiles, 1, [&](int64_t begin, int64_t end) {
     TaskBuffers buf(head_dim);
@@ -159,9 +163,9 @@ void attention_pass(const AttentionParams& p) {
             buf.v[j * head_dim + d] = static_cast<float>(v[offset + d]);
           }
         }
-        scores_tile(buf.q.data(), buf.k_t.data(), buf.scores.data(), tile_rows, head_dim);
+        scores_tile_isa(isa, buf.q.data(), buf.k_t.data(), buf.scores.data(), tile_rows, head_dim);
         online_softmax_tile(buf, tile_rows, key0, keys, head_dim);
-        accumulate_pv(buf.scores.data(), buf.v.data(), buf.acc.data(), tile_rows, keys, head_dim);
+        accumulate_pv_isa(isa, buf.scores.data(), buf.v.data(), buf.acc.data(), tile_rows, keys, head_dim);
       }
 
       // Epilogue: normalize, LSE, merge the previous state in, store.
@@ -186,9 +190,9 @@ void attention_pass(const AttentionParams& p) {
   });
 }
 
-void run_pass_cpu(const char* /*op*/, const AttentionParams& p, at::ScalarType dtype) {
+void run_pass_cpu(const char* op, const AttentionParams& p, at::ScalarType dtype) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "attention_pass_cpu",
-                                  [&] { attention_pass<scalar_t>(p); });
+                                  [&] { attention_pass<scalar_t>(op, p); });
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_with_lse_cpu(const at::Tensor& q, const at::Tensor& k,

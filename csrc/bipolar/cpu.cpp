@@ -7,7 +7,8 @@
 // 4×4 register block. Their weighted row popcounts RA/RW come out of the same
 // pass. The output is split into 32×64 tiles run in parallel; within a tile a
 // 4-row × 4-column block keeps 16 AND-popcount sums in registers while it
-// streams one plane pair over K (vpopcntq where the CPU has it), and shifts
+// streams one plane pair over K (vpopcntq on the AVX-512 path of a CPU that
+// has it, popcnt on the AVX2 path, see and_popc_block_for), and shifts
 // them by 2^(i+j) into the block's S. The epilogue applies the identity
 // C = 4·S − 2(2^q−1)·RA − 2(2^p−1)·RW + K(2^p−1)(2^q−1), exactly as the GPU does.
 //
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "bipolar/bipolar.h"
+#include "common/cpu_isa.h"
 #include "common/cpu_utils.h"
 #include "common/registration.h"
 
@@ -213,19 +215,16 @@ __attribute__((always_inline)) inline void and_popc_block_body(const uint64_t* a
 }
 
 // The AND-popcount loop compiled for AVX-512 VPOPCNTDQ (Ice Lake, Zen 4: vpopcntq on
-// 8 words at once), for POPCNT, and for baseline x86-64, picked once by CPUID.
-// (GCC's target_clones("arch=...") dispatches on the CPU model, which picks the
-// baseline on AMD parts, so the choice is made on features here.)
+// 8 words at once), for the AVX2 path (POPCNT), and for baseline x86-64.
 using AndPopcBlockFn = void (*)(const uint64_t*, int64_t, const uint64_t*, int64_t, int64_t, uint64_t[kBlock][kBlock]);
-#if defined(__GNUC__) && defined(__x86_64__)
-__attribute__((target("avx512f,avx512vl,avx512bw,avx512vpopcntdq,avx2,popcnt"))) void and_popc_block_vpopcntdq(
+#ifdef MLX_CPU_HAS_ISA_PATHS
+__attribute__((target(MLX_AVX512_FEATURES ",avx512vpopcntdq"))) void and_popc_block_vpopcntdq(
     const uint64_t* a, int64_t a_stride, const uint64_t* w, int64_t w_stride, int64_t words,
     uint64_t s[kBlock][kBlock]) {
   and_popc_block_body(a, a_stride, w, w_stride, words, s);
 }
-__attribute__((target("popcnt"))) void and_popc_block_popcnt(const uint64_t* a, int64_t a_stride, const uint64_t* w,
-                                                             int64_t w_stride, int64_t words,
-                                                             uint64_t s[kBlock][kBlock]) {
+MLX_TARGET_AVX2 void and_popc_block_popcnt(const uint64_t* a, int64_t a_stride, const uint64_t* w, int64_t w_stride,
+                                           int64_t words, uint64_t s[kBlock][kBlock]) {
   and_popc_block_body(a, a_stride, w, w_stride, words, s);
 }
 #endif
@@ -234,25 +233,26 @@ void and_popc_block_baseline(const uint64_t* a, int64_t a_stride, const uint64_t
   and_popc_block_body(a, a_stride, w, w_stride, words, s);
 }
 
-AndPopcBlockFn select_and_popc_block() {
-#if defined(__GNUC__) && defined(__x86_64__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512bw")) return and_popc_block_vpopcntdq;
-  if (__builtin_cpu_supports("popcnt")) return and_popc_block_popcnt;
+// The loop of an ISA path: VPOPCNTDQ on the AVX-512 path of a CPU that has it,
+// POPCNT on the AVX2 path (and on AVX-512 without VPOPCNTDQ), else baseline.
+AndPopcBlockFn and_popc_block_for(CpuIsa isa) {
+#ifdef MLX_CPU_HAS_ISA_PATHS
+  if (cpu_path_has(isa, CpuFeature::kAvx512Vpopcntdq)) return and_popc_block_vpopcntdq;
+  if (isa != CpuIsa::kScalar) return and_popc_block_popcnt;
 #endif
   return and_popc_block_baseline;
 }
 
-// Runs the bit-serial GEMM and hands every exact int32 C[m, n] to store(m, n, c).
+// Runs the bit-serial GEMM on ISA path `isa` and hands every exact int32 C[m, n] to store(m, n, c).
 template <typename Store>
-void bipolar_gemm_core(const at::Tensor& a_planes, const at::Tensor& w_planes, int64_t K, Store&& store) {
+void bipolar_gemm_core(CpuIsa isa, const at::Tensor& a_planes, const at::Tensor& w_planes, int64_t K, Store&& store) {
   const RowPlanes a = to_row_planes(a_planes, K), w = to_row_planes(w_planes, K);
   const int64_t M = a.rows, N = w.rows, words = a.words64;
   const int p = static_cast<int>(a.planes), q = static_cast<int>(w.planes);
   // Consecutive rows of an operand are all of its planes apart.
   const int64_t a_row_stride = a.planes * words, w_row_stride = w.planes * words;
   const int64_t tiles_m = ceil_div(M, kTileM), tiles_n = ceil_div(N, kTileN);
-  static const AndPopcBlockFn and_popc_block = select_and_popc_block();
+  const AndPopcBlockFn and_popc_block = and_popc_block_for(isa);
   const int64_t tile_work = std::min(kTileM, M) * std::min(kTileN, N) * p * q * std::max<int64_t>(words, 1) / 4;
   at::parallel_for(0, tiles_m * tiles_n, grain_for(tile_work), [&](int64_t begin, int64_t end) {
     for (int64_t tile = begin; tile < end; ++tile) {
@@ -288,8 +288,9 @@ at::Tensor bipolar_gemm_cpu(const at::Tensor& a_planes, const at::Tensor& w_plan
   const int64_t M = a_planes.size(1), N = w_planes.size(1);
   at::Tensor c = at::empty({M, N}, a_planes.options());
   if (c.numel() == 0) return c;
+  const CpuIsa isa = cpu_isa(MLX_OP_NAME("bipolar_gemm"));
   int32_t* out = c.data_ptr<int32_t>();
-  bipolar_gemm_core(a_planes, w_planes, K, [&](int64_t m, int64_t n, int32_t v) { out[m * N + n] = v; });
+  bipolar_gemm_core(isa, a_planes, w_planes, K, [&](int64_t m, int64_t n, int32_t v) { out[m * N + n] = v; });
   return c;
 }
 
@@ -306,6 +307,7 @@ at::Tensor bipolar_linear_cpu(const at::Tensor& x, const at::Tensor& w_planes, c
   at::Tensor out = at::empty({M, N}, x.options());
   if (out.numel() == 0) return out.view(out_shape);
 
+  const CpuIsa isa = cpu_isa(MLX_OP_NAME("bipolar_linear"));
   const auto [x_planes, x_scale] = quantize_cpu(x2d, x_bits);
   const at::Tensor w_scale = w_scale_in.contiguous();
   const at::Tensor bias = bias_in ? bias_in->contiguous().to(at::kFloat) : at::Tensor();
@@ -314,7 +316,7 @@ at::Tensor bipolar_linear_cpu(const at::Tensor& x, const at::Tensor& w_planes, c
   const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bipolar_linear_cpu", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
-    bipolar_gemm_core(x_planes, w_planes, K, [&](int64_t m, int64_t n, int32_t c) {
+    bipolar_gemm_core(isa, x_planes, w_planes, K, [&](int64_t m, int64_t n, int32_t c) {
       const float y = static_cast<float>(c) * xs[m] * ws[n];
       o[m * N + n] = static_cast<scalar_t>(b ? y + b[n] : y);
     });

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "bsr/bsr.h"
+#include "common/cpu_isa.h"
 #include "common/cpu_utils.h"
 #include "common/registration.h"
 
@@ -56,8 +57,8 @@ namespace {
 // row), for the call overhead at a few non-zeros per row.
 constexpr int64_t kTermsPerPartial = 64;
 
-// 64 bytes of acc_t: one AVX-512 register, two AVX2 ones, four SSE ones in the
-// baseline clone (GCC vector extensions lower to whatever the clone has).
+// 64 bytes of acc_t: one AVX-512 register, two AVX2 ones, four SSE ones on the
+// scalar path (GCC vector extensions lower to whatever the ISA path has).
 template <typename acc_t>
 using acc_vector __attribute__((vector_size(64))) = acc_t;
 
@@ -124,17 +125,8 @@ inline __attribute__((always_inline)) void sum_rows(int64_t rows, const acc_t* c
   for (int64_t r = 0; r < rows; ++r) sum_row(a[r], x[r], count[r], c_rows[r], n);
 }
 
-// One multiversioned (AVX-512 / AVX2 / baseline) instance per (acc, B, out) type.
-#define MLX_BSR_SUM_ROWS(acc_t, x_t, out_t)                                                              \
-  MLX_CPU_MULTIVERSION void sum_rows_mv(int64_t rows, const acc_t* const* a, const x_t* const* const* x, \
-                                        const int64_t* count, out_t* const* c_rows, int64_t n) {         \
-    sum_rows(rows, a, x, count, c_rows, n);                                                              \
-  }
-MLX_BSR_SUM_ROWS(float, float, c10::Half)
-MLX_BSR_SUM_ROWS(float, float, c10::BFloat16)
-MLX_BSR_SUM_ROWS(double, float, float)
-MLX_BSR_SUM_ROWS(double, double, double)
-#undef MLX_BSR_SUM_ROWS
+// sum_rows compiled per ISA path (scalar / AVX2 / AVX-512), one instance per (acc, B, out) type.
+MLX_CPU_ISA_DISPATCH(sum_rows_isa, sum_rows)
 
 // B as the inner loop reads it: its own dtype for fp32/fp64, fp32 for fp16/bf16.
 template <typename scalar_t>
@@ -144,10 +136,10 @@ constexpr int64_t kMinPartWork = 1 << 15;
 
 // Indices of the segments (consecutive runs of segment_bytes bytes, `segments`
 // of them from p) holding any non-zero bit. At low fill most block-row segments
-// are all zero, so a word-wide OR per segment (vectorised in the AVX2/AVX-512
-// clones) replaces a compare and branch per entry.
-MLX_CPU_MULTIVERSION
-int64_t nonzero_segments(const unsigned char* p, int64_t segment_bytes, int64_t segments, int64_t* found) {
+// are all zero, so a word-wide OR per segment (vectorised on the AVX2/AVX-512
+// paths) replaces a compare and branch per entry.
+inline __attribute__((always_inline)) int64_t nonzero_segments(const unsigned char* p, int64_t segment_bytes,
+                                                               int64_t segments, int64_t* found) {
   int64_t count = 0;
   const int64_t words = segment_bytes / 8;
   for (int64_t s = 0; s < segments; ++s, p += segment_bytes) {
@@ -163,6 +155,7 @@ int64_t nonzero_segments(const unsigned char* p, int64_t segment_bytes, int64_t 
   }
   return count;
 }
+MLX_CPU_ISA_DISPATCH(nonzero_segments_isa, nonzero_segments)
 
 // Bit c set when value c of the `count` (<= 64) values at p has any non-zero bit.
 template <typename scalar_t>
@@ -243,7 +236,7 @@ struct RowTerms {
 // row and store it. Columns past k (padding of the last block column) are never
 // touched.
 template <typename scalar_t, typename index_t, typename acc_t, typename x_t>
-void spmm_dense_blocks(const SpmmProblem<index_t, acc_t, x_t, scalar_t>& p, const scalar_t* blocks,
+void spmm_dense_blocks(CpuIsa isa, const SpmmProblem<index_t, acc_t, x_t, scalar_t>& p, const scalar_t* blocks,
                        int64_t nblocks) {
   const int64_t br = p.br, bc = p.bc;
   const std::vector<int64_t> bounds = part_bounds(p.crow, p.block_rows, nblocks * br * bc + p.m * p.n);
@@ -256,9 +249,9 @@ void spmm_dense_blocks(const SpmmProblem<index_t, acc_t, x_t, scalar_t>& p, cons
       const int64_t first = p.crow[rb], blocks_here = p.crow[rb + 1] - first;
       terms.start(rows, blocks_here * bc);
       segments.resize(blocks_here * br);
-      const int64_t found = nonzero_segments(reinterpret_cast<const unsigned char*>(blocks + first * br * bc),
-                                             bc * static_cast<int64_t>(sizeof(scalar_t)), blocks_here * br,
-                                             segments.data());
+      const int64_t found = nonzero_segments_isa(isa, reinterpret_cast<const unsigned char*>(blocks + first * br * bc),
+                                                 bc * static_cast<int64_t>(sizeof(scalar_t)), blocks_here * br,
+                                                 segments.data());
       for (int64_t f = 0; f < found; ++f) {
         const int64_t j = first + segments[f] / br, r = segments[f] % br;
         if (r >= rows) continue;
@@ -277,7 +270,7 @@ void spmm_dense_blocks(const SpmmProblem<index_t, acc_t, x_t, scalar_t>& p, cons
         const int64_t stored_row = rb * br + r;
         c_rows[r] = p.out + (p.perm != nullptr ? p.perm[stored_row] : stored_row) * p.n;
       }
-      sum_rows_mv(rows, terms.a_ptr.data(), terms.b_rows_ptr.data(), terms.count.data(), c_rows.data(), p.n);
+      sum_rows_isa(isa, rows, terms.a_ptr.data(), terms.b_rows_ptr.data(), terms.count.data(), c_rows.data(), p.n);
     }
   });
 }
@@ -315,7 +308,7 @@ struct PackedWordCheck {
 // (room for the part's longest row), checking its offsets and each word before
 // it is used (PackedWordCheck, and the row's words mark exactly its values),
 // then sums the row. Returns the first row that fails a check (its message is
-// built by explain_bad_packed_row, outside the multiversioned kernel), or s_end.
+// built by explain_bad_packed_row, outside the per-ISA kernel), or s_end.
 template <typename scalar_t, typename acc_t, typename x_t>
 inline __attribute__((always_inline)) int64_t spmm_packed_rows(const SpmmProblem<int64_t, acc_t, x_t, scalar_t>& p,
                                                                const PackedRows<scalar_t>& a, int64_t s_begin,
@@ -387,20 +380,9 @@ template <typename scalar_t>
   __builtin_unreachable();
 }
 
-// One multiversioned instance per value type: the walk's popcount is one
-// instruction in the AVX2/AVX-512 clones (a libgcc call in the baseline).
-#define MLX_BSR_PACKED_ROWS(scalar_t)                                                             \
-  MLX_CPU_MULTIVERSION int64_t spmm_packed_rows_mv(                                               \
-      const SpmmProblem<int64_t, acc_type<scalar_t>, b_type<scalar_t>, scalar_t>& p,              \
-      const PackedRows<scalar_t>& a, int64_t s_begin, int64_t s_end, acc_type<scalar_t>* a_terms, \
-      const b_type<scalar_t>** b_terms) {                                                         \
-    return spmm_packed_rows(p, a, s_begin, s_end, a_terms, b_terms);                              \
-  }
-MLX_BSR_PACKED_ROWS(c10::Half)
-MLX_BSR_PACKED_ROWS(c10::BFloat16)
-MLX_BSR_PACKED_ROWS(float)
-MLX_BSR_PACKED_ROWS(double)
-#undef MLX_BSR_PACKED_ROWS
+// Per ISA path, one instance per value type: the walk's popcount is one
+// instruction on the AVX2/AVX-512 paths (a libgcc call on the scalar one).
+MLX_CPU_ISA_DISPATCH(spmm_packed_rows_isa, spmm_packed_rows)
 
 // B as the inner loop reads it (see b_type), contiguous.
 at::Tensor b_for_accumulation(const at::Tensor& b) {
@@ -474,6 +456,7 @@ at::Tensor bsr_spmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, con
 
   at::Tensor out = at::empty({m, n}, b.options());
   if (m == 0 || n == 0) return out;
+  const CpuIsa isa = cpu_isa(kSpmmOp);
   const at::Tensor b_acc = b_for_accumulation(b);
   const int64_t* perm = row_perm.has_value() ? row_perm->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, blocks.scalar_type(), "bsr_spmm_cpu", [&] {
@@ -481,7 +464,7 @@ at::Tensor bsr_spmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, con
     AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "bsr_spmm_cpu_index", [&] {
       const auto problem = make_problem<value_t, index_t>(crow, col, b_acc, out, m, blocks.size(1),
                                                           blocks.size(2), perm);
-      spmm_dense_blocks(problem, blocks.data_ptr<value_t>(), blocks.size(0));
+      spmm_dense_blocks(isa, problem, blocks.data_ptr<value_t>(), blocks.size(0));
     });
   });
   if (k > 0 && !all_finite(b_acc)) nan_where_stored_zeros_meet_nonfinite(blocks.eq(0), crow, col, b, row_perm, m, out);
@@ -512,6 +495,7 @@ at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_
   check_alloc(op, "the output", {m, n}, b.element_size(), b.device());
   at::Tensor out = at::empty({m, n}, b.options());
   if (m == 0 || n == 0) return out;
+  const CpuIsa isa = cpu_isa(op);
   const at::Tensor b_acc = b_for_accumulation(b);
   const int64_t* perm = row_perm.has_value() ? row_perm->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "bsr_spmm_packed_cpu", [&] {
@@ -533,7 +517,8 @@ at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_
         }
         std::vector<acc_t> a_terms(longest);
         std::vector<const x_t*> b_terms(longest);
-        const int64_t bad = spmm_packed_rows_mv(problem, packed, s_begin, s_end, a_terms.data(), b_terms.data());
+        const int64_t bad =
+            spmm_packed_rows_isa(isa, problem, packed, s_begin, s_end, a_terms.data(), b_terms.data());
         if (bad != s_end) {
           bad_rows[part] = bad;
           return;
@@ -623,20 +608,7 @@ inline __attribute__((always_inline)) void sddmm_blocks(const SddmmProblem<scala
   }
 }
 
-#define MLX_BSR_SDDMM_BLOCKS(scalar_t, index_t)                                                               \
-  MLX_CPU_MULTIVERSION void sddmm_blocks_mv(const SddmmProblem<scalar_t, index_t>& p, int64_t j_begin,       \
-                                            int64_t j_end) {                                                 \
-    sddmm_blocks(p, j_begin, j_end);                                                                        \
-  }
-MLX_BSR_SDDMM_BLOCKS(c10::Half, int32_t)
-MLX_BSR_SDDMM_BLOCKS(c10::BFloat16, int32_t)
-MLX_BSR_SDDMM_BLOCKS(float, int32_t)
-MLX_BSR_SDDMM_BLOCKS(double, int32_t)
-MLX_BSR_SDDMM_BLOCKS(c10::Half, int64_t)
-MLX_BSR_SDDMM_BLOCKS(c10::BFloat16, int64_t)
-MLX_BSR_SDDMM_BLOCKS(float, int64_t)
-MLX_BSR_SDDMM_BLOCKS(double, int64_t)
-#undef MLX_BSR_SDDMM_BLOCKS
+MLX_CPU_ISA_DISPATCH(sddmm_blocks_isa, sddmm_blocks)
 
 at::Tensor bsr_sddmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, const at::Tensor& a,
                          const at::Tensor& b, int64_t br, int64_t bc, const c10::optional<at::Tensor>& row_perm_in) {
@@ -649,6 +621,7 @@ at::Tensor bsr_sddmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, co
   });
   at::Tensor out = at::empty({nblocks, br, bc}, a.options());
   if (out.numel() == 0) return out;
+  const CpuIsa isa = cpu_isa(kSddmmOp);
   const at::Tensor a_acc = b_for_accumulation(a), b_acc = b_for_accumulation(b);
   const int64_t* perm = row_perm.has_value() ? row_perm->data_ptr<int64_t>() : nullptr;
   // Work per block: its entries' dot products (at least one unit each).
@@ -659,7 +632,8 @@ at::Tensor bsr_sddmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, co
       const SddmmProblem<value_t, index_t> problem{crow.data_ptr<index_t>(), col.data_ptr<index_t>(), perm,
                                                   a_acc.data_ptr<b_type<value_t>>(), b_acc.data_ptr<b_type<value_t>>(),
                                                   out.data_ptr<value_t>(), m, k, n, br, bc, crow.numel() - 1};
-      at::parallel_for(0, nblocks, grain, [&](int64_t begin, int64_t end) { sddmm_blocks_mv(problem, begin, end); });
+      at::parallel_for(0, nblocks, grain,
+                       [&](int64_t begin, int64_t end) { sddmm_blocks_isa(isa, problem, begin, end); });
     });
   });
   return out;

@@ -44,6 +44,7 @@
 #include <numbers>
 #include <type_traits>
 
+#include "common/cpu_isa.h"
 #include "common/cpu_utils.h"
 #include "common/registration.h"
 #include "fftconv/fftconv.h"
@@ -53,8 +54,8 @@ namespace {
 
 #define MLX_ALWAYS_INLINE __attribute__((always_inline)) inline
 
-// 64-byte vectors (one AVX-512 register; two AVX2 or four SSE registers in the
-// other clones) of float or double, with unaligned loads and stores.
+// 64-byte vectors (one AVX-512 register; two AVX2 or four SSE registers on the
+// other ISA paths) of float or double, with unaligned loads and stores.
 template <typename T>
 struct Simd {
   typedef T V __attribute__((vector_size(64)));
@@ -72,7 +73,7 @@ struct Simd {
 // part of its conjugate; the column stages compute their DFTs in registers
 // (dft16, small_dft). The hot loops see only the plain-pointer StageView: GCC
 // does not inline ordinary (non always_inline) helpers such as std::vector
-// accessors into the per-ISA clones.
+// accessors into the per-ISA entry points.
 template <typename T>
 struct StageView {
   int64_t rows, radix, stride;
@@ -505,16 +506,9 @@ MLX_ALWAYS_INLINE void forward_buffer(const PlanView<T>& plan, T* re, T* im, int
   }
 }
 
-// Compiled per ISA (see MLX_CPU_MULTIVERSION); the templates above inline into each clone.
-#define MLX_FFTCONV_CLONES(T)                                                                                    \
-  MLX_CPU_MULTIVERSION void convolve(const PlanView<T>& plan, T* re, T* im, int64_t L, const T* spec_re,             \
-                                     const T* spec_im, KeptBlocks kept) {                                        \
-    convolve_buffer(plan, re, im, L, spec_re, spec_im, kept);                                                    \
-  }                                                                                                              \
-  MLX_CPU_MULTIVERSION void forward(const PlanView<T>& plan, T* re, T* im, int64_t L) { forward_buffer(plan, re, im, L); }
-MLX_FFTCONV_CLONES(float)
-MLX_FFTCONV_CLONES(double)
-#undef MLX_FFTCONV_CLONES
+// Compiled per ISA path (see common/cpu_isa.h); the templates above inline into each.
+MLX_CPU_ISA_DISPATCH(convolve, convolve_buffer)
+MLX_CPU_ISA_DISPATCH(forward, forward_buffer)
 
 // Points stage 0 reads: whole rows of its [radix, stride] view that hold data.
 template <typename T>
@@ -522,6 +516,10 @@ int64_t loaded_length(const PlanView<T>& plan, int64_t L) {
   const int64_t stride = plan.stage[0].stride;
   return plan.num_stages == 1 ? plan.N : ceil_div(L, stride) * stride;
 }
+
+// The op named by an MLX_CPU_ISA error: the family's (fft_conv, fft_conv_spectrum
+// and fft_conv_spectral share the transforms).
+constexpr const char* kIsaOp = MLX_OP_NAME("fft_conv");
 
 // ---- the kernel spectrum ---------------------------------------------------
 
@@ -548,6 +546,7 @@ void spectrum_cpu(const at::Tensor& k, int64_t N, int64_t keep_blocks, at::Tenso
   T* out = k_f.data_ptr<T>();
   const T half_scale = T(0.5) / static_cast<T>(N);
   const int64_t* mirror = plan->mirror.data();
+  const CpuIsa isa = cpu_isa(kIsaOp);
   at::parallel_for(0, ceil_div(H, 2), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> re(N), im(N);
     for (int64_t pair = begin; pair < end; ++pair) {
@@ -559,7 +558,7 @@ void spectrum_cpu(const at::Tensor& k, int64_t N, int64_t keep_blocks, at::Tenso
       const bool bad_second = has_second && std::isnan(nonfinite_probe(k_ptr + (h + 1) * Lk, Lk));
       if (!bad_first) std::copy(k_ptr + h * Lk, k_ptr + (h + 1) * Lk, re.begin());
       if (has_second && !bad_second) std::copy(k_ptr + (h + 1) * Lk, k_ptr + (h + 2) * Lk, im.begin());
-      forward(plan->view, re.data(), im.data(), Lk);
+      forward(isa, plan->view, re.data(), im.data(), Lk);
       T* first = out + h * 2 * N;
       T* second = first + 2 * N;
       for (int64_t pos = 0; pos < N; ++pos) {
@@ -607,6 +606,7 @@ void spectral_cpu(const at::Tensor& u, const at::Tensor& k_f, int64_t keep_block
   const auto plan = get_plan<T>(N);
   const int64_t pairs = ceil_div(B, 2), load_len = loaded_length(plan->view, L);
   const KeptBlocks kept{keep_blocks, kFreqBlocks - keep_blocks};
+  const CpuIsa isa = cpu_isa(kIsaOp);
   const scalar_t* u_ptr = u.data_ptr<scalar_t>();
   const T* spec = k_f.data_ptr<T>();
   scalar_t* y_ptr = y.data_ptr<scalar_t>();
@@ -630,7 +630,7 @@ void spectral_cpu(const at::Tensor& u, const at::Tensor& k_f, int64_t keep_block
       const bool bad1 = std::isnan(nonfinite_probe(im.data(), L));
       std::fill(re.begin() + (bad0 ? 0 : L), re.begin() + load_len, T(0));
       std::fill(im.begin() + (bad1 ? 0 : L), im.begin() + load_len, T(0));
-      convolve(plan->view, re.data(), im.data(), L, spec + h * 2 * N, spec + h * 2 * N + N, kept);
+      convolve(isa, plan->view, re.data(), im.data(), L, spec + h * 2 * N, spec + h * 2 * N + N, kept);
       if (bad0) poison_row(re.data(), L);
       if (bad1) poison_row(im.data(), L);
       for (int64_t t = 0; t < L; ++t) {

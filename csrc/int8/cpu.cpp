@@ -8,7 +8,7 @@
 //
 // int8_mm / int8_gemm share one int8 GEMM driver, C = A[M, K] · B[N, K]ᵀ with
 // both operands K-contiguous (see "int8 GEMM driver" below: packed AVX-512
-// VNNI / AVX2 micro-kernels, or a portable tiled loop). It hands every finished
+// VNNI / AVX2 micro-kernels, or a portable tiled loop, by ISA path). It hands every finished
 // block of int32 accumulators to an epilogue, as on the GPU:
 //   int8_mm:   copy the exact int32 tile out.
 //   int8_gemm: out = acc · absmax_x[m] · absmax_w[n] / 127²
@@ -22,7 +22,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <type_traits>
@@ -32,6 +31,7 @@
 #include <immintrin.h>
 #endif
 
+#include "common/cpu_isa.h"
 #include "common/cpu_utils.h"
 #include "common/registration.h"
 #include "int8/int8.h"
@@ -126,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cpu(const a
 // Two implementations of C = A[M, K] · B[N, K]ᵀ, both handing finished int32
 // blocks to epilogue(m0, n0, mb, nb, acc) with acc row stride kPanelN:
 //
-// Packed micro-kernels (x86 with AVX-512 VNNI or AVX2, picked at run time):
+// Packed micro-kernels (AVX-512 VNNI or AVX2, by ISA path: see int8_kernel_for):
 // the work is split into (64-column panel of B) × (256-row block of A) tasks.
 // Each task packs its B panel once into the layout the multiply instruction
 // eats (so one vector load feeds 16 or 8 columns), then streams A four rows at
@@ -141,8 +141,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cpu(const a
 // pass 2³¹ for long K) and the compensation cancel exactly whenever the true
 // result fits int32, which int8_mm's K bound guarantees.
 //
-// Portable fallback: MC×NC output tiles, K in KC chunks, plain dot products
-// (compiled several times by MLX_CPU_MULTIVERSION).
+// Portable fallback, the scalar path: MC×NC output tiles, K in KC chunks, plain
+// dot products in baseline x86-64 code.
 
 constexpr int64_t kPanelN = 64;
 constexpr int64_t kPanelM = 256;
@@ -150,13 +150,12 @@ constexpr int64_t kMicroRows = 4;
 
 enum class Int8Isa { kPortable, kAvx2, kAvx512Vnni };
 
-Int8Isa detect_int8_isa() {
-#if defined(__GNUC__) && defined(__x86_64__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) return Int8Isa::kAvx512Vnni;
-  if (__builtin_cpu_supports("avx2")) return Int8Isa::kAvx2;
-#endif
-  return Int8Isa::kPortable;
+// The kernel of an ISA path: VNNI on the AVX-512 path of a CPU that has it, the
+// AVX2 micro-kernel on the AVX2 path (and on AVX-512 without VNNI), the
+// portable loop on the scalar path.
+Int8Isa int8_kernel_for(CpuIsa isa) {
+  if (cpu_path_has(isa, CpuFeature::kAvx512Vnni)) return Int8Isa::kAvx512Vnni;
+  return isa == CpuIsa::kScalar ? Int8Isa::kPortable : Int8Isa::kAvx2;
 }
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -324,7 +323,6 @@ constexpr int64_t kTileM = 32;
 constexpr int64_t kChunkK = 1024;
 
 // c[i, j] += Σ_k a[i, k]·b[j, k] over one K chunk, for an mb×nb tile.
-MLX_CPU_MULTIVERSION
 void int8_dot_tile(const int8_t* a, const int8_t* b, int32_t* c, int64_t lda, int64_t ldb,
                    int64_t ldc, int64_t mb, int64_t nb, int64_t kb) {
   for (int64_t i = 0; i < mb; ++i) {
@@ -357,19 +355,14 @@ void int8_gemm_portable(const int8_t* a, const int8_t* b, int64_t M, int64_t N, 
   });
 }
 
-// Runs A[M, K] · B[N, K]ᵀ (both contiguous) with the best kernel this CPU has.
-// MLX_INT8_CPU_ISA=portable|avx2 forces a lesser path (tests cover every path).
+// Runs A[M, K] · B[N, K]ᵀ (both contiguous) with the kernel of ISA path `isa`.
 template <typename Epilogue>
-void int8_gemm_tiles(const int8_t* a, const int8_t* b, int64_t M, int64_t N, int64_t K, const Epilogue& epilogue) {
-  static const Int8Isa best = detect_int8_isa();
-  Int8Isa isa = best;
-  if (const char* forced = std::getenv("MLX_INT8_CPU_ISA")) {
-    if (std::strcmp(forced, "portable") == 0) isa = Int8Isa::kPortable;
-    if (std::strcmp(forced, "avx2") == 0 && best != Int8Isa::kPortable) isa = Int8Isa::kAvx2;
-  }
+void int8_gemm_tiles(CpuIsa isa, const int8_t* a, const int8_t* b, int64_t M, int64_t N, int64_t K,
+                     const Epilogue& epilogue) {
 #ifdef MLX_INT8_HAS_X86_KERNELS
-  if (isa == Int8Isa::kAvx512Vnni) return int8_gemm_packed<Int8Isa::kAvx512Vnni>(a, b, M, N, K, epilogue);
-  if (isa == Int8Isa::kAvx2) return int8_gemm_packed<Int8Isa::kAvx2>(a, b, M, N, K, epilogue);
+  const Int8Isa kernel = int8_kernel_for(isa);
+  if (kernel == Int8Isa::kAvx512Vnni) return int8_gemm_packed<Int8Isa::kAvx512Vnni>(a, b, M, N, K, epilogue);
+  if (kernel == Int8Isa::kAvx2) return int8_gemm_packed<Int8Isa::kAvx2>(a, b, M, N, K, epilogue);
 #endif
   int8_gemm_portable(a, b, M, N, K, epilogue);
 }
@@ -384,8 +377,9 @@ at::Tensor int8_mm_cpu(const at::Tensor& a_in, const at::Tensor& b_in) {
   at::Tensor c = at::zeros({M, N}, a.options().dtype(at::kInt));
   if (M == 0 || N == 0 || K == 0) return c;
 
+  const CpuIsa isa = cpu_isa(MLX_OP_NAME("int8_mm"));
   int32_t* c_ptr = c.data_ptr<int32_t>();
-  int8_gemm_tiles(a.data_ptr<int8_t>(), b.data_ptr<int8_t>(), M, N, K,
+  int8_gemm_tiles(isa, a.data_ptr<int8_t>(), b.data_ptr<int8_t>(), M, N, K,
                   [&](int64_t m0, int64_t n0, int64_t mb, int64_t nb, const int32_t* acc) {
                     for (int64_t i = 0; i < mb; ++i) {
                       std::copy(acc + i * kPanelN, acc + i * kPanelN + nb, c_ptr + (m0 + i) * N + n0);
@@ -418,6 +412,7 @@ at::Tensor int8_gemm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const a
   at::Tensor out = at::empty(out_shape, x_in.options());
   if (M == 0 || N == 0) return out;
 
+  const CpuIsa isa = cpu_isa(MLX_OP_NAME("int8_gemm"));
   const at::Tensor x = x_in.reshape({M, K}).contiguous();
   const at::Tensor w = w_in.contiguous();
   const at::Tensor w_absmax = w_absmax_in.contiguous();
@@ -436,7 +431,7 @@ at::Tensor int8_gemm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const a
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int8_gemm", [&] {
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     int8_gemm_tiles(
-        q.x_i8.data_ptr<int8_t>(), w.data_ptr<int8_t>(), M, N, K,
+        isa, q.x_i8.data_ptr<int8_t>(), w.data_ptr<int8_t>(), M, N, K,
         [&](int64_t m0, int64_t n0, int64_t mb, int64_t nb, const int32_t* acc) {
           for (int64_t i = 0; i < mb; ++i) {
             const int64_t m = m0 + i;

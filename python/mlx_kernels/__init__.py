@@ -49,9 +49,20 @@ from .spgemm import spgemm
 
 __version__ = "0.1.0"
 
+
+def cpu_isa() -> str:
+    """The instruction-set path the CPU kernels take now: ``"avx512"``, ``"avx2"`` or
+    ``"scalar"`` (baseline x86-64). It is the best this CPU executes, capped by the
+    environment variable ``MLX_CPU_ISA=scalar|avx2|avx512``, which every op call reads;
+    a value that is not a path, or a path this CPU cannot execute, raises RuntimeError
+    (here and in every CPU op)."""
+    return _C.cpu_isa()
+
+
 __all__ = [
     "OPS_NAMESPACE",
     "WITH_CUDA",
+    "cpu_isa",
     "int8_mm",
     "int8_gemm",
     "int8_vectorwise_quant",
