@@ -207,3 +207,14 @@ def test_unavailable_path_is_an_error_not_an_illegal_instruction():
     assert available == "avx2"
     assert "mlx.int8_mm: MLX_CPU_ISA=avx512 asks for a path this CPU cannot execute: it runs avx2 at most" in message
 
+
+def test_benchmark_names_the_path(isa, monkeypatch):
+    from mlx_kernels.bench import core
+
+    assert core.device_slug("cpu").endswith(f"cores-{isa}")
+    env = core.environment("cpu")
+    assert env["kernel_isa_path"] == isa and env["kernel_isa_forced"] is True
+    assert env["kernel_isa_available"] == EXECUTABLE[-1]
+    assert f"our kernels' path {isa} (forced by MLX_CPU_ISA)" in env["device_full"]
+    monkeypatch.delenv("MLX_CPU_ISA")
+    assert core.environment("cpu")["kernel_isa_forced"] is False

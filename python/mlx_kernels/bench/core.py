@@ -16,6 +16,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+import mlx_kernels
+
 
 @dataclass
 class Measure:
@@ -99,6 +101,13 @@ def cpu_isa() -> str:
     return f"{capability} ({' '.join(present)})" if present else str(capability)
 
 
+def kernel_isa_path() -> str:
+    """The ISA path our CPU kernels take (``mlx_kernels.cpu_isa()``: avx512, avx2 or
+    scalar), with " (forced by MLX_CPU_ISA)" when the variable set it."""
+    path = mlx_kernels.cpu_isa()
+    return f"{path} (forced by MLX_CPU_ISA)" if os.environ.get("MLX_CPU_ISA") else path
+
+
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
@@ -113,7 +122,7 @@ def device_description(device: str) -> str:
         return (f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, "
                 f"{props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})")
     return (f"{cpu_model()}, {torch.get_num_threads()} threads ({os.cpu_count()} logical CPUs), "
-            f"ISA {cpu_isa()}")
+            f"ISA {cpu_isa()}, our kernels' path {kernel_isa_path()}")
 
 
 def device_peaks(device: str) -> Dict[str, float]:
@@ -132,7 +141,9 @@ def runs_sm90a_kernels(device: str) -> bool:
 
 
 def device_slug(device: str) -> str:
-    name = device_name(device) if device == "cuda" else f"cpu-{os.cpu_count()}cores"
+    """The device in result file names: the GPU's name, or cpu-<N>cores-<ISA path>
+    (each path's results side by side when runs force paths with MLX_CPU_ISA)."""
+    name = device_name(device) if device == "cuda" else f"cpu-{os.cpu_count()}cores-{mlx_kernels.cpu_isa()}"
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
 
 
@@ -338,7 +349,9 @@ def environment(device: str) -> dict:
         "peaks": device_peaks(device),
     }
     if device != "cuda":
-        env.update(cpu_model=cpu_model(), cpu_isa=cpu_isa(), logical_cpus=os.cpu_count())
+        env.update(cpu_model=cpu_model(), cpu_isa=cpu_isa(), logical_cpus=os.cpu_count(),
+                   kernel_isa_path=mlx_kernels.cpu_isa(), kernel_isa_forced=bool(os.environ.get("MLX_CPU_ISA")),
+                   kernel_isa_available=mlx_kernels._C.cpu_isa_available())
     return env
 
 
