@@ -154,7 +154,8 @@ class QuantizedColwiseParallel(ColwiseParallel):
     bit-planes' rows with their ``w_scale``) and the bias — and multiplies the whole (replicated) input.
 
     The input is quantized on every rank exactly as the unsharded layer quantizes it (same row absmax,
-    same LLM.int8 outlier columns), so each output column is computed as the unsharded layer computes it.
+    same LLM.int8 outlier columns), so each output column is computed as the unsharded layer computes it
+    (bitwise on the CPU; on CUDA the GEMM picks its tiling by N, which may round the 16-bit part apart).
     ``nn.Linear`` and ``nn.Embedding`` go to torch's ``ColwiseParallel``.
     """
 
