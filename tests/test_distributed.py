@@ -208,10 +208,12 @@ def _ranks_without_fake_gpu():
 
 def _run_ranks(world: int, backend: str, tmp_path) -> None:
     with _ranks_without_fake_gpu():
-        # The ranks fork from one server process that imported torch, this package and this file once
-        # (forkserver), instead of each importing them afresh (spawn: seconds of CPU per rank, most of this
-        # file's time on CI's 2 cores). The server starts on the first call, without the fake GPU.
-        mp.get_context("forkserver").set_forkserver_preload([__name__])
+        # The ranks fork from one server process that imported torch and this package once (forkserver),
+        # instead of each importing them afresh (spawn: ~3 s of CPU per rank, most of this file's time on
+        # CI's 2 cores). The server starts on the first call, without the fake GPU. Installed modules only:
+        # before Python 3.12 the server does not get this process's sys.path (with the tests' folder).
+        mp.get_context("forkserver").set_forkserver_preload(
+            ["torch", "torch.distributed.tensor.parallel", "scipy.sparse", "mlx_kernels"])
         context = mp.start_processes(_rank_main, args=(world, f"file://{tmp_path / 'rendezvous'}", backend),
                                      nprocs=world, join=False, start_method="forkserver")
     deadline = time.monotonic() + JOIN_TIMEOUT_S
