@@ -107,6 +107,15 @@ def check_tensor_parallel_mlp(device) -> None:
         with torch.no_grad():
             torch.testing.assert_close(up(x), model.up(x), **EXACT_ON_CPU[device.type])
 
+        # Row-parallel alone, given the whole input (each rank takes its slice of it).
+        down = parallelize_module(copy.deepcopy(model.down), mesh,
+                                  mlx_distributed.QuantizedRowwiseParallel(input_layouts=Replicate()))
+        with torch.no_grad():
+            hidden_x = model.act(model.up(x))
+            oracle = hidden_x.double().cpu() @ model.down.dequantized_weight().double().cpu().T
+            assert_close_to_oracle(down(hidden_x).cpu(), oracle + model.down.bias.double().cpu(),
+                                   model.down(hidden_x).cpu(), atol=1e-6)
+
 
 def check_sequence_parallel_attention(device) -> None:
     # (dtype, (Hq, Hkv), prefix length, ragged suffixes, scale): 13 keys split unevenly; 1 key leaves
