@@ -1,7 +1,7 @@
 """The kernels across processes, through ``torch.distributed`` alone (no communication layer of our own).
 
 ``import mlx_kernels.distributed`` (explicitly: ``import mlx_kernels`` does not load torch.distributed).
-Every function here is a collective: call it on every rank of the process group, with the same shapes.
+Every function here is a collective: call it on every rank of the process group.
 
 - Tensor parallelism for the quantized linears: :class:`QuantizedColwiseParallel` and
   :class:`QuantizedRowwiseParallel`, styles for ``torch.distributed.tensor.parallel.parallelize_module``
@@ -244,7 +244,7 @@ def sequence_parallel_shared_prefix_attention(
 
     Args: as :func:`mlx_kernels.shared_prefix_attention`, except that ``prefix_k`` / ``prefix_v``
     [P_r, Hkv, D] are this rank's keys of the prefix — any split of the prefix's keys into disjoint
-    parts, one per rank (e.g. ``prefix_k[shard_range(P)]``), uneven or empty. ``q``, the suffixes,
+    parts, one per rank (e.g. the keys ``shard_range(P)``), uneven or empty. ``q``, the suffixes,
     ``suffix_lens`` and ``scale`` are the same on every rank.
 
     Each rank attends all B·Sq queries to its prefix keys (one ``attention_with_lse``, batched across
@@ -259,7 +259,7 @@ def sequence_parallel_shared_prefix_attention(
     rows, value_dim = batch * seq_q, prefix_v.shape[-1]
     prefix_out, prefix_lse = attention_with_lse(q.reshape(1, rows, heads_q, head_dim), prefix_k[None],
                                                 prefix_v[None], scale=scale)
-    # One buffer, one all-gather: the partial output (in fp32, not yet rounded further) then its LSE.
+    # One buffer, one all-gather: the partial output (in fp32, the LSE's dtype), then the LSE.
     local = torch.cat([prefix_out.float().flatten(), prefix_lse.flatten()])
     parts = _all_gather_equal(local, group)
 
@@ -304,7 +304,9 @@ def row_parallel_spgemm(a_rows, b, *, group: Optional[ProcessGroup] = None, src:
 
     Args:
         a_rows: this rank's block of consecutive rows of A [m, k] (blocks in rank order, any sizes, 0
-            included): a torch sparse matrix (any layout ``spgemm`` takes) or a scipy sparse matrix.
+            included): a torch sparse matrix (any layout ``spgemm`` takes) or a scipy sparse matrix
+            (its result is gathered as CPU tensors: a CPU backend such as gloo; NCCL gathers only
+            CUDA tensors).
         b: B [k, n] of the same kind, the same on every rank; or, with ``src``, only on the global rank
             ``src`` (the others pass None), which broadcasts it (torch: as CSR arrays through the
             backend; scipy: pickled, it lives on the CPU).
