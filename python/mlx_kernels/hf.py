@@ -15,7 +15,8 @@ Pieces (importing this module needs ``transformers``; ``import mlx_kernels`` doe
   and values once, ``[P, Hkv, D]``, plus each sequence's own ``[N, S, Hkv, D]``.
   :func:`prefill_prompt` builds one for a prompt; ``cache.fork()`` reuses it (no copy)
   for further batches of completions.
-- :data:`ATTENTION` — the name under which the attention function is registered in
+- :data:`ATTENTION` — ``"mlx_shared_prefix"`` (``"<namespace>_shared_prefix"`` in a vendored
+  copy), the name under which the attention function is registered in
   transformers' ``AttentionInterface`` (and its mask function in ``AttentionMaskInterface``):
   ``model.set_attn_implementation(ATTENTION)``, or temporarily with
   :func:`shared_prefix_attention_enabled`.
@@ -46,6 +47,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
 from . import ops
+from ._build_config import OPS_NAMESPACE
 
 __all__ = [
     "ATTENTION",
@@ -57,7 +59,8 @@ __all__ = [
     "shared_prefix_attention_forward",
 ]
 
-ATTENTION = "mlx_shared_prefix"
+# Named after the op namespace, so a vendored copy (another MLX_NAMESPACE) registers its own.
+ATTENTION = f"{OPS_NAMESPACE}_shared_prefix"
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MIN_CAPACITY = 16
