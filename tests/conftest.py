@@ -62,6 +62,8 @@ def pytest_collection_modifyitems(config, items):
         reason = fake_cuda.needs_real_gpu(item.nodeid)
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=f"needs a real GPU: {reason}"))
+        elif EMU and (reason := fake_cuda.too_slow_to_emulate(item.nodeid)) is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_configure(config):

@@ -97,6 +97,24 @@ def needs_real_gpu(nodeid: str):
     return None
 
 
+# GPU-scale cases whose code path a smaller case of the same test already runs on the
+# emulator, where they would take minutes each (the emulator runs every CUDA thread).
+_SLOW_TO_EMULATE = {
+    "test_cuda_batch_beyond_one_launch[torch.bfloat16]":
+        "70000 sequences in bf16 (4x the float32 case's time): the launch slicing is the same code as float32's",
+    "test_int8_gemm_cuda_matches_cpu[6.0-1024-4096-4096-dtype0]": "the 300x999x1000 case runs the same kernels",
+    "test_int8_gemm_cuda_matches_cpu[6.0-1024-4096-4096-dtype1]": "the 300x999x1000 case runs the same kernels",
+    "test_int8_gemm_cuda_matches_cpu[0.0-1024-4096-4096-dtype0]": "the 300x999x1000 case runs the same kernels",
+    "test_int8_gemm_cuda_matches_cpu[0.0-1024-4096-4096-dtype1]": "the 300x999x1000 case runs the same kernels",
+}
+
+
+def too_slow_to_emulate(nodeid: str):
+    """Why the CUDA test `nodeid` is left to a real GPU when the kernels are emulated, or None."""
+    reason = _SLOW_TO_EMULATE.get(nodeid.rsplit("::", 1)[-1])
+    return None if reason is None else f"a GPU-scale case, minutes on the emulator; {reason}"
+
+
 def _emulated(func):
     """The emulated CUDA kernel of one of this package's ops, or None for any other function."""
     if _emu_namespace is None or not isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
