@@ -31,6 +31,7 @@ from .bipolar import BipolarLinear
 from .bsr import BlockSparseMatrix
 from .fftconv import FFTConv
 from .int8 import Int8Linear, quantize_model_int8
+from .nn import HyenaOperator
 from .ops import (
     bipolar_gemm,
     bipolar_linear,
@@ -79,6 +80,7 @@ __all__ = [
     "fft_conv",
     "fft_size_for",
     "FFTConv",
+    "HyenaOperator",
     "attention_with_lse",
     "merge_attention_states",
     "shared_prefix_attention",
