@@ -148,6 +148,23 @@ def test_fftconv_module_caches_spectrum_and_sees_k_changes():
     torch.testing.assert_close(y2, 2 * y1, rtol=1e-5, atol=1e-5)
 
 
+@torch.no_grad()
+def test_fftconv_module_sees_a_filter_recomputed_each_call():
+    # k = f(params) each call, as Hyena's implicit filter: the allocator would hand the
+    # new k the freed address of the last one, whose version counter also starts at 0.
+    module = FFTConv(256, torch.float32)
+    u, w, _, _ = make_inputs(1, 4, 256, 64, torch.float32, gates=False)
+    for step in range(6):
+        k = w * (1 + step)
+        torch.testing.assert_close(module(u, k), mlx_kernels.fft_conv(u, k), rtol=1e-5, atol=1e-5)
+        del k
+    transposed = torch.randn(8, 8).t()  # the same address and shape as its base, other strides
+    square = FFTConv(16, torch.float32)
+    x = torch.randn(1, 8, 16)
+    square(x, transposed.t())
+    torch.testing.assert_close(square(x, transposed), mlx_kernels.fft_conv(x, transposed), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("freq_keep,blocks", [(None, 8), (1.0, 8), (0.5, 4), (0.3, 3), (0.01, 1)])
 def test_fftconv_freq_keep_blocks(freq_keep, blocks):
     module = FFTConv(300, torch.bfloat16, freq_keep=freq_keep)

@@ -190,8 +190,9 @@ class FFTConv(nn.Module):
             (see the module docstring) and the matmuls of the dropped blocks are skipped.
 
     ``forward(u [B, H, L], k [H, Lk] float32, pregate=None, postgate=None)``. The kernel's
-    spectrum is cached per (k, L) and recomputed when k changes (its storage, version
-    counter, shape or device). Autograd covers u, k and both gates: when k requires
+    spectrum is cached per (k, L) and recomputed when k changes (another tensor, or k
+    modified in place: its address, version counter, shape, strides or device; the module
+    holds the last k it saw, so a new filter never reuses its address). Autograd covers u, k and both gates: when k requires
     grad the dense path runs ``fft_conv``; the frequency-sparse path differentiates k
     through the truncated spectrum (d k = the masked correlation of the gated signal
     with the output gradient).
@@ -207,6 +208,7 @@ class FFTConv(nn.Module):
         self.keep_blocks = keep_blocks_for(freq_keep)
         self._cache_key = None
         self._cache_spectrum: Optional[Tensor] = None
+        self._cache_filter: Optional[Tensor] = None
 
     @property
     def fft_size(self) -> int:
@@ -219,10 +221,14 @@ class FFTConv(nn.Module):
         """k's spectrum for sequence length ``seqlen``, cached until k changes."""
         if torch.compiler.is_compiling():
             return _ops.fft_conv_spectrum(k.detach(), seqlen, self.keep_blocks)
-        key = (k.data_ptr(), k._version, tuple(k.shape), k.dtype, k.device, seqlen)
+        key = (k.data_ptr(), k._version, tuple(k.shape), k.stride(), k.dtype, k.device, seqlen)
         if key != self._cache_key:
             self._cache_spectrum = _ops.fft_conv_spectrum(k.detach(), seqlen, self.keep_blocks)
             self._cache_key = key
+            # Held so that its memory cannot go to another filter while the key names its
+            # address: a filter recomputed each call (k = f(params)) would land there and
+            # match the key with a stale spectrum.
+            self._cache_filter = k.detach()
         return self._cache_spectrum
 
     def forward(self, u: Tensor, k: Tensor, pregate: Optional[Tensor] = None,
