@@ -22,7 +22,7 @@ done
 for src in "$@"; do
   echo "nvcc ${src} (${archs[*]})"
   nvcc -std=c++20 -O3 -c "${src}" -o /dev/null "${gencode[@]}" \
-    -DNDEBUG -DMLX_NAMESPACE=mlx -DMLX_WITH_CUDA=1 -D_GLIBCXX_USE_CXX11_ABI="${abi}" -Xcompiler=-fPIC \
+    -DNDEBUG -DMLX_NAMESPACE=mlx -DMLX_WITH_CUDA=1 -DAT_PER_OPERATOR_HEADERS -DTORCH_ASSERT_ONLY_METHOD_OPERATORS -D_GLIBCXX_USE_CXX11_ABI="${abi}" -Xcompiler=-fPIC \
     --expt-relaxed-constexpr --expt-extended-lambda --diag-suppress=177,550,20012 \
     -Icsrc -isystem "${cutlass_inc}" -isystem "${torch_dir}/include" \
     -isystem "${torch_dir}/include/torch/csrc/api/include" -isystem "${nvidia_inc}" -isystem "${py_inc}"

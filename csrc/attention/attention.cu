@@ -8,6 +8,9 @@
 // merge) are shared with the CPU in attention.h. merge_attention_states is one
 // warp per output row.
 
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/logaddexp.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

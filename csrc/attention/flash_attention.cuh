@@ -1,7 +1,7 @@
 // The tensor-core attention pass (flash_attention.cu), called by attention.cu.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <cuda_runtime.h>
 
 #include "attention/attention.h"

@@ -18,7 +18,9 @@
 // word, so planes with garbage padding still give the exact answer.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/logical_or.h>
+#include <ATen/ops/remainder.h>
 
 #include <cfloat>
 #include <cmath>
@@ -116,7 +118,7 @@ inline void check_pack_args(const at::Tensor& values, int64_t bits) {
   const at::Tensor where = bad.nonzero().select(0, 0).cpu();
   const int64_t r = where[0].item<int64_t>(), k = where[1].item<int64_t>();
   MLX_CHECK_VALUE(false, op, "argument 'values' must hold odd integers in [", -top, ", ", top,
-                  "] for bits = ", bits, ", got ", v.index({r, k}).item<int64_t>(), " at [", r, ", ", k, "]");
+                  "] for bits = ", bits, ", got ", v[r][k].item<int64_t>(), " at [", r, ", ", k, "]");
 }
 
 inline void check_unpack_args(const at::Tensor& planes, int64_t K) {

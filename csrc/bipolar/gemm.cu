@@ -1,6 +1,9 @@
 // bipolar_gemm on CUDA: the bit-plane tensor-core kernel of gemm_kernel.cuh
 // with an epilogue that stores the exact int32 result (adds it, under split-K).
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
 #include "bipolar/gemm_kernel.cuh"
 #include "common/registration.h"
 

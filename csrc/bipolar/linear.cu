@@ -5,6 +5,9 @@
 // where the grid alone cannot fill the GPU) the splits add exact int32 partial
 // results into a small M × N buffer that one elementwise pass then dequantizes.
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

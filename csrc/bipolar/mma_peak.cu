@@ -6,6 +6,8 @@
 // (no memory traffic); `asm volatile` keeps every MMA, the sink keeps the result.
 // The "wgmma_*" kinds run Hopper's warpgroup MMAs instead (mma_peak_sm90a.cu).
 
+#include <ATen/ops/empty.h>
+
 #include "bipolar/wgmma_peak.cuh"
 #include "common/cuda_utils.cuh"
 #include "common/registration.h"

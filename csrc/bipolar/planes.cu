@@ -8,6 +8,7 @@
 // Quantize is one block per row: a block-wide absmax, then the same packing.
 
 #include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 
 #include "bipolar/bipolar.h"
 #include "bipolar/planes_cuda.cuh"

@@ -1,7 +1,7 @@
 // Entry points shared between the CUDA translation units of the bipolar family.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <tuple>
 

@@ -14,7 +14,7 @@
 // it holds) add nothing on either device.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <cstdint>

@@ -17,9 +17,10 @@
 // of bounds. bsr_sddmm checks the index values first (one device pass and a
 // sync, as bsr_spmm does).
 
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
@@ -48,15 +49,6 @@ struct SddmmProblem {
   int block_rows, nblocks, br, bc;
   int col_tiles;            // ceil(bc / kTileCols)
 };
-
-template <typename T>
-__device__ T from_acc(float v) {
-  if constexpr (std::is_same_v<T, at::Half>) return __float2half_rn(v);
-  else if constexpr (std::is_same_v<T, at::BFloat16>) return __float2bfloat16_rn(v);
-  else return static_cast<T>(v);
-}
-template <typename T>
-__device__ T from_acc(double v) { return static_cast<T>(v); }
 
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kSddmmThreads) bsr_sddmm_kernel(SddmmProblem p, const T* __restrict__ a,

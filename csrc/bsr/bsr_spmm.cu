@@ -45,9 +45,10 @@
 // Epilogue: stored row r of block row rb is A's row row_perm[rb·br + r] (when
 // given), so the un-permutation is the store's address; rows ≥ m are dropped.
 
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
@@ -168,15 +169,6 @@ __device__ Chunk find_chunk(const Problem<acc_t>& p, int item) {
   return {lo, first, static_cast<int>(min(static_cast<int64_t>(first) + p.chunk, static_cast<int64_t>(range.last))),
           p.split_slot[lo]};
 }
-
-template <typename T>
-__device__ T from_acc(float v) {
-  if constexpr (std::is_same_v<T, at::Half>) return __float2half_rn(v);
-  else if constexpr (std::is_same_v<T, at::BFloat16>) return __float2bfloat16_rn(v);
-  else return static_cast<T>(v);
-}
-template <typename T>
-__device__ T from_acc(double v) { return static_cast<T>(v); }
 
 // C[row_perm[rb·br + r], column] = v, or its share into the workspace when the
 // block row is split over several CTAs.

@@ -3,7 +3,7 @@
 // what was expected and what came, before any kernel runs.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <unistd.h>
 

@@ -1,11 +1,15 @@
 // CUDA helpers shared by several kernel families.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -47,5 +51,17 @@ inline at::Tensor pad_dim_to_multiple(const at::Tensor& t, int64_t dim, int64_t 
 inline bool is_aligned_16(const at::Tensor& t) {
   return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
 }
+
+// An fp32 or fp64 accumulator written out as the tensor's element type T: fp16 and
+// bf16 round to nearest (the intrinsics; a plain cast would go through c10's
+// host-side conversion), wider types are a cast.
+template <typename T>
+__device__ T from_acc(float v) {
+  if constexpr (std::is_same_v<T, at::Half>) return __float2half_rn(v);
+  else if constexpr (std::is_same_v<T, at::BFloat16>) return __float2bfloat16_rn(v);
+  else return static_cast<T>(v);
+}
+template <typename T>
+__device__ T from_acc(double v) { return static_cast<T>(v); }
 
 }  // namespace mlx_kernels

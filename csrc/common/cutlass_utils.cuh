@@ -3,7 +3,8 @@
 // which the SIMT emulator also compiles, never include CUTLASS.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <cutlass/cutlass.h>
 
 #include "common/checks.h"

@@ -37,6 +37,9 @@
 // FFMA (imaginary part 0), scaled by 1/N and masked to the kept blocks.
 
 
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+
 #include "common/registration.h"
 #include "fftconv/fftconv_kernels.cuh"
 

@@ -19,7 +19,7 @@
 // matmul columns are skipped. K = 8 is the dense (exact) convolution.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <optional>

@@ -2,7 +2,9 @@
 // CPU and CUDA implementations.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/full.h>
 
 #include <algorithm>
 #include <cmath>

@@ -29,9 +29,14 @@
 //     beta = 1) in x's dtype; x is never copied densely, only its outlier columns.
 // threshold = 0 runs no outlier work at all.
 
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/nonzero.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cutlass/numeric_types.h>

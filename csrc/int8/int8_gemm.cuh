@@ -2,7 +2,7 @@
 // CUTLASS translation units (int8_gemm_sm80_*.cu) share.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>

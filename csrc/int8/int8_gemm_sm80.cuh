@@ -18,7 +18,7 @@
 // Include this only from the per-dtype TUs: each instantiation is heavy.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 
 // The visitor headers rely on these being included first.

@@ -30,7 +30,7 @@
 // build compiles for sm_90a alone.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 
 #include <cute/tensor.hpp>

@@ -13,6 +13,9 @@
 // int32 per access, so K is zero-padded to a multiple of 16 and N to a
 // multiple of 4 when they are not (exact, rare, and never reads out of bounds).
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
 #include <cutlass/gemm/device/gemm.h>
 
 #include <cstdlib>

@@ -8,6 +8,11 @@
 // each translation unit's compile time low.
 #pragma once
 
+#include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/tensor.h>
+
 #include "spgemm/spgemm_cuda.cuh"
 
 namespace mlx_kernels::spgemm {

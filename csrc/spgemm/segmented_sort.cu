@@ -4,6 +4,8 @@
 // unit with a single instantiation (int32 keys and positions): cub's sorting
 // kernels dominate compile time.
 
+#include <ATen/ops/empty.h>
+
 #include <cub/device/device_segmented_sort.cuh>
 
 #include "common/cuda_utils.cuh"

@@ -38,6 +38,13 @@
 // Hash: Fibonacci hashing + linear probing (spgemm.h); keys are int32 columns
 // (n < 2^31 is checked), -1 marks an empty slot.
 
+#include <ATen/Dispatch.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
+
 #include "common/registration.h"
 #include "spgemm/spgemm_cuda.cuh"
 

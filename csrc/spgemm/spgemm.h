@@ -9,7 +9,7 @@
 // work used to balance rows across threads (CPU) or bin them into kernels (CUDA).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <limits>

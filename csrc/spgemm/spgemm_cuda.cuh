@@ -5,7 +5,7 @@
 // compile time low: every row kernel is instantiated per bin and per dtype.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <utility>
 #include <vector>

@@ -1,7 +1,7 @@
 // SIMT emulator stand-in for ATen/cuda/CUDAContext.h: the current stream (the
 // emulator runs every launch synchronously) and an H100's device properties.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "emu/cuda_emu.h"
 
