@@ -62,7 +62,8 @@ import sys, tarfile, zipfile
 sdist, wheel = sys.argv[1:]
 names = [n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n]
 for need in ("CMakeLists.txt", "pyproject.toml", "csrc/ops.cpp", "python/mlx_kernels/__init__.py",
-             "python/mlx_kernels/_build_config.py.in", "tests/vendoring/CMakeLists.txt", "third_party/README.md"):
+             "python/mlx_kernels/_build_config.py.in", "tests/vendoring/CMakeLists.txt", "third_party/README.md",
+             "examples/README.md"):
     assert need in names, f"sdist lacks {need}"
 bad = [n for n in names if n.split("/")[0] in ("build", ".venv", ".carry", "dist") or n.endswith(".so")]
 assert not bad, f"sdist carries build products: {bad[:5]}"
