@@ -36,7 +36,7 @@
 #else
 #define MLX_FFTCONV_HOST_DEVICE
 // always_inline: GCC inlines only always_inline helpers into cpu.cpp's per-ISA
-// clones (MLX_CPU_MULTIVERSION).
+// copies (MLX_CPU_ISA_DISPATCH, common/cpu_isa.h).
 #define MLX_FFTCONV_INLINE __attribute__((always_inline)) inline
 #define MLX_FFTCONV_UNROLL
 #endif
