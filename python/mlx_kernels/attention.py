@@ -20,7 +20,7 @@ fp32, natural log. Grouped-query attention: query heads a multiple of KV heads.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -345,12 +345,22 @@ def hierarchical_shared_prefix_attention(
 
     Returns [B, Sq, Hq, D] in q's dtype; a query that sees no key gets 0.
     """
-    batch = q.shape[0]
+    levels = (_level_attention(q, k, v, group_ids, scale) for k, v, group_ids in prefixes)
+    return _merged_with_suffix(q, levels, suffix_k, suffix_v, suffix_lens, scale)
+
+
+def _merged_with_suffix(q: Tensor, parts: Iterable[Tuple[Tensor, Tensor]], suffix_k: Tensor, suffix_v: Tensor,
+                       suffix_lens: Optional[Tensor], scale: Optional[float]) -> Tensor:
+    """Each sequence's causal attention over its own suffix, merged in turn with the attention ``parts``
+    over other keys (each fp32 out [B, Sq, Hq, Dv] and lse [B, Hq, Sq]) by their log-sum-exp.
+
+    The merge runs in fp32 (each part arrives rounded to q's dtype) and rounds once at the end: the
+    output [B, Sq, Hq, Dv] in q's dtype. suffix_lens: int32 [B] in [0, S], or None (S).
+    """
     if suffix_lens is None:
-        suffix_lens = torch.full((batch,), suffix_k.shape[1], dtype=torch.int32, device=q.device)
+        suffix_lens = torch.full((q.shape[0],), suffix_k.shape[1], dtype=torch.int32, device=q.device)
     out, lse = attention_with_lse_ragged(q, suffix_k, suffix_v, suffix_lens, causal=True, scale=scale)
-    out = out.float()  # merge in fp32 (each level arrives rounded to q's dtype), round once at the end
-    for k, v, group_ids in prefixes:
-        level_out, level_lse = _level_attention(q, k, v, group_ids, scale)
-        out, lse = merge_attention_states(level_out, level_lse, out, lse)
+    out = out.float()
+    for part_out, part_lse in parts:
+        out, lse = merge_attention_states(part_out, part_lse, out, lse)
     return out.to(q.dtype)

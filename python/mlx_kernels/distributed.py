@@ -32,11 +32,10 @@ from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 from torch.distributed.tensor.placement_types import Placement
 
 from . import ops
-from .attention import attention_with_lse, merge_attention_states
+from .attention import _merged_with_suffix, attention_with_lse
 from .bipolar import BipolarLinear
 from .bsr import BlockSparseMatrix
 from .int8 import Int8Linear
-from .ops import attention_with_lse_ragged
 from .spgemm import _as_csr, _is_scipy_sparse, spgemm
 
 __all__ = [
@@ -261,18 +260,10 @@ def sequence_parallel_shared_prefix_attention(
                                                 prefix_v[None], scale=scale)
     # One buffer, one all-gather: the partial output (in fp32, the LSE's dtype), then the LSE.
     local = torch.cat([prefix_out.float().flatten(), prefix_lse.flatten()])
-    parts = _all_gather_equal(local, group)
-
-    if suffix_lens is None:
-        suffix_lens = torch.full((batch,), suffix_k.shape[1], dtype=torch.int32, device=q.device)
-    out, lse = attention_with_lse_ragged(q, suffix_k, suffix_v, suffix_lens, causal=True, scale=scale)
-    out = out.float()
     values = rows * heads_q * value_dim
-    for part in parts:
-        part_out = part[:values].view(batch, seq_q, heads_q, value_dim)
-        part_lse = part[values:].view(heads_q, batch, seq_q).transpose(0, 1)
-        out, lse = merge_attention_states(part_out, part_lse, out, lse)
-    return out.to(q.dtype)
+    parts = ((part[:values].view(batch, seq_q, heads_q, value_dim),
+              part[values:].view(heads_q, batch, seq_q).transpose(0, 1)) for part in _all_gather_equal(local, group))
+    return _merged_with_suffix(q, parts, suffix_k, suffix_v, suffix_lens, scale)
 
 
 # --- row-partitioned sparse products --------------------------------------------------------------
