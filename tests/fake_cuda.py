@@ -102,10 +102,9 @@ def needs_real_gpu(nodeid: str):
 _SLOW_TO_EMULATE = {
     "test_cuda_batch_beyond_one_launch[torch.bfloat16]":
         "70000 sequences in bf16 (4x the float32 case's time): the launch slicing is the same code as float32's",
-    "test_int8_gemm_cuda_matches_cpu[6.0-1024-4096-4096-dtype0]": "the 300x999x1000 case runs the same kernels",
-    "test_int8_gemm_cuda_matches_cpu[6.0-1024-4096-4096-dtype1]": "the 300x999x1000 case runs the same kernels",
-    "test_int8_gemm_cuda_matches_cpu[0.0-1024-4096-4096-dtype0]": "the 300x999x1000 case runs the same kernels",
-    "test_int8_gemm_cuda_matches_cpu[0.0-1024-4096-4096-dtype1]": "the 300x999x1000 case runs the same kernels",
+    # fp16 and bf16 (dtype0, dtype1), with and without outliers
+    **{f"test_int8_gemm_cuda_matches_cpu[{threshold}-1024-4096-4096-dtype{dtype}]":
+       "the 300x999x1000 case runs the same kernels" for threshold in ("0.0", "6.0") for dtype in (0, 1)},
 }
 
 
