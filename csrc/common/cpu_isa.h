@@ -9,8 +9,9 @@
 //
 // Hot loops are compiled once per path by MLX_CPU_ISA_DISPATCH: GCC target
 // attributes on thin entry points into which the always_inline kernel bodies
-// are inlined, so the 64-byte GCC vectors of the kernels become one zmm, two
-// ymm or four xmm operations. (Rather than ATen's per-ISA translation units:
+// are inlined. Kernels built on GCC vectors are templates on the vector width,
+// instantiated per path at that path's register width
+// (MLX_CPU_ISA_DISPATCH_VECTORS). (Rather than ATen's per-ISA translation units:
 // each family's kernels stay in its cpu.cpp, torch's headers are parsed once
 // per TU, and only the entry points are compiled three times.)
 //
@@ -50,21 +51,28 @@ bool cpu_path_has(CpuIsa isa, CpuFeature feature);
 #define MLX_TARGET_AVX2 __attribute__((target(MLX_AVX2_FEATURES)))
 #define MLX_TARGET_AVX512 __attribute__((target(MLX_AVX512_FEATURES)))
 
-// Defines name(CpuIsa isa, args...): `body(args...)` (an always_inline
-// function, or template, of this TU) compiled for each path and called on the
-// one `isa` names.
-#define MLX_CPU_ISA_DISPATCH(name, body)                                                           \
+// Vector width in bytes a path's kernels are written for: its register width.
+// Kernels that keep arrays of GCC vectors in registers take it as a template
+// argument: a 64-byte vector on the AVX2 path is two ymm registers, so a
+// kernel tuned to fill AVX-512's 32 zmm registers with them spills on AVX2's 16.
+#define MLX_AVX512_VECTOR_BYTES 64
+#define MLX_AVX2_VECTOR_BYTES 32
+#define MLX_SCALAR_VECTOR_BYTES 16  // SSE2, x86-64's baseline
+
+// Defines name(CpuIsa isa, args...) calling, on the path `isa` names, the
+// instance of that path: avx512_body(args...) compiled for AVX-512, and so on.
+#define MLX_CPU_ISA_DISPATCH_EACH(name, avx512_body, avx2_body, scalar_body)                      \
   template <typename... Args>                                                                     \
   MLX_TARGET_AVX512 decltype(auto) name##_avx512(Args&&... args) {                                \
-    return body(std::forward<Args>(args)...);                                                     \
+    return avx512_body(std::forward<Args>(args)...);                                              \
   }                                                                                               \
   template <typename... Args>                                                                     \
   MLX_TARGET_AVX2 decltype(auto) name##_avx2(Args&&... args) {                                    \
-    return body(std::forward<Args>(args)...);                                                     \
+    return avx2_body(std::forward<Args>(args)...);                                                \
   }                                                                                               \
   template <typename... Args>                                                                     \
   decltype(auto) name##_scalar(Args&&... args) {                                                  \
-    return body(std::forward<Args>(args)...);                                                     \
+    return scalar_body(std::forward<Args>(args)...);                                              \
   }                                                                                               \
   template <typename... Args>                                                                     \
   decltype(auto) name(::mlx_kernels::CpuIsa isa, Args&&... args) {                               \
@@ -74,13 +82,27 @@ bool cpu_path_has(CpuIsa isa, CpuFeature feature);
       default: return name##_scalar(std::forward<Args>(args)...);                                 \
     }                                                                                             \
   }
+
+// Defines name(CpuIsa isa, args...): `body(args...)` (an always_inline
+// function, or template, of this TU) compiled for each path and called on the
+// one `isa` names.
+#define MLX_CPU_ISA_DISPATCH(name, body) MLX_CPU_ISA_DISPATCH_EACH(name, body, body, body)
+
+// The same for a template `body<kVectorBytes>`: each path's instance is
+// body<its vector width>.
+#define MLX_CPU_ISA_DISPATCH_VECTORS(name, body)                                                 \
+  MLX_CPU_ISA_DISPATCH_EACH(name, body<MLX_AVX512_VECTOR_BYTES>, body<MLX_AVX2_VECTOR_BYTES>,     \
+                            body<MLX_SCALAR_VECTOR_BYTES>)
 #else
 // Elsewhere there is one path, kScalar (cpu_isa_available() says so).
-#define MLX_CPU_ISA_DISPATCH(name, body)                            \
+#define MLX_SCALAR_VECTOR_BYTES 16
+#define MLX_CPU_ISA_DISPATCH_ONE(name, body)                        \
   template <typename... Args>                                      \
   decltype(auto) name(::mlx_kernels::CpuIsa, Args&&... args) {     \
     return body(std::forward<Args>(args)...);                      \
   }
+#define MLX_CPU_ISA_DISPATCH(name, body) MLX_CPU_ISA_DISPATCH_ONE(name, body)
+#define MLX_CPU_ISA_DISPATCH_VECTORS(name, body) MLX_CPU_ISA_DISPATCH_ONE(name, body<MLX_SCALAR_VECTOR_BYTES>)
 #endif
 
 }  // namespace mlx_kernels

@@ -15,9 +15,10 @@
 //      stage and back while it is cached;
 //   3. the last stage (16-point DFTs on contiguous rows), the multiply by the
 //      kernel spectrum (pre-scaled by 1/N, zero outside the kept blocks) and
-//      the first inverse stage fused, in registers: 16 rows at a time through
-//      an in-register transpose in fp32 with a dense spectrum, else row by row,
-//      where frequency blocks outside keep_blocks are neither computed nor read;
+//      the first inverse stage fused, in registers: a vector's width of rows
+//      at a time through an in-register transpose in fp32 with a dense
+//      spectrum, else row by row, where frequency blocks outside keep_blocks
+//      are neither computed nor read;
 //   4. inverse column stages in reverse order (conj twiddles, then conj DFT);
 //      the last one writes only the rows that hold outputs t < L;
 //   5. store y = real/imag parts · postgate.
@@ -43,6 +44,7 @@
 #include <mutex>
 #include <numbers>
 #include <type_traits>
+#include <utility>
 
 #include "common/cpu_isa.h"
 #include "common/cpu_utils.h"
@@ -54,12 +56,14 @@ namespace {
 
 #define MLX_ALWAYS_INLINE __attribute__((always_inline)) inline
 
-// 64-byte vectors (one AVX-512 register; two AVX2 or four SSE registers on the
-// other ISA paths) of float or double, with unaligned loads and stores.
-template <typename T>
+// kBytes-byte vectors of float or double, with unaligned loads and stores. Each
+// ISA path instantiates the kernels at its register width (common/cpu_isa.h):
+// the column stages keep 32 vectors live, which fit AVX-512's 32 registers, and
+// at 64 bytes on AVX2 (two registers each) would be spilled and reloaded.
+template <typename T, int kBytes>
 struct Simd {
-  typedef T V __attribute__((vector_size(64)));
-  static constexpr int64_t kLanes = 64 / sizeof(T);
+  typedef T V __attribute__((vector_size(kBytes)));
+  static constexpr int64_t kLanes = kBytes / sizeof(T);
   MLX_ALWAYS_INLINE static V load(const T* p) {
     V v;
     __builtin_memcpy(&v, p, sizeof(V));
@@ -167,9 +171,10 @@ std::shared_ptr<const Plan<T>> get_plan(int64_t N) {
 }
 
 // (a, b) <- (a + ib)·w in registers (conj(w) when kConj), w loaded from memory.
-template <typename T, bool kConj>
-MLX_ALWAYS_INLINE void rotate(typename Simd<T>::V& a, typename Simd<T>::V& b, const T* wr, const T* wi) {
-  using S = Simd<T>;
+template <int kBytes, typename T, bool kConj>
+MLX_ALWAYS_INLINE void rotate(typename Simd<T, kBytes>::V& a, typename Simd<T, kBytes>::V& b, const T* wr,
+                              const T* wi) {
+  using S = Simd<T, kBytes>;
   const auto c = S::load(wr), d = kConj ? -S::load(wi) : S::load(wi);
   const auto real = a * c - b * d;
   b = a * d + b * c;
@@ -217,10 +222,10 @@ MLX_ALWAYS_INLINE void small_dft(V (&xr)[kRadix], V (&xi)[kRadix]) {
 // the inverse DFT, after the forward one), never in place: with power-of-two
 // strides a store and a later load of another row 4 KB away alias, and the
 // load waits for it.
-template <typename T, bool kInverse, int64_t R>
+template <int kBytes, typename T, bool kInverse, int64_t R>
 MLX_ALWAYS_INLINE void column_stage_radix(T* re, T* im, int64_t stride, const T* tw_re, const T* tw_im,
                                           int64_t rows_in, int64_t rows_out) {
-  using S = Simd<T>;
+  using S = Simd<T, kBytes>;
   using V = typename S::V;
   constexpr int64_t W = S::kLanes;
   V xr[kRadix], xi[kRadix];
@@ -232,7 +237,7 @@ MLX_ALWAYS_INLINE void column_stage_radix(T* re, T* im, int64_t stride, const T*
       }
       xr[j] = S::load(re + j * stride + m0);
       xi[j] = S::load(im + j * stride + m0);
-      if (kInverse) rotate<T, true>(xr[j], xi[j], tw_re + j * stride + m0, tw_im + j * stride + m0);
+      if (kInverse) rotate<kBytes, T, true>(xr[j], xi[j], tw_re + j * stride + m0, tw_im + j * stride + m0);
     }
     if constexpr (R == kRadix) {
       dft16<V, T, kInverse>(xr, xi);
@@ -241,22 +246,22 @@ MLX_ALWAYS_INLINE void column_stage_radix(T* re, T* im, int64_t stride, const T*
     }
     for (int64_t f = 0; f < rows_out; ++f) {
       const int64_t slot = R == kRadix ? dft16_slot(f) : small_dft_slot<R>(f);
-      if (!kInverse) rotate<T, false>(xr[slot], xi[slot], tw_re + f * stride + m0, tw_im + f * stride + m0);
+      if (!kInverse) rotate<kBytes, T, false>(xr[slot], xi[slot], tw_re + f * stride + m0, tw_im + f * stride + m0);
       S::store(re + f * stride + m0, xr[slot]);
       S::store(im + f * stride + m0, xi[slot]);
     }
   }
 }
 
-template <typename T, bool kInverse>
+template <int kBytes, typename T, bool kInverse>
 MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride, const T* tw_re, const T* tw_im,
                                     int64_t rows_in, int64_t rows_out) {
   switch (radix) {
-    case 2: return column_stage_radix<T, kInverse, 2>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
-    case 4: return column_stage_radix<T, kInverse, 4>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
-    case 8: return column_stage_radix<T, kInverse, 8>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
+    case 2: return column_stage_radix<kBytes, T, kInverse, 2>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
+    case 4: return column_stage_radix<kBytes, T, kInverse, 4>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
+    case 8: return column_stage_radix<kBytes, T, kInverse, 8>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
     default:  // 16: monarch_stages uses radices 2, 4, 8 and 16 only
-      return column_stage_radix<T, kInverse, kRadix>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
+      return column_stage_radix<kBytes, T, kInverse, kRadix>(re, im, stride, tw_re, tw_im, rows_in, rows_out);
   }
 }
 
@@ -265,11 +270,11 @@ MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride,
 // e_j = x_j + x_{16-j} and o_j = x_j - x_{16-j} (e_0 = x_0, e_8 = x_8),
 // X = Σ_{j <= 8} e_j·Re F[j, :] + i·Σ_{0 < j < 8} o_j·Im F[j, :]: half the
 // multiply-adds. Also the inverse row DFT, with F's conjugate as the table.
-template <typename T>
+template <int kBytes, typename T>
 MLX_ALWAYS_INLINE void row_dft(const T* xr, const T* xi, const T* dft_re, const T* dft_im,
-                               typename Simd<T>::V (&fr)[kRadix / Simd<T>::kLanes],
-                               typename Simd<T>::V (&fi)[kRadix / Simd<T>::kLanes]) {
-  using S = Simd<T>;
+                               typename Simd<T, kBytes>::V (&fr)[kRadix / Simd<T, kBytes>::kLanes],
+                               typename Simd<T, kBytes>::V (&fi)[kRadix / Simd<T, kBytes>::kLanes]) {
+  using S = Simd<T, kBytes>;
   constexpr int64_t C = kRadix / S::kLanes, half = kRadix / 2;
   for (int64_t c = 0; c < C; ++c) fr[c] = fi[c] = typename S::V{};
   for (int64_t j = 0; j <= half; ++j) {
@@ -292,11 +297,11 @@ MLX_ALWAYS_INLINE void row_dft(const T* xr, const T* xi, const T* dft_re, const 
 }
 
 // z += Y[f]·conj(F[f, :]), one term of the inverse row DFT, vectorized along n.
-template <typename T>
+template <int kBytes, typename T>
 MLX_ALWAYS_INLINE void inverse_row_term(T yr, T yi, const T* w_re, const T* w_im,
-                                        typename Simd<T>::V (&zr)[kRadix / Simd<T>::kLanes],
-                                        typename Simd<T>::V (&zi)[kRadix / Simd<T>::kLanes]) {
-  using S = Simd<T>;
+                                        typename Simd<T, kBytes>::V (&zr)[kRadix / Simd<T, kBytes>::kLanes],
+                                        typename Simd<T, kBytes>::V (&zi)[kRadix / Simd<T, kBytes>::kLanes]) {
+  using S = Simd<T, kBytes>;
   for (int64_t c = 0; c < kRadix / S::kLanes; ++c) {
     const auto wr = S::load(w_re + c * S::kLanes), wi = S::load(w_im + c * S::kLanes);
     zr[c] += yr * wr - yi * wi;
@@ -312,17 +317,17 @@ struct KeptBlocks {
 // Last stage, spectrum multiply and first inverse stage, fused per 16-point
 // row: X = x·F, Y = X·spectrum, y = Y·conj(F) summed over the kept columns f
 // only (the spectrum is zero elsewhere), written back in place.
-template <typename T>
+template <int kBytes, typename T>
 MLX_ALWAYS_INLINE void last_stage_convolve(T* re, T* im, int64_t rows, const T* dft_re, const T* dft_im,
                                            const T* idft_im, KeptBlocks kept, const T* spec_re, const T* spec_im) {
-  using S = Simd<T>;
+  using S = Simd<T, kBytes>;
   using V = typename S::V;
   constexpr int64_t W = S::kLanes, C = kRadix / W;
   for (int64_t p = 0; p < rows; ++p) {
     T* xr = re + p * kRadix;
     T* xi = im + p * kRadix;
     V fr[C], fi[C];
-    row_dft(xr, xi, dft_re, dft_im, fr, fi);
+    row_dft<kBytes>(xr, xi, dft_re, dft_im, fr, fi);
     alignas(64) T yr[kRadix], yi[kRadix];
     for (int64_t c = 0; c < C; ++c) {
       const V sr = S::load(spec_re + p * kRadix + c * W), si = S::load(spec_im + p * kRadix + c * W);
@@ -332,10 +337,10 @@ MLX_ALWAYS_INLINE void last_stage_convolve(T* re, T* im, int64_t rows, const T* 
     // The symmetric row DFT costs as much as 8 plain terms: it wins from 4 kept blocks a side.
     V zr[C] = {}, zi[C] = {};
     if (4 * kept.low_end >= kRadix) {
-      row_dft(yr, yi, dft_re, idft_im, zr, zi);
+      row_dft<kBytes>(yr, yi, dft_re, idft_im, zr, zi);
     } else {
-      for (int64_t f = 0; f < kept.low_end; ++f) inverse_row_term(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
-      for (int64_t f = kept.high_begin; f < kRadix; ++f) inverse_row_term(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
+      for (int64_t f = 0; f < kept.low_end; ++f) inverse_row_term<kBytes>(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
+      for (int64_t f = kept.high_begin; f < kRadix; ++f) inverse_row_term<kBytes>(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
     }
     for (int64_t c = 0; c < C; ++c) {
       S::store(xr + c * W, zr[c]);
@@ -344,55 +349,70 @@ MLX_ALWAYS_INLINE void last_stage_convolve(T* re, T* im, int64_t rows, const T* 
   }
 }
 
-// In-register transpose of a 16 × 16 float tile: four passes, each swapping one
-// bit of the row index with the same bit of the lane index (rows i and i + s,
-// lanes l and l ± s), 16 two-source shuffles a pass.
-MLX_ALWAYS_INLINE void transpose16(Simd<float>::V (&r)[kRadix]) {
-  using V = Simd<float>::V;
-  for (int64_t i = 0; i < 8; ++i) {
-    const V a = r[i], b = r[i + 8];
-    r[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-    r[i + 8] = __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  }
-  for (int64_t i : {0, 1, 2, 3, 8, 9, 10, 11}) {
-    const V a = r[i], b = r[i + 4];
-    r[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
-    r[i + 4] = __builtin_shufflevector(a, b, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
-  }
-  for (int64_t i : {0, 1, 4, 5, 8, 9, 12, 13}) {
-    const V a = r[i], b = r[i + 2];
-    r[i] = __builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
-    r[i + 2] = __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
-  }
-  for (int64_t i = 0; i < 16; i += 2) {
-    const V a = r[i], b = r[i + 1];
-    r[i] = __builtin_shufflevector(a, b, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
-    r[i + 1] = __builtin_shufflevector(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+// In-register transpose of a W × W float tile (W lanes a vector): log2(W)
+// passes, the one for swap distance s exchanging that bit of the row index with
+// the same bit of the lane index (rows i and i + s, lanes l and l ± s).
+template <int W, int kSwap, typename V, size_t... L>
+MLX_ALWAYS_INLINE V swap_low(V a, V b, std::index_sequence<L...>) {
+  return __builtin_shufflevector(a, b, ((L & kSwap) ? W + L - kSwap : L)...);
+}
+template <int W, int kSwap, typename V, size_t... L>
+MLX_ALWAYS_INLINE V swap_high(V a, V b, std::index_sequence<L...>) {
+  return __builtin_shufflevector(a, b, ((L & kSwap) ? W + L : L + kSwap)...);
+}
+template <int W, int kSwap = W / 2, typename V>
+MLX_ALWAYS_INLINE void transpose(V* r) {
+  if constexpr (kSwap >= 1) {
+    for (int i = 0; i < W; ++i) {
+      if (i & kSwap) continue;
+      const V a = r[i], b = r[i + kSwap];
+      r[i] = swap_low<W, kSwap>(a, b, std::make_index_sequence<W>{});
+      r[i + kSwap] = swap_high<W, kSwap>(a, b, std::make_index_sequence<W>{});
+    }
+    transpose<W, kSwap / 2>(r);
   }
 }
 
-// Loads (and transposes) 16 contiguous 16-point rows: register j holds point j of every row.
-MLX_ALWAYS_INLINE void load_tile(const float* p, Simd<float>::V (&r)[kRadix]) {
-  for (int64_t i = 0; i < kRadix; ++i) r[i] = Simd<float>::load(p + i * kRadix);
-  transpose16(r);
+// A tile of W contiguous 16-point rows (W = lanes of V) as 16 registers, and
+// back: register j holds point j of every row. Points [h·W, (h+1)·W) of the W
+// rows are one W × W block, transposed in registers.
+template <int kBytes>
+MLX_ALWAYS_INLINE void load_tile(const float* p, typename Simd<float, kBytes>::V (&r)[kRadix]) {
+  using S = Simd<float, kBytes>;
+  constexpr int W = S::kLanes;
+  for (int h = 0; h < kRadix / W; ++h) {
+    for (int i = 0; i < W; ++i) r[h * W + i] = S::load(p + i * kRadix + h * W);
+    transpose<W>(r + h * W);
+  }
+}
+template <int kBytes>
+MLX_ALWAYS_INLINE void store_tile(float* p, typename Simd<float, kBytes>::V (&r)[kRadix]) {
+  using S = Simd<float, kBytes>;
+  constexpr int W = S::kLanes;
+  for (int h = 0; h < kRadix / W; ++h) {
+    transpose<W>(r + h * W);
+    for (int i = 0; i < W; ++i) S::store(p + i * kRadix + h * W, r[h * W + i]);
+  }
 }
 
-// The dense last stage of 16 rows at a time in fp32: transposed so that the
+// The dense last stage of W rows at a time in fp32: transposed so that the
 // 16-point row DFTs become dft16 across registers (one row per lane), the
 // spectrum multiply, the inverse dft16, transposed back. Rows past a multiple
-// of 16 go through last_stage_convolve.
+// of W go through last_stage_convolve.
+template <int kBytes>
 MLX_ALWAYS_INLINE int64_t last_stage_convolve_tiles(float* re, float* im, int64_t rows, const float* spec_re,
                                                     const float* spec_im) {
-  using V = Simd<float>::V;
+  using V = typename Simd<float, kBytes>::V;
+  constexpr int64_t W = Simd<float, kBytes>::kLanes;
   int64_t p0 = 0;
-  for (; p0 + kRadix <= rows; p0 += kRadix) {
+  for (; p0 + W <= rows; p0 += W) {
     const int64_t offset = p0 * kRadix;
     V xr[kRadix], xi[kRadix], sr[kRadix], si[kRadix], yr[kRadix], yi[kRadix];
-    load_tile(re + offset, xr);
-    load_tile(im + offset, xi);
+    load_tile<kBytes>(re + offset, xr);
+    load_tile<kBytes>(im + offset, xi);
     dft16<V, float, false>(xr, xi);
-    load_tile(spec_re + offset, sr);
-    load_tile(spec_im + offset, si);
+    load_tile<kBytes>(spec_re + offset, sr);
+    load_tile<kBytes>(spec_im + offset, si);
     for (int64_t f = 0; f < kRadix; ++f) {
       const int64_t slot = dft16_slot(f);
       yr[f] = xr[slot] * sr[f] - xi[slot] * si[f];
@@ -403,28 +423,24 @@ MLX_ALWAYS_INLINE int64_t last_stage_convolve_tiles(float* re, float* im, int64_
       xr[n] = yr[dft16_slot(n)];
       xi[n] = yi[dft16_slot(n)];
     }
-    transpose16(xr);
-    transpose16(xi);
-    for (int64_t i = 0; i < kRadix; ++i) {
-      Simd<float>::store(re + offset + i * kRadix, xr[i]);
-      Simd<float>::store(im + offset + i * kRadix, xi[i]);
-    }
+    store_tile<kBytes>(re + offset, xr);
+    store_tile<kBytes>(im + offset, xi);
   }
   return p0;
 }
 
-// The last stage: fp32 with every frequency block kept goes 16 rows at a time
-// (last_stage_convolve_tiles); the rest (fp64, frequency-sparse spectra, whose
-// dropped blocks the row kernel skips, and leftover rows) row by row.
-template <typename T>
+// The last stage: fp32 with every frequency block kept goes a tile of rows at a
+// time (last_stage_convolve_tiles); the rest (fp64, frequency-sparse spectra,
+// whose dropped blocks the row kernel skips, and leftover rows) row by row.
+template <int kBytes, typename T>
 MLX_ALWAYS_INLINE void last_stage(T* re, T* im, int64_t rows, const StageView<T>& last, KeptBlocks kept,
                                   const T* spec_re, const T* spec_im) {
   int64_t done = 0;
   if constexpr (std::is_same_v<T, float>) {
-    if (kept.low_end == kDenseKeep) done = last_stage_convolve_tiles(re, im, rows, spec_re, spec_im);
+    if (kept.low_end == kDenseKeep) done = last_stage_convolve_tiles<kBytes>(re, im, rows, spec_re, spec_im);
   }
   const int64_t offset = done * kRadix;
-  last_stage_convolve(re + offset, im + offset, rows - done, last.dft_re, last.dft_im, last.idft_im, kept,
+  last_stage_convolve<kBytes>(re + offset, im + offset, rows - done, last.dft_re, last.dft_im, last.idft_im, kept,
                       spec_re + offset, spec_im + offset);
 }
 
@@ -433,14 +449,15 @@ MLX_ALWAYS_INLINE int64_t rows_holding(int64_t L, int64_t stride) {
   return (L + stride - 1) / stride;
 }
 
-template <typename T>
+template <int kBytes, typename T>
 MLX_ALWAYS_INLINE void forward_column_stages(const PlanView<T>& plan, T* re, T* im, int64_t L) {
   for (int64_t s = 0; s + 1 < plan.num_stages; ++s) {
     const StageView<T>& st = plan.stage[s];
     const int64_t rows_in = s == 0 ? rows_holding<T>(L, st.stride) : st.radix;
     for (int64_t p = 0; p < st.rows; ++p) {
       const int64_t offset = p * st.radix * st.stride;
-      column_stage<T, false>(re + offset, im + offset, st.radix, st.stride, st.tw_re, st.tw_im, rows_in, st.radix);
+      column_stage<kBytes, T, false>(re + offset, im + offset, st.radix, st.stride, st.tw_re, st.tw_im, rows_in,
+                                     st.radix);
     }
   }
 }
@@ -451,20 +468,20 @@ MLX_ALWAYS_INLINE void forward_column_stages(const PlanView<T>& plan, T* re, T* 
 // later stage, the spectrum multiply and the inverse stages back to stage 1
 // while it is in L1/L2: at N = 128K the buffer (1 MB) would otherwise stream
 // through L3 once per stage, forward and inverse.
-template <typename T>
+template <int kBytes, typename T>
 MLX_ALWAYS_INLINE void convolve_buffer(const PlanView<T>& plan, T* re, T* im, int64_t L, const T* spec_re,
                                        const T* spec_im, KeptBlocks kept) {
   const int64_t S = plan.num_stages;
   const StageView<T>& last = plan.stage[S - 1];
   if (S == 1) {
-    last_stage(re, im, last.rows, last, kept, spec_re, spec_im);
+    last_stage<kBytes>(re, im, last.rows, last, kept, spec_re, spec_im);
     return;
   }
   const StageView<T>& first = plan.stage[0];  // one [radix, stride] block: rows == 1
   const int64_t live_rows = rows_holding<T>(L, first.stride);
-  column_stage<T, false>(re, im, first.radix, first.stride, first.tw_re, first.tw_im, live_rows, first.radix);
+  column_stage<kBytes, T, false>(re, im, first.radix, first.stride, first.tw_re, first.tw_im, live_rows, first.radix);
   // Chunks hold whole stage-1 blocks and at least 16 last-stage rows (the fp32
-  // last stage goes 16 rows at a time).
+  // last stage goes up to 16 rows at a time).
   const int64_t chunk = std::max(plan.N / plan.stage[1].rows, std::min(plan.N, kRadix * kRadix));
   const int64_t chunks = plan.N / chunk;
   for (int64_t c = 0; c < chunks; ++c) {
@@ -473,32 +490,32 @@ MLX_ALWAYS_INLINE void convolve_buffer(const PlanView<T>& plan, T* re, T* im, in
     for (int64_t s = 1; s + 1 < S; ++s) {
       const StageView<T>& st = plan.stage[s];
       for (int64_t offset = 0; offset < chunk; offset += st.radix * st.stride) {
-        column_stage<T, false>(cre + offset, cim + offset, st.radix, st.stride, st.tw_re, st.tw_im, st.radix,
+        column_stage<kBytes, T, false>(cre + offset, cim + offset, st.radix, st.stride, st.tw_re, st.tw_im, st.radix,
                                st.radix);
       }
     }
-    last_stage(cre, cim, chunk / kRadix, last, kept, spec_re + c * chunk, spec_im + c * chunk);
+    last_stage<kBytes>(cre, cim, chunk / kRadix, last, kept, spec_re + c * chunk, spec_im + c * chunk);
     for (int64_t s = S - 2; s >= 1; --s) {
       const StageView<T>& st = plan.stage[s];
       for (int64_t offset = 0; offset < chunk; offset += st.radix * st.stride) {
-        column_stage<T, true>(cre + offset, cim + offset, st.radix, st.stride, st.tw_re, st.tw_im, st.radix,
+        column_stage<kBytes, T, true>(cre + offset, cim + offset, st.radix, st.stride, st.tw_re, st.tw_im, st.radix,
                               st.radix);
       }
     }
   }
-  column_stage<T, true>(re, im, first.radix, first.stride, first.tw_re, first.tw_im, first.radix, live_rows);
+  column_stage<kBytes, T, true>(re, im, first.radix, first.stride, first.tw_re, first.tw_im, first.radix, live_rows);
 }
 
 // The forward transform alone (the kernel spectrum): in place, Monarch order.
-template <typename T>
+template <int kBytes, typename T>
 MLX_ALWAYS_INLINE void forward_buffer(const PlanView<T>& plan, T* re, T* im, int64_t L) {
-  using S = Simd<T>;
+  using S = Simd<T, kBytes>;
   constexpr int64_t W = S::kLanes, C = kRadix / W;
-  forward_column_stages(plan, re, im, L);
+  forward_column_stages<kBytes>(plan, re, im, L);
   const StageView<T>& last = plan.stage[plan.num_stages - 1];
   for (int64_t p = 0; p < last.rows; ++p) {
     typename S::V fr[C], fi[C];
-    row_dft(re + p * kRadix, im + p * kRadix, last.dft_re, last.dft_im, fr, fi);
+    row_dft<kBytes>(re + p * kRadix, im + p * kRadix, last.dft_re, last.dft_im, fr, fi);
     for (int64_t c = 0; c < C; ++c) {
       S::store(re + p * kRadix + c * W, fr[c]);
       S::store(im + p * kRadix + c * W, fi[c]);
@@ -507,8 +524,8 @@ MLX_ALWAYS_INLINE void forward_buffer(const PlanView<T>& plan, T* re, T* im, int
 }
 
 // Compiled per ISA path (see common/cpu_isa.h); the templates above inline into each.
-MLX_CPU_ISA_DISPATCH(convolve, convolve_buffer)
-MLX_CPU_ISA_DISPATCH(forward, forward_buffer)
+MLX_CPU_ISA_DISPATCH_VECTORS(convolve, convolve_buffer)
+MLX_CPU_ISA_DISPATCH_VECTORS(forward, forward_buffer)
 
 // Points stage 0 reads: whole rows of its [radix, stride] view that hold data.
 template <typename T>
