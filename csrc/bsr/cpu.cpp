@@ -46,7 +46,7 @@ namespace {
 // own dtype when that is fp32/fp64 (converted to acc_t in registers: no fp64
 // copy of B per call), in fp32 for fp16/bf16.
 //
-// Each row is summed a few 64-byte vectors of output columns at a time in
+// Each row is summed a few vectors of output columns at a time in
 // registers, four terms per add into them, then converted and stored once: at
 // the 1-3 non-zeros per row of power-grid and random matrices, zeroing,
 // reloading and copying an accumulator row in memory cost more than the
@@ -57,10 +57,10 @@ namespace {
 // row), for the call overhead at a few non-zeros per row.
 constexpr int64_t kTermsPerPartial = 64;
 
-// 64 bytes of acc_t: one AVX-512 register, two AVX2 ones, four SSE ones on the
-// scalar path (GCC vector extensions lower to whatever the ISA path has).
-template <typename acc_t>
-using acc_vector __attribute__((vector_size(64))) = acc_t;
+// kBytes of acc_t: one register of the ISA path whose width kBytes is (see
+// common/cpu_isa.h), so the accumulators of a row stay in registers on each.
+template <typename acc_t, int kBytes>
+using acc_vector __attribute__((vector_size(kBytes))) = acc_t;
 
 // `lanes` values of x_t at p as V: a vector of acc_t, or one acc_t.
 template <typename V, typename x_t>
@@ -108,10 +108,10 @@ inline __attribute__((always_inline)) void sum_row_columns(const acc_t* a, const
   for (int64_t i = 0; i < kCount * kLanes; ++i) c_row[c0 + i] = static_cast<out_t>(sums[i]);
 }
 
-template <typename acc_t, typename x_t, typename out_t>
+template <int kBytes, typename acc_t, typename x_t, typename out_t>
 inline __attribute__((always_inline)) void sum_row(const acc_t* a, const x_t* const* x, int64_t count,
                                                    out_t* c_row, int64_t n) {
-  using V = acc_vector<acc_t>;
+  using V = acc_vector<acc_t, kBytes>;
   constexpr int64_t kLanes = sizeof(V) / sizeof(acc_t);
   int64_t c0 = 0;
   for (; c0 + 4 * kLanes <= n; c0 += 4 * kLanes) sum_row_columns<V, 4>(a, x, count, c_row, c0);
@@ -119,14 +119,14 @@ inline __attribute__((always_inline)) void sum_row(const acc_t* a, const x_t* co
   for (; c0 < n; ++c0) sum_row_columns<acc_t, 1>(a, x, count, c_row, c0);
 }
 
-template <typename acc_t, typename x_t, typename out_t>
+template <int kBytes, typename acc_t, typename x_t, typename out_t>
 inline __attribute__((always_inline)) void sum_rows(int64_t rows, const acc_t* const* a, const x_t* const* const* x,
                                                     const int64_t* count, out_t* const* c_rows, int64_t n) {
-  for (int64_t r = 0; r < rows; ++r) sum_row(a[r], x[r], count[r], c_rows[r], n);
+  for (int64_t r = 0; r < rows; ++r) sum_row<kBytes>(a[r], x[r], count[r], c_rows[r], n);
 }
 
 // sum_rows compiled per ISA path (scalar / AVX2 / AVX-512), one instance per (acc, B, out) type.
-MLX_CPU_ISA_DISPATCH(sum_rows_isa, sum_rows)
+MLX_CPU_ISA_DISPATCH_VECTORS(sum_rows_isa, sum_rows)
 
 // B as the inner loop reads it: its own dtype for fp32/fp64, fp32 for fp16/bf16.
 template <typename scalar_t>
@@ -309,7 +309,7 @@ struct PackedWordCheck {
 // it is used (PackedWordCheck, and the row's words mark exactly its values),
 // then sums the row. Returns the first row that fails a check (its message is
 // built by explain_bad_packed_row, outside the per-ISA kernel), or s_end.
-template <typename scalar_t, typename acc_t, typename x_t>
+template <int kBytes, typename scalar_t, typename acc_t, typename x_t>
 inline __attribute__((always_inline)) int64_t spmm_packed_rows(const SpmmProblem<int64_t, acc_t, x_t, scalar_t>& p,
                                                                const PackedRows<scalar_t>& a, int64_t s_begin,
                                                                int64_t s_end, acc_t* a_terms, const x_t** b_terms) {
@@ -347,7 +347,7 @@ inline __attribute__((always_inline)) int64_t spmm_packed_rows(const SpmmProblem
       value += marked, a_out += marked, b_out += marked;
     }
     if (value != row_end) return s;
-    sum_row(a_terms, b_terms, a_out - a_terms, out + (perm != nullptr ? perm[s] : s) * n, n);
+    sum_row<kBytes>(a_terms, b_terms, a_out - a_terms, out + (perm != nullptr ? perm[s] : s) * n, n);
   }
   return s_end;
 }
@@ -382,7 +382,7 @@ template <typename scalar_t>
 
 // Per ISA path, one instance per value type: the walk's popcount is one
 // instruction on the AVX2/AVX-512 paths (a libgcc call on the scalar one).
-MLX_CPU_ISA_DISPATCH(spmm_packed_rows_isa, spmm_packed_rows)
+MLX_CPU_ISA_DISPATCH_VECTORS(spmm_packed_rows_isa, spmm_packed_rows)
 
 // B as the inner loop reads it (see b_type), contiguous.
 at::Tensor b_for_accumulation(const at::Tensor& b) {
@@ -550,13 +550,13 @@ at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_
 // at or past m, column at or past k). The gradient of bsr_spmm's blocks is
 // bsr_sddmm(crow, col, grad_out, b, br, bc, row_perm). Every product is made, so
 // Inf and NaN propagate as in a dense matmul. Threads take ranges of blocks;
-// each entry is one dot product over n, in 64-byte vectors of acc_t.
+// each entry is one dot product over n, in vectors of acc_t.
 
 // Σ_t x[t] · y[t] over n values, in acc_t (fp32 for 16-bit inputs, converted
 // to fp32 first; fp64 for fp32 and fp64).
-template <typename acc_t, typename x_t>
+template <int kBytes, typename acc_t, typename x_t>
 inline __attribute__((always_inline)) acc_t dot(const x_t* x, const x_t* y, int64_t n) {
-  using V = acc_vector<acc_t>;
+  using V = acc_vector<acc_t, kBytes>;
   constexpr int64_t kLanes = sizeof(V) / sizeof(acc_t);
   V sum0 = {}, sum1 = {};
   int64_t t = 0;
@@ -582,7 +582,7 @@ struct SddmmProblem {
 };
 
 // Blocks [j_begin, j_end) of the problem.
-template <typename scalar_t, typename index_t>
+template <int kBytes, typename scalar_t, typename index_t>
 inline __attribute__((always_inline)) void sddmm_blocks(const SddmmProblem<scalar_t, index_t>& p, int64_t j_begin,
                                                         int64_t j_end) {
   using acc_t = acc_type<scalar_t>;
@@ -602,13 +602,13 @@ inline __attribute__((always_inline)) void sddmm_blocks(const SddmmProblem<scala
       const auto* a_row = p.a + (p.perm != nullptr ? p.perm[s] : s) * p.n;
       for (int64_t c = 0; c < p.bc; ++c) {
         const int64_t kc = k0 + c;
-        out_row[c] = kc < p.k ? static_cast<scalar_t>(dot<acc_t>(a_row, p.b + kc * p.n, p.n)) : scalar_t(0);
+        out_row[c] = kc < p.k ? static_cast<scalar_t>(dot<kBytes, acc_t>(a_row, p.b + kc * p.n, p.n)) : scalar_t(0);
       }
     }
   }
 }
 
-MLX_CPU_ISA_DISPATCH(sddmm_blocks_isa, sddmm_blocks)
+MLX_CPU_ISA_DISPATCH_VECTORS(sddmm_blocks_isa, sddmm_blocks)
 
 at::Tensor bsr_sddmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, const at::Tensor& a,
                          const at::Tensor& b, int64_t br, int64_t bc, const c10::optional<at::Tensor>& row_perm_in) {
