@@ -31,7 +31,8 @@ constexpr const char* kSpmmOp = MLX_OP_NAME("bsr_spmm");
 constexpr const char* kSpmmPackedOp = MLX_OP_NAME("bsr_spmm_packed");
 constexpr const char* kSddmmOp = MLX_OP_NAME("bsr_sddmm");
 
-// Accumulation type of bsr_spmm: fp32 for fp16/bf16 inputs, fp64 for fp32 and
+// Accumulation type of the CUDA bsr_spmm (the CPU kernels' is b_type, in
+// cpu.cpp): fp32 for fp16/bf16 inputs, fp64 for fp32 and
 // fp64 inputs. An fp32 sum of products already differs from torch's fp32 GEMM by
 // its summation order; accumulating fp32 in fp64 makes the one rounding at the
 // store the only error, so the result is never less accurate than torch's.

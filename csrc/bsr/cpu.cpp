@@ -1,8 +1,8 @@
 // CPU kernels of bsr_spmm: C = A · B with A in BCSR (br × bc blocks), B dense.
 //
 // The work is the GPU kernel's: block row by block row, each block times the
-// bc rows of B it covers (its B tile), accumulated in fp32 (fp64 for fp32 and
-// fp64 inputs, see acc_type) and stored once per output row, through row_perm
+// bc rows of B it covers (its B tile), accumulated in fp32 (fp64 for fp64
+// inputs, see b_type) and stored once per output row, through row_perm
 // when the BCSR holds A's rows permuted. On a CPU a multiply by zero costs as
 // much as any other, so the zero padding inside blocks (1 - fill of the stored
 // entries) is skipped: each output row lists the non-zero (a, B row) terms of
@@ -42,9 +42,8 @@ namespace mlx_kernels::bsr {
 namespace {
 
 // Sums the rows of one block row and stores them: for r < rows,
-// c_rows[r][0:n] = Σ_t a[r][t] · x[r][t][0:n] over count[r] terms. x is B in its
-// own dtype when that is fp32/fp64 (converted to acc_t in registers: no fp64
-// copy of B per call), in fp32 for fp16/bf16.
+// c_rows[r][0:n] = Σ_t a[r][t] · x[r][t][0:n] over count[r] terms, x being B
+// in b_type, the type the sums are accumulated in.
 //
 // Each row is summed a few vectors of output columns at a time in
 // registers, four terms per add into them, then converted and stored once: at
@@ -128,7 +127,11 @@ inline __attribute__((always_inline)) void sum_rows(int64_t rows, const acc_t* c
 // sum_rows compiled per ISA path (scalar / AVX2 / AVX-512), one instance per (acc, B, out) type.
 MLX_CPU_ISA_DISPATCH_VECTORS(sum_rows_isa, sum_rows)
 
-// B as the inner loop reads it: its own dtype for fp32/fp64, fp32 for fp16/bf16.
+// B as the inner loop reads it, and the type it accumulates in: fp32 for
+// fp16/bf16/fp32, fp64 for fp64. The contract's fp32 accumulation, in partial
+// sums of kTermsPerPartial terms, so the error stays within torch's GEMM's
+// (the tolerance rule, tested). Accumulating fp32 in fp64 cost a conversion
+// per loaded value and half the lanes: 2-3x the time of scipy's fp32 sums.
 template <typename scalar_t>
 using b_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
@@ -390,18 +393,37 @@ at::Tensor b_for_accumulation(const at::Tensor& b) {
   return (half ? b.to(at::kFloat) : b).contiguous();
 }
 
-// Whether every value of B (as the inner loop reads it, contiguous) is finite:
-// x - x is 0 for a finite x and NaN for Inf and NaN, a compare per value that
-// vectorises, so the common all-finite case costs one read of B.
-bool all_finite(const at::Tensor& b_acc) {
+// Whether the n values at p are all finite: x · 0 is 0 for a finite x and NaN
+// for Inf and NaN, summed lane-wise in two vector accumulators, so the common
+// all-finite case costs one read of B at memory speed.
+template <int kBytes, typename T>
+inline __attribute__((always_inline)) bool all_finite_values(const T* p, int64_t n) {
+  using V = acc_vector<T, kBytes>;
+  constexpr int64_t kLanes = kBytes / sizeof(T);
+  V probe0 = {}, probe1 = {};
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    probe0 += load_as<V>(p + i) * T(0);
+    probe1 += load_as<V>(p + i + kLanes) * T(0);
+  }
+  probe0 += probe1;
+  T probe = T(0);
+  for (int64_t l = 0; l < kLanes; ++l) probe += probe0[l];
+  for (; i < n; ++i) probe += p[i] * T(0);
+  return probe == T(0);
+}
+MLX_CPU_ISA_DISPATCH_VECTORS(all_finite_values_isa, all_finite_values)
+
+// Whether every value of B (as the inner loop reads it, contiguous) is finite.
+bool all_finite(CpuIsa isa, const at::Tensor& b_acc) {
   return AT_DISPATCH_FLOATING_TYPES(b_acc.scalar_type(), "bsr_spmm_finite", [&] {
     const scalar_t* p = b_acc.data_ptr<scalar_t>();
-    return at::parallel_reduce(0, b_acc.numel(), int64_t{1} << 16, true,
-                               [&](int64_t begin, int64_t end, bool finite) {
-                                 for (int64_t i = begin; i < end; ++i) finite &= p[i] - p[i] == scalar_t(0);
-                                 return finite;
-                               },
-                               [](bool x, bool y) { return x && y; });
+    return at::parallel_reduce(
+        0, b_acc.numel(), int64_t{1} << 16, true,
+        [&](int64_t begin, int64_t end, bool finite) {
+          return finite && all_finite_values_isa(isa, p + begin, end - begin);
+        },
+        [](bool x, bool y) { return x && y; });
   });
 }
 
@@ -432,7 +454,7 @@ void nan_where_stored_zeros_meet_nonfinite(const at::Tensor& unmarked, const at:
 }
 
 template <typename scalar_t, typename index_t>
-SpmmProblem<index_t, acc_type<scalar_t>, b_type<scalar_t>, scalar_t> make_problem(
+SpmmProblem<index_t, b_type<scalar_t>, b_type<scalar_t>, scalar_t> make_problem(
     const at::Tensor& crow, const at::Tensor& col, const at::Tensor& b_acc, at::Tensor& out, int64_t m,
     int64_t br, int64_t bc, const int64_t* perm) {
   return {crow.data_ptr<index_t>(), col.data_ptr<index_t>(), b_acc.data_ptr<b_type<scalar_t>>(),
@@ -467,7 +489,9 @@ at::Tensor bsr_spmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, con
       spmm_dense_blocks(isa, problem, blocks.data_ptr<value_t>(), blocks.size(0));
     });
   });
-  if (k > 0 && !all_finite(b_acc)) nan_where_stored_zeros_meet_nonfinite(blocks.eq(0), crow, col, b, row_perm, m, out);
+  if (k > 0 && !all_finite(isa, b_acc)) {
+    nan_where_stored_zeros_meet_nonfinite(blocks.eq(0), crow, col, b, row_perm, m, out);
+  }
   return out;
 }
 
@@ -499,7 +523,7 @@ at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_
   const at::Tensor b_acc = b_for_accumulation(b);
   const int64_t* perm = row_perm.has_value() ? row_perm->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "bsr_spmm_packed_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
+    using acc_t = b_type<scalar_t>;
     using x_t = b_type<scalar_t>;
     const auto problem = make_problem<scalar_t, int64_t>(crow, col, b_acc, out, m, block_rows, block_cols, perm);
     const PackedRows<scalar_t> packed{row_words_ptr, row_values.data_ptr<int64_t>(), word_blocks.data_ptr<int64_t>(),
@@ -528,7 +552,7 @@ at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_
     const int64_t bad = *std::min_element(bad_rows.begin(), bad_rows.end());
     if (bad != m) explain_bad_packed_row(problem.crow, problem.col, packed, bad, block_rows, block_cols, k);
   });
-  if (k > 0 && !all_finite(b_acc)) {
+  if (k > 0 && !all_finite(isa, b_acc)) {
     // The entries the words leave unmarked: each word marks its row's non-zeros
     // in one block (bit c: column c).
     const at::Tensor word_rows = at::repeat_interleave(at::diff(row_words)).remainder(block_rows);
@@ -550,10 +574,10 @@ at::Tensor bsr_spmm_packed_cpu(const at::Tensor& crow_in, const at::Tensor& col_
 // at or past m, column at or past k). The gradient of bsr_spmm's blocks is
 // bsr_sddmm(crow, col, grad_out, b, br, bc, row_perm). Every product is made, so
 // Inf and NaN propagate as in a dense matmul. Threads take ranges of blocks;
-// each entry is one dot product over n, in vectors of acc_t.
+// each entry is one dot product over n, in vectors of b_type.
 
-// Σ_t x[t] · y[t] over n values, in acc_t (fp32 for 16-bit inputs, converted
-// to fp32 first; fp64 for fp32 and fp64).
+// Σ_t x[t] · y[t] over n values, in acc_t (b_type: fp32 for 16-bit inputs,
+// converted to fp32 first, and fp32; fp64 for fp64).
 template <int kBytes, typename acc_t, typename x_t>
 inline __attribute__((always_inline)) acc_t dot(const x_t* x, const x_t* y, int64_t n) {
   using V = acc_vector<acc_t, kBytes>;
@@ -585,7 +609,7 @@ struct SddmmProblem {
 template <int kBytes, typename scalar_t, typename index_t>
 inline __attribute__((always_inline)) void sddmm_blocks(const SddmmProblem<scalar_t, index_t>& p, int64_t j_begin,
                                                         int64_t j_end) {
-  using acc_t = acc_type<scalar_t>;
+  using acc_t = b_type<scalar_t>;
   // The block row of j_begin: the last rb with crow[rb] <= j_begin.
   int64_t rb = std::upper_bound(p.crow, p.crow + p.block_rows + 1, static_cast<index_t>(j_begin)) - p.crow - 1;
   for (int64_t j = j_begin; j < j_end; ++j) {
