@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -31,53 +32,99 @@ namespace {
 constexpr int64_t kTileRows = 32;  // query rows per task
 constexpr int64_t kTileKeys = 64;  // keys per inner step
 constexpr int64_t kRowBlock = 4;   // rows held in registers by the micro-kernels
-constexpr int64_t kDimBlock = 16;  // head_dim columns held in registers by the P·V micro-kernel
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// kBytes-byte vectors of float (and int32 lanes for the exponent bits): the
+// register width of the ISA path (common/cpu_isa.h).
+template <int kBytes>
+struct FloatVec {
+  typedef float V __attribute__((vector_size(kBytes)));
+  typedef int32_t I __attribute__((vector_size(kBytes)));
+  static constexpr int64_t kLanes = kBytes / sizeof(float);
+  __attribute__((always_inline)) static V load(const float* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  __attribute__((always_inline)) static void store(float* p, V v) { std::memcpy(p, &v, sizeof(v)); }
+  // The lanes of v through memory: reading lanes of a register one by one is an extract each.
+  template <typename Vec, typename T>
+  __attribute__((always_inline)) static void spill(const Vec& v, T (&out)[kLanes]) {
+    std::memcpy(out, &v, sizeof(out));
+  }
+};
+
+// Accumulator registers the micro-kernels keep per ISA path of vector width
+// kBytes: 16 of AVX-512's 32 registers, 8 of the 16 of AVX2 and SSE (the rest
+// hold the loads): kRowBlock rows × kVectorsPerRow vectors.
+template <int kBytes>
+constexpr int64_t kVectorsPerRow = (kBytes == MLX_AVX512_VECTOR_BYTES ? 16 : 8) / kRowBlock;
 
 // scores[r, j] = Σ_d q[r, d]·k_t[d, j] for all kTileRows × kTileKeys entries.
 // k_t is the key tile transposed ([head_dim, kTileKeys], zero past the last key),
-// so the key index is contiguous and vectorizes without reassociating sums.
+// so the key index is the vector dimension. Explicit vectors: GCC unrolls a
+// 16-column float loop away before it vectorizes it.
+template <int kBytes>
 inline __attribute__((always_inline)) void scores_tile(const float* q, const float* k_t, float* scores, int64_t rows,
                                                       int64_t head_dim) {
+  using F = FloatVec<kBytes>;
+  using V = typename F::V;
+  constexpr int64_t C = kVectorsPerRow<kBytes>, W = F::kLanes;
+  static_assert(kTileKeys % (C * W) == 0);
   for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-    float acc[kRowBlock][kTileKeys] = {};
-    for (int64_t d = 0; d < head_dim; ++d) {
-      const float* k_row = k_t + d * kTileKeys;
-      for (int64_t r = 0; r < kRowBlock; ++r) {
-        const float q_rd = q[(r0 + r) * head_dim + d];
-        for (int64_t j = 0; j < kTileKeys; ++j) acc[r][j] += q_rd * k_row[j];
-      }
-    }
-    for (int64_t r = 0; r < kRowBlock; ++r) std::copy_n(acc[r], kTileKeys, scores + (r0 + r) * kTileKeys);
-  }
-}
-MLX_CPU_ISA_DISPATCH(scores_tile_isa, scores_tile)
-
-// acc[r, :] += Σ_{j < keys} p[r, j]·v[j, :], kRowBlock rows × kDimBlock columns at a time.
-inline __attribute__((always_inline)) void accumulate_pv(const float* p, const float* v, float* acc, int64_t rows,
-                                                        int64_t keys, int64_t head_dim) {
-  const int64_t full_dims = head_dim / kDimBlock * kDimBlock;
-  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-    for (int64_t d0 = 0; d0 < full_dims; d0 += kDimBlock) {
-      float block[kRowBlock][kDimBlock];
-      for (int64_t r = 0; r < kRowBlock; ++r) std::copy_n(acc + (r0 + r) * head_dim + d0, kDimBlock, block[r]);
-      for (int64_t j = 0; j < keys; ++j) {
-        const float* v_row = v + j * head_dim + d0;
+    for (int64_t j0 = 0; j0 < kTileKeys; j0 += C * W) {
+      V acc[kRowBlock][C] = {};
+      for (int64_t d = 0; d < head_dim; ++d) {
+        V k[C];
+        for (int64_t c = 0; c < C; ++c) k[c] = F::load(k_t + d * kTileKeys + j0 + c * W);
         for (int64_t r = 0; r < kRowBlock; ++r) {
-          const float p_rj = p[(r0 + r) * kTileKeys + j];
-          for (int64_t d = 0; d < kDimBlock; ++d) block[r][d] += p_rj * v_row[d];
+          const V q_rd = V{} + q[(r0 + r) * head_dim + d];
+          for (int64_t c = 0; c < C; ++c) acc[r][c] += q_rd * k[c];
         }
       }
-      for (int64_t r = 0; r < kRowBlock; ++r) std::copy_n(block[r], kDimBlock, acc + (r0 + r) * head_dim + d0);
+      for (int64_t r = 0; r < kRowBlock; ++r) {
+        for (int64_t c = 0; c < C; ++c) F::store(scores + (r0 + r) * kTileKeys + j0 + c * W, acc[r][c]);
+      }
     }
-    for (int64_t r = r0; r < r0 + kRowBlock; ++r) {  // head_dim % kDimBlock tail
+  }
+}
+MLX_CPU_ISA_DISPATCH_VECTORS(scores_tile_isa, scores_tile)
+
+// acc[r, :] += Σ_{j < keys} p[r, j]·v[j, :], kRowBlock rows × kVectorsPerRow
+// vectors of acc in registers at a time.
+template <int kBytes>
+inline __attribute__((always_inline)) void accumulate_pv(const float* p, const float* v, float* acc, int64_t rows,
+                                                        int64_t keys, int64_t head_dim) {
+  using F = FloatVec<kBytes>;
+  using V = typename F::V;
+  constexpr int64_t C = kVectorsPerRow<kBytes>, W = F::kLanes;
+  const int64_t full_dims = head_dim / (C * W) * (C * W);
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+    for (int64_t d0 = 0; d0 < full_dims; d0 += C * W) {
+      V block[kRowBlock][C];
+      for (int64_t r = 0; r < kRowBlock; ++r) {
+        for (int64_t c = 0; c < C; ++c) block[r][c] = F::load(acc + (r0 + r) * head_dim + d0 + c * W);
+      }
+      for (int64_t j = 0; j < keys; ++j) {
+        V v_j[C];
+        for (int64_t c = 0; c < C; ++c) v_j[c] = F::load(v + j * head_dim + d0 + c * W);
+        for (int64_t r = 0; r < kRowBlock; ++r) {
+          const V p_rj = V{} + p[(r0 + r) * kTileKeys + j];
+          for (int64_t c = 0; c < C; ++c) block[r][c] += p_rj * v_j[c];
+        }
+      }
+      for (int64_t r = 0; r < kRowBlock; ++r) {
+        for (int64_t c = 0; c < C; ++c) F::store(acc + (r0 + r) * head_dim + d0 + c * W, block[r][c]);
+      }
+    }
+    for (int64_t r = r0; r < r0 + kRowBlock; ++r) {  // head_dim % (C·W) tail
       for (int64_t j = 0; j < keys; ++j) {
         for (int64_t d = full_dims; d < head_dim; ++d) acc[r * head_dim + d] += p[r * kTileKeys + j] * v[j * head_dim + d];
       }
     }
   }
 }
-MLX_CPU_ISA_DISPATCH(accumulate_pv_isa, accumulate_pv)
+MLX_CPU_ISA_DISPATCH_VECTORS(accumulate_pv_isa, accumulate_pv)
 
 // Per-thread fp32 working set of one task.
 struct TaskBuffers {
@@ -88,39 +135,91 @@ struct TaskBuffers {
         acc(kTileRows * head_dim), row_max(kTileRows), row_sum(kTileRows), row_keys(kTileRows) {}
 };
 
+// exp(x) lane-wise, within 1.5 ulp of expf for results above FLT_MIN (and 0
+// below, where expf is subnormal): x = n·ln2 + r with |r| <= ln2/2, exp(r) by
+// Cephes' degree-7 polynomial, 2^n put in the exponent bits. NaN stays NaN.
+// One scalar expf per score cost more than the score and P·V products together.
+template <int kBytes>
+inline __attribute__((always_inline)) typename FloatVec<kBytes>::V exp_lanes(typename FloatVec<kBytes>::V x) {
+  using V = typename FloatVec<kBytes>::V;
+  using I = typename FloatVec<kBytes>::I;
+  const auto underflow = x < -87.33f;                  // below FLT_MIN: 0 (NaN compares false)
+  const V xc = x > 88.5f ? V{} + 88.5f : underflow ? V{} : x;  // no overflow in 2^n
+  const V t = xc * 1.44269504088896341f;              // log2(e)
+  const V n = __builtin_convertvector(__builtin_convertvector(t + (t < 0.0f ? -0.5f : 0.5f), I), V);
+  const V r = xc - n * 0.693359375f - n * -2.12194440e-4f;  // ln2 in two parts: r exact
+  V poly = V{} + 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * r * r + r + 1.0f;
+  const I exponent = (__builtin_convertvector(n, I) + 127) << 23;
+  V two_n;
+  std::memcpy(&two_n, &exponent, sizeof(two_n));
+  return underflow ? V{} : poly * two_n;
+}
+
 // Online softmax over one key tile: scores of row r beyond its visible keys are
 // masked, the running max/sum and the accumulator are rescaled, and the scores
 // are replaced by p = exp(s − max) (0 where masked). A row with nothing visible
 // yet keeps max −inf, sum 0 and p 0 (no −inf − (−inf)). A NaN score makes the
-// max NaN (std::max would skip it), so the row's sum and output become NaN.
-void online_softmax_tile(TaskBuffers& buf, int64_t rows, int64_t key0, int64_t keys, int64_t head_dim) {
+// max NaN (a max would skip it), so the row's sum and output become NaN.
+// Vectorized over keys (the tile's kTileKeys columns, a whole number of vectors).
+template <int kBytes>
+inline __attribute__((always_inline)) void online_softmax_tile(TaskBuffers& buf, int64_t rows, int64_t key0,
+                                                              int64_t keys, int64_t head_dim) {
+  using F = FloatVec<kBytes>;
+  using V = typename F::V;
+  using I = typename F::I;
+  constexpr int64_t W = F::kLanes;
+  static_assert(kTileKeys % W == 0);
   for (int64_t r = 0; r < rows; ++r) {
     float* s = buf.scores.data() + r * kTileKeys;
     const int64_t visible = std::clamp<int64_t>(buf.row_keys[r] - key0, 0, keys);
+    // Masked keys up to a whole vector read as −inf: no effect on the max, and
+    // exp(−inf − max) = 0. (Lane masks against the key count, GCC scalarizes.)
+    const int64_t chunks = ceil_div(visible, W);
+    std::fill(s + visible, s + chunks * W, kNegInf);
+    V max_v = V{} + kNegInf;
+    I nan_lanes{};
+    for (int64_t c = 0; c < chunks; ++c) {
+      const V x = F::load(s + c * W);
+      max_v = x > max_v ? x : max_v;
+      nan_lanes |= x != x;
+    }
+    float lane_max[W];
+    int32_t lane_nan[W];
+    F::spill(max_v, lane_max);
+    F::spill(nan_lanes, lane_nan);
     float tile_max = kNegInf;
     bool nan_seen = false;
-    for (int64_t j = 0; j < visible; ++j) {
-      tile_max = std::max(tile_max, s[j]);
-      nan_seen |= std::isnan(s[j]);
-    }
+    for (int64_t l = 0; l < W; ++l) tile_max = std::max(tile_max, lane_max[l]), nan_seen |= lane_nan[l] != 0;
     const float new_max = nan_seen ? std::nanf("") : std::max(buf.row_max[r], tile_max);
     if (new_max == kNegInf) {
       std::fill_n(s, keys, 0.0f);
       continue;
     }
     const float rescale = std::exp(buf.row_max[r] - new_max);
-    float tile_sum = 0.0f;
-    for (int64_t j = 0; j < visible; ++j) {
-      s[j] = std::exp(s[j] - new_max);
-      tile_sum += s[j];
+    V sum_v{};
+    for (int64_t c = 0; c < chunks; ++c) {
+      const V p = exp_lanes<kBytes>(F::load(s + c * W) - new_max);
+      F::store(s + c * W, p);
+      sum_v += p;
     }
-    std::fill(s + visible, s + keys, 0.0f);
+    std::fill(s + std::min(chunks * W, keys), s + keys, 0.0f);
+    float lane_sum[W];
+    F::spill(sum_v, lane_sum);
+    float tile_sum = 0.0f;
+    for (int64_t l = 0; l < W; ++l) tile_sum += lane_sum[l];
     buf.row_sum[r] = buf.row_sum[r] * rescale + tile_sum;
     buf.row_max[r] = new_max;
     float* acc = buf.acc.data() + r * head_dim;
     for (int64_t d = 0; d < head_dim; ++d) acc[d] *= rescale;
   }
 }
+MLX_CPU_ISA_DISPATCH_VECTORS(online_softmax_tile_isa, online_softmax_tile)
 
 template <typename T>
 void attention_pass(const char* op, const AttentionParams& p) {
@@ -164,7 +263,7 @@ void attention_pass(const char* op, const AttentionParams& p) {
           }
         }
         scores_tile_isa(isa, buf.q.data(), buf.k_t.data(), buf.scores.data(), tile_rows, head_dim);
-        online_softmax_tile(buf, tile_rows, key0, keys, head_dim);
+        online_softmax_tile_isa(isa, buf, tile_rows, key0, keys, head_dim);
         accumulate_pv_isa(isa, buf.scores.data(), buf.v.data(), buf.acc.data(), tile_rows, keys, head_dim);
       }
 

@@ -43,6 +43,14 @@ enum class CpuFeature { kAvx512Vnni, kAvx512Vpopcntdq };
 // that has it.
 bool cpu_path_has(CpuIsa isa, CpuFeature feature);
 
+// Vector width in bytes a path's kernels are written for: its register width.
+// Kernels that keep arrays of GCC vectors in registers take it as a template
+// argument: a 64-byte vector on the AVX2 path is two ymm registers, so a
+// kernel tuned to fill AVX-512's 32 zmm registers with them spills on AVX2's 16.
+#define MLX_AVX512_VECTOR_BYTES 64
+#define MLX_AVX2_VECTOR_BYTES 32
+#define MLX_SCALAR_VECTOR_BYTES 16  // SSE2, x86-64's baseline; elsewhere the one path's
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define MLX_CPU_HAS_ISA_PATHS 1
 // The features each path compiles for; cpu_isa_available() checks exactly these.
@@ -50,14 +58,6 @@ bool cpu_path_has(CpuIsa isa, CpuFeature feature);
 #define MLX_AVX512_FEATURES "avx512f,avx512bw,avx512vl,avx512dq," MLX_AVX2_FEATURES
 #define MLX_TARGET_AVX2 __attribute__((target(MLX_AVX2_FEATURES)))
 #define MLX_TARGET_AVX512 __attribute__((target(MLX_AVX512_FEATURES)))
-
-// Vector width in bytes a path's kernels are written for: its register width.
-// Kernels that keep arrays of GCC vectors in registers take it as a template
-// argument: a 64-byte vector on the AVX2 path is two ymm registers, so a
-// kernel tuned to fill AVX-512's 32 zmm registers with them spills on AVX2's 16.
-#define MLX_AVX512_VECTOR_BYTES 64
-#define MLX_AVX2_VECTOR_BYTES 32
-#define MLX_SCALAR_VECTOR_BYTES 16  // SSE2, x86-64's baseline
 
 // Defines name(CpuIsa isa, args...) calling, on the path `isa` names, the
 // instance of that path: avx512_body(args...) compiled for AVX-512, and so on.
@@ -95,7 +95,6 @@ bool cpu_path_has(CpuIsa isa, CpuFeature feature);
                             body<MLX_SCALAR_VECTOR_BYTES>)
 #else
 // Elsewhere there is one path, kScalar (cpu_isa_available() says so).
-#define MLX_SCALAR_VECTOR_BYTES 16
 #define MLX_CPU_ISA_DISPATCH_ONE(name, body)                        \
   template <typename... Args>                                      \
   decltype(auto) name(::mlx_kernels::CpuIsa, Args&&... args) {     \
