@@ -27,9 +27,13 @@ _GPU_PREFIXES = [1024, 4096, 16384]
 _GPU_HEADS = [(32, 8), (64, 8)]
 _SUFFIX = 128
 _HEAD_DIM = 128
-# CPU: the same shape family, tiny.
-_CPU_CASES = [(4, 256, (8, 2)), (4, 1024, (8, 2)), (16, 256, (8, 2)), (16, 1024, (8, 1))]
-_CPU_SUFFIX, _CPU_HEAD_DIM = 32, 64
+# CPU: the same shape family, smaller: (batch, prefix, suffix, (heads_q, heads_kv)), fp32,
+# head_dim 64. Four small cases, then the grid of issue 26's CPU target (batch 8-64, prefix
+# 512-8K, suffix 1-64; B64 P4K decode is where sharing the prefix should pay most).
+_CPU_CASES = [(4, 256, 32, (8, 2)), (4, 1024, 32, (8, 2)), (16, 256, 32, (8, 2)), (16, 1024, 32, (8, 1)),
+              (8, 512, 1, (8, 2)), (8, 512, 64, (8, 2)), (8, 8192, 1, (8, 2)), (16, 4096, 16, (8, 2)),
+              (32, 2048, 32, (8, 2)), (64, 512, 64, (8, 2)), (64, 4096, 1, (8, 2)), (64, 8192, 64, (8, 2))]
+_CPU_HEAD_DIM = 64
 _GiB = 1024**3
 
 
@@ -105,7 +109,8 @@ def _case(device, batch, prefix, heads, suffix, head_dim, dtype) -> Case:
             baselines["FlashInfer cascade"] = _flashinfer_cascade(q, prefix_k, prefix_v, suffix_k, suffix_v)
         return (lambda: ops.shared_prefix_attention(q, prefix_k, prefix_v, suffix_k, suffix_v)), baselines
 
-    label = f"B{batch} P{prefix // 1024}K H{heads_q}/{heads_kv}" if prefix >= 1024 else f"B{batch} P{prefix} H{heads_q}/{heads_kv}"
+    prefix_label = f"P{prefix // 1024}K" if prefix >= 1024 else f"P{prefix}"
+    label = f"B{batch} {prefix_label} S{suffix} H{heads_q}/{heads_kv}"
     return Case(label=label,
                 params={"batch": batch, "prefix": prefix, "suffix": suffix, "heads_q": heads_q, "heads_kv": heads_kv,
                         "head_dim": head_dim, "seq_q": 1, "dtype": str(dtype).replace("torch.", "")},
@@ -116,7 +121,7 @@ def _case(device, batch, prefix, heads, suffix, head_dim, dtype) -> Case:
 def shared_prefix_attention_cases(device: str, quick: bool) -> List[Case]:
     if device != "cuda":
         cases = _CPU_CASES[:2] if quick else _CPU_CASES
-        return [_case(device, b, p, h, _CPU_SUFFIX, _CPU_HEAD_DIM, torch.float32) for b, p, h in cases]
+        return [_case(device, b, p, h, s, _CPU_HEAD_DIM, torch.float32) for b, p, s, h in cases]
     batches = [256] if quick else _GPU_BATCHES
     prefixes = [1024, 16384] if quick else _GPU_PREFIXES
     heads_list = _GPU_HEADS[:1] if quick else _GPU_HEADS
