@@ -21,7 +21,10 @@ FLASHFFTCONV_H100_MS = {256: 0.11, 1024: 0.29, 4096: 1.43, 8192: 3.58, 16384: 12
 
 _GPU_SHAPES = [(64, 768, L) for L in FLASHFFTCONV_H100_MS] + [(4, 64, 1 << 18), (1, 16, 1 << 20)]
 _GPU_QUICK = [(64, 768, 1024), (64, 768, 4096)]
-_CPU_SHAPES = [(2, 32, 1024), (2, 32, 4096), (2, 32, 16384), (2, 8, 65536), (8, 32, 4096)]
+# CPU: small shapes, then issue 26's target (B4 H64, L 1K-1M; at 1M, B1 H8 keeps torch.fft's
+# complex temporaries to a few hundred MB).
+_CPU_SHAPES = [(2, 32, 1024), (2, 32, 4096), (2, 32, 16384), (2, 8, 65536), (8, 32, 4096),
+               (4, 64, 1024), (4, 64, 16384), (4, 64, 65536), (1, 8, 1 << 20)]
 _CPU_QUICK = [(2, 8, 1024), (2, 8, 4096)]
 
 
