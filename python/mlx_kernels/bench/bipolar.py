@@ -96,21 +96,26 @@ def bipolar_linear_cases(device: str, quick: bool) -> List[Case]:
         shapes = [(4, 128, 256)] if quick else [(1, 4096, 4096), (16, 4096, 4096)]
         dtype = torch.float32
     bits = [(2, 8), (4, 8)] if quick else [(1, 8), (2, 8), (4, 8), (2, 4), (4, 4)]
+    shapes_bits = [(shape, b) for shape in shapes for b in bits]
+    if device == "cpu" and not quick:
+        # Issue 26's target: W2A2 at least as fast as fp32 F.linear for M >= 64, K = N = 4096
+        # (with W1A1 and W4A4 beside it at M = 64).
+        shapes_bits += [((64, 4096, 4096), b) for b in [(1, 1), (2, 2), (4, 4)]]
+        shapes_bits += [((256, 4096, 4096), (2, 2))]
     cases = []
-    for m, n, k in shapes:
-        for w_bits, x_bits in bits:
+    for (m, n, k), (w_bits, x_bits) in shapes_bits:
 
-            def make(m=m, n=n, k=k, w_bits=w_bits, x_bits=x_bits):
-                x = torch.randn(m, k, dtype=dtype, device=device)
-                weight = torch.randn(n, k, dtype=dtype, device=device)
-                bias = torch.randn(n, dtype=dtype, device=device)
-                w_planes, w_scale = ops.bipolar_quantize(weight, w_bits)
-                baselines = {f"{str(dtype).split('.')[-1]} F.linear": lambda: F.linear(x, weight, bias)}
-                return (lambda: ops.bipolar_linear(x, w_planes, w_scale, x_bits, bias)), baselines
+        def make(m=m, n=n, k=k, w_bits=w_bits, x_bits=x_bits):
+            x = torch.randn(m, k, dtype=dtype, device=device)
+            weight = torch.randn(n, k, dtype=dtype, device=device)
+            bias = torch.randn(n, dtype=dtype, device=device)
+            w_planes, w_scale = ops.bipolar_quantize(weight, w_bits)
+            baselines = {f"{str(dtype).split('.')[-1]} F.linear": lambda: F.linear(x, weight, bias)}
+            return (lambda: ops.bipolar_linear(x, w_planes, w_scale, x_bits, bias)), baselines
 
-            cases.append(Case(label=f"W{w_bits}A{x_bits} {m}x{n}x{k}",
-                              params={"M": m, "N": n, "K": k, "w_bits": w_bits, "x_bits": x_bits},
-                              measure=Measure(2.0 * m * n * k, "FLOP", peak="int8", integer=True), make=make))
+        cases.append(Case(label=f"W{w_bits}A{x_bits} {m}x{n}x{k}",
+                          params={"M": m, "N": n, "K": k, "w_bits": w_bits, "x_bits": x_bits},
+                          measure=Measure(2.0 * m * n * k, "FLOP", peak="int8", integer=True), make=make))
     return cases
 
 
