@@ -61,11 +61,14 @@ def test_int8_gemm(isa, dtype):
 # --- bipolar ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("a_bits,w_bits", [(1, 1), (3, 2), (8, 8)])
+@pytest.mark.parametrize("a_bits,w_bits", [(1, 1), (3, 2), (2, 2), (1, 8), (8, 1), (8, 8)])
 def test_bipolar_gemm(isa, a_bits, w_bits):
-    # M, N past the 4×4 register blocks; K from one partial word to 11 uint64
-    # words (one 8-word VPOPCNTDQ vector and a tail).
-    for m, n, k in [(7, 9, 33), (5, 66, 700)]:
+    # M past the 4- and 2-row register blocks (one-row tails), N past the 4-column
+    # blocks; K from one partial word to 11 uint64 words (padded to two 8-word
+    # vectors), and K = 8001: 126 words, past the 124 words after which the AVX2
+    # kernel moves its byte counts to 64-bit lanes. The bit widths give every
+    # plane-pair order of the Horner sum: one pair, p != q both ways, p = q.
+    for m, n, k in [(7, 9, 33), (5, 66, 700), (3, 5, 8001)]:
         a = oracles.bipolar_random_values(m, k, a_bits)
         w = oracles.bipolar_random_values(n, k, w_bits)
         a_planes, w_planes = mlx_kernels.bipolar_pack(a, a_bits), mlx_kernels.bipolar_pack(w, w_bits)

@@ -21,7 +21,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
+
+#ifdef __x86_64__
+#include <immintrin.h>
+#endif
 
 #include "bipolar/bipolar.h"
 #include "common/cpu_isa.h"
@@ -31,7 +36,9 @@
 namespace mlx_kernels::bipolar {
 namespace {
 
-constexpr int64_t kBlock = 4;  // register block: kBlock rows × kBlock columns
+constexpr int kBlockN = 4;         // register block columns (weight rows)
+constexpr int kMaxBlockM = 4;      // register block rows, at most (activation rows)
+constexpr int64_t kVecWords = 8;   // a row's uint64 words are padded to a multiple of one 512-bit vector
 constexpr int64_t kTileM = 32;
 constexpr int64_t kTileN = 64;
 
@@ -43,21 +50,35 @@ int64_t grain_for(int64_t work_per_item) {
 
 // --- plane writers shared by pack and quantize --------------------------------
 
+// Bit t of plane word b = bit b of codes[t], for 32 codes u < 2^bits. Eight codes
+// at a time: their bit b moved to bit 0 of each byte, then one multiply gathers
+// the eight bytes' low bits into the top byte (byte t lands on bit 56 + t).
+inline void pack_plane_words(const uint8_t* codes, int bits, uint32_t* plane_words) {
+  uint64_t lanes[kWordBits / 8];
+  std::memcpy(lanes, codes, sizeof(lanes));
+  for (int b = 0; b < bits; ++b) {
+    uint32_t word = 0;
+    for (int g = 0; g < kWordBits / 8; ++g) {
+      const uint64_t low_bits = (lanes[g] >> b) & 0x0101010101010101ull;
+      word |= static_cast<uint32_t>((low_bits * 0x0102040810204080ull) >> 56) << (8 * g);
+    }
+    plane_words[b] = word;
+  }
+}
+
 // Writes one row of codes u ∈ [0, 2^bits) (code(k) for k < K) as bit-planes:
 // planes[b, row, k/32] bit k%32 = bit b of u; padding bits stay 0.
 template <typename CodeOf>
-void write_plane_row(int32_t* planes, int64_t rows, int64_t row, int64_t K, int bits, CodeOf&& code) {
+__attribute__((always_inline)) inline void write_plane_row(int32_t* planes, int64_t rows, int64_t row, int64_t K,
+                                                           int bits, CodeOf&& code) {
   const int64_t words = words_for(K);
   for (int64_t w = 0; w < words; ++w) {
-    uint32_t plane_words[kMaxBits] = {};
-    const int64_t k_end = std::min(K, (w + 1) * kWordBits);
-    for (int64_t k = w * kWordBits; k < k_end; ++k) {
-      const uint32_t u = code(k);
-      for (int b = 0; b < bits; ++b) plane_words[b] |= ((u >> b) & 1u) << (k % kWordBits);
-    }
-    for (int b = 0; b < bits; ++b) {
-      planes[(b * rows + row) * words + w] = static_cast<int32_t>(plane_words[b]);
-    }
+    uint8_t codes[kWordBits] = {};
+    const int64_t k0 = w * kWordBits, count = std::min<int64_t>(kWordBits, K - k0);
+    for (int64_t t = 0; t < count; ++t) codes[t] = static_cast<uint8_t>(code(k0 + t));
+    uint32_t plane_words[kMaxBits];
+    pack_plane_words(codes, bits, plane_words);
+    for (int b = 0; b < bits; ++b) planes[(b * rows + row) * words + w] = static_cast<int32_t>(plane_words[b]);
   }
 }
 
@@ -111,29 +132,41 @@ at::Tensor bipolar_unpack_cpu(const at::Tensor& planes_in, int64_t K) {
 // x / scale. A row of zeros gets scale 0 and level +1 everywhere; a row with a
 // NaN or ±Inf gets scale NaN and level +1 everywhere (row_scale_for).
 template <typename scalar_t>
-void quantize_rows(const scalar_t* x, int64_t R, int64_t K, int bits, int32_t* planes, float* scale) {
+__attribute__((always_inline)) inline void quantize_row_range(const scalar_t* x, int64_t R, int64_t K, int bits,
+                                                              int32_t* planes, float* scale, int64_t begin,
+                                                              int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    const scalar_t* row = x + r * K;
+    float absmax = 0.0f;
+    for (int64_t k = 0; k < K; ++k) absmax = absmax_keep_nan(absmax, std::abs(static_cast<float>(row[k])));
+    const float s = row_scale_for(absmax, bits);
+    scale[r] = s;
+    write_plane_row(planes, R, r, K, bits, [&](int64_t k) {
+      return nearest_level_code(s > 0.0f ? static_cast<float>(row[k]) / s : 0.0f, bits);
+    });
+  }
+}
+// Compiled per path: the division and floor of each level vectorize on AVX2/AVX-512.
+MLX_CPU_ISA_DISPATCH(quantize_row_range_isa, quantize_row_range)
+
+// Per-row scale = absmax / (2^bits − 1) and planes of the nearest odd levels of
+// x / scale. A row of zeros gets scale 0 and level +1 everywhere; a row with a
+// NaN or ±Inf gets scale NaN and level +1 everywhere (row_scale_for).
+template <typename scalar_t>
+void quantize_rows(CpuIsa isa, const scalar_t* x, int64_t R, int64_t K, int bits, int32_t* planes, float* scale) {
   at::parallel_for(0, R, grain_for(K * bits), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* row = x + r * K;
-      float absmax = 0.0f;
-      for (int64_t k = 0; k < K; ++k) absmax = absmax_keep_nan(absmax, std::abs(static_cast<float>(row[k])));
-      const float s = row_scale_for(absmax, bits);
-      scale[r] = s;
-      write_plane_row(planes, R, r, K, bits, [&](int64_t k) {
-        return nearest_level_code(s > 0.0f ? static_cast<float>(row[k]) / s : 0.0f, bits);
-      });
-    }
+    quantize_row_range_isa(isa, x, R, K, bits, planes, scale, begin, end);
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x_in, int64_t bits) {
+std::tuple<at::Tensor, at::Tensor> quantize_cpu(CpuIsa isa, const at::Tensor& x_in, int64_t bits) {
   const at::Tensor x = x_in.contiguous();
   const int64_t R = x.size(0), K = x.size(1);
   at::Tensor planes = at::zeros({bits, R, words_for(K)}, x.options().dtype(at::kInt));
   at::Tensor scale = at::zeros({R}, x.options().dtype(at::kFloat));
   if (R == 0) return {planes, scale};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bipolar_quantize_cpu", [&] {
-    quantize_rows(x.data_ptr<scalar_t>(), R, K, static_cast<int>(bits), planes.data_ptr<int32_t>(),
+    quantize_rows(isa, x.data_ptr<scalar_t>(), R, K, static_cast<int>(bits), planes.data_ptr<int32_t>(),
                   scale.data_ptr<float>());
   });
   return {planes, scale};
@@ -141,140 +174,268 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x_in, int64_t 
 
 std::tuple<at::Tensor, at::Tensor> bipolar_quantize_cpu(const at::Tensor& x, int64_t bits) {
   check_quantize_args(MLX_OP_NAME("bipolar_quantize"), x, bits);
-  return quantize_cpu(x, bits);
+  return quantize_cpu(cpu_isa(MLX_OP_NAME("bipolar_quantize")), x, bits);
 }
 
 // --- GEMM ----------------------------------------------------------------------
 
 // One operand's planes as uint64 words, [rows_padded, planes, words64], padding
-// bits and padding rows zero, with the weighted popcount Σ_b 2^b·popc(plane_b) of each row.
+// bits, padding words and padding rows zero, with the weighted popcount
+// Σ_b 2^b·popc(plane_b) of each row. Nibble-split (the AVX2 kernel's activations):
+// each plane is stored as two, its bits & 0x0f per byte and (bits >> 4) & 0x0f.
 struct RowPlanes {
   std::vector<uint64_t> bits;
   std::vector<uint32_t> weighted_popc;
   int64_t planes = 0, rows = 0, words64 = 0;
 
-  const uint64_t* row(int64_t r) const { return bits.data() + r * planes * words64; }
+  const uint64_t* plane(int64_t r, int64_t b) const { return bits.data() + (r * planes + b) * words64; }
 };
 
-RowPlanes to_row_planes(const at::Tensor& planes_in, int64_t K) {
+__attribute__((always_inline)) inline void relayout_rows(const uint32_t* in, int64_t bits, int64_t rows, int64_t words,
+                                                         int64_t K, bool nibble_split, RowPlanes* out, int64_t begin,
+                                                         int64_t end) {
+  constexpr uint64_t kLowNibbles = 0x0f0f0f0f0f0f0f0full;
+  for (int64_t r = begin; r < end; ++r) {
+    uint32_t weighted = 0;
+    for (int64_t b = 0; b < bits; ++b) {
+      const uint32_t* src = in + (b * rows + r) * words;
+      uint64_t* dst = out->bits.data() + (r * out->planes + (nibble_split ? 2 * b : b)) * out->words64;
+      uint32_t count = 0;
+      for (int64_t w = 0; w + 1 < words; w += 2) {
+        const uint64_t word = (uint64_t{src[w + 1] & valid_bits(w + 1, K)} << 32) | (src[w] & valid_bits(w, K));
+        count += static_cast<uint32_t>(__builtin_popcountll(word));
+        if (!nibble_split) {
+          dst[w / 2] = word;
+        } else {
+          dst[w / 2] = word & kLowNibbles;
+          dst[out->words64 + w / 2] = (word >> 4) & kLowNibbles;
+        }
+      }
+      if (words % 2 == 1) {  // the last uint32 word alone
+        const uint64_t word = src[words - 1] & valid_bits(words - 1, K);
+        count += static_cast<uint32_t>(__builtin_popcountll(word));
+        dst[words / 2] = nibble_split ? word & kLowNibbles : word;
+        if (nibble_split) dst[out->words64 + words / 2] = (word >> 4) & kLowNibbles;
+      }
+      weighted += count << b;
+    }
+    out->weighted_popc[r] = weighted;
+  }
+}
+// Compiled per path: POPCNT is one instruction on the AVX2 and AVX-512 paths.
+MLX_CPU_ISA_DISPATCH(relayout_rows_isa, relayout_rows)
+
+RowPlanes to_row_planes(CpuIsa isa, const at::Tensor& planes_in, int64_t K, int64_t row_multiple, bool nibble_split) {
   const at::Tensor planes = planes_in.contiguous();
   RowPlanes out;
-  out.planes = planes.size(0);
+  const int64_t bits = planes.size(0), words = planes.size(2);
+  out.planes = nibble_split ? 2 * bits : bits;
   out.rows = planes.size(1);
-  const int64_t words = planes.size(2);
-  out.words64 = ceil_div(words, 2);
-  const int64_t rows_padded = ceil_div(out.rows, kBlock) * kBlock;
+  out.words64 = ceil_div(ceil_div(words, 2), kVecWords) * kVecWords;
+  const int64_t rows_padded = ceil_div(out.rows, row_multiple) * row_multiple;
   out.bits.assign(rows_padded * out.planes * out.words64, 0);
   out.weighted_popc.assign(rows_padded, 0);
   const uint32_t* in = reinterpret_cast<const uint32_t*>(planes.data_ptr<int32_t>());
-  at::parallel_for(0, out.rows, grain_for(out.planes * words), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      uint32_t weighted = 0;
-      for (int64_t b = 0; b < out.planes; ++b) {
-        const uint32_t* src = in + (b * out.rows + r) * words;
-        uint64_t* dst = out.bits.data() + (r * out.planes + b) * out.words64;
-        uint32_t count = 0;
-        for (int64_t w = 0; w < words; ++w) {
-          const uint64_t word = src[w] & valid_bits(w, K);
-          dst[w / 2] |= word << (32 * (w % 2));
-          count += static_cast<uint32_t>(__builtin_popcountll(word));
-        }
-        weighted += count << b;
-      }
-      out.weighted_popc[r] = weighted;
-    }
+  at::parallel_for(0, out.rows, grain_for(bits * words), [&](int64_t begin, int64_t end) {
+    relayout_rows_isa(isa, in, bits, out.rows, words, K, nibble_split, &out, begin, end);
   });
   return out;
 }
 
-// s[r][c] = Σ_k popc(a_r[k] ∧ w_c[k]) over `words` uint64 words for a kBlock × kBlock
-// block, where a_r = a + r·a_stride and w_c = w + c·w_stride.
-__attribute__((always_inline)) inline void and_popc_block_body(const uint64_t* a, int64_t a_stride,
-                                                               const uint64_t* w, int64_t w_stride, int64_t words,
-                                                               uint64_t s[kBlock][kBlock]) {
-  const uint64_t *a0 = a, *a1 = a + a_stride, *a2 = a + 2 * a_stride, *a3 = a + 3 * a_stride;
-  const uint64_t *w0 = w, *w1 = w + w_stride, *w2 = w + 2 * w_stride, *w3 = w + 3 * w_stride;
-  uint64_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
-  uint64_t s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
-  for (int64_t k = 0; k < words; ++k) {
-    const uint64_t x0 = a0[k], x1 = a1[k], x2 = a2[k], x3 = a3[k];
-    const uint64_t y0 = w0[k], y1 = w1[k], y2 = w2[k], y3 = w3[k];
-    s00 += __builtin_popcountll(x0 & y0), s01 += __builtin_popcountll(x0 & y1);
-    s02 += __builtin_popcountll(x0 & y2), s03 += __builtin_popcountll(x0 & y3);
-    s10 += __builtin_popcountll(x1 & y0), s11 += __builtin_popcountll(x1 & y1);
-    s12 += __builtin_popcountll(x1 & y2), s13 += __builtin_popcountll(x1 & y3);
-    s20 += __builtin_popcountll(x2 & y0), s21 += __builtin_popcountll(x2 & y1);
-    s22 += __builtin_popcountll(x2 & y2), s23 += __builtin_popcountll(x2 & y3);
-    s30 += __builtin_popcountll(x3 & y0), s31 += __builtin_popcountll(x3 & y1);
-    s32 += __builtin_popcountll(x3 & y2), s33 += __builtin_popcountll(x3 & y3);
+// S = Σ_{j<p, i<q} 2^(i+j)·popc(a_j ∧ w_i) by Horner's rule in e = i + j: the
+// plane pairs in order of falling e, the accumulators doubled before each new e.
+// So every pair adds its popcounts straight into the block's accumulators.
+struct PairStep {
+  int a_plane, w_plane;
+  bool double_first;
+};
+
+std::vector<PairStep> horner_steps(int p, int q) {
+  std::vector<PairStep> steps;
+  for (int e = p + q - 2; e >= 0; --e) {
+    for (int j = std::max(0, e - q + 1); j <= std::min(e, p - 1); ++j) {
+      steps.push_back({j, e - j, j == std::max(0, e - q + 1) && e != p + q - 2});
+    }
   }
-  s[0][0] = s00, s[0][1] = s01, s[0][2] = s02, s[0][3] = s03;
-  s[1][0] = s10, s[1][1] = s11, s[1][2] = s12, s[1][3] = s13;
-  s[2][0] = s20, s[2][1] = s21, s[2][2] = s22, s[2][3] = s23;
-  s[3][0] = s30, s[3][1] = s31, s[3][2] = s32, s[3][3] = s33;
+  return steps;
 }
 
-// The AND-popcount loop compiled for AVX-512 VPOPCNTDQ (Ice Lake, Zen 4: vpopcntq on
-// 8 words at once), for the AVX2 path (POPCNT), and for baseline x86-64.
-using AndPopcBlockFn = void (*)(const uint64_t*, int64_t, const uint64_t*, int64_t, int64_t, uint64_t[kBlock][kBlock]);
-#ifdef MLX_CPU_HAS_ISA_PATHS
-__attribute__((target(MLX_AVX512_FEATURES ",avx512vpopcntdq"))) void and_popc_block_vpopcntdq(
-    const uint64_t* a, int64_t a_stride, const uint64_t* w, int64_t w_stride, int64_t words,
-    uint64_t s[kBlock][kBlock]) {
-  and_popc_block_body(a, a_stride, w, w_stride, words, s);
-}
-MLX_TARGET_AVX2 void and_popc_block_popcnt(const uint64_t* a, int64_t a_stride, const uint64_t* w, int64_t w_stride,
-                                           int64_t words, uint64_t s[kBlock][kBlock]) {
-  and_popc_block_body(a, a_stride, w, w_stride, words, s);
-}
-#endif
-void and_popc_block_baseline(const uint64_t* a, int64_t a_stride, const uint64_t* w, int64_t w_stride, int64_t words,
-                             uint64_t s[kBlock][kBlock]) {
-  and_popc_block_body(a, a_stride, w, w_stride, words, s);
+struct GemmOperands {
+  const RowPlanes& a;
+  const RowPlanes& w;
+  const std::vector<PairStep>& steps;
+};
+
+// A block kernel: s[r·kBlockN + c] = S[m0 + r, n0 + c] for its R rows and kBlockN columns.
+using BlockFn = void (*)(const GemmOperands&, int64_t m0, int64_t n0, uint64_t* s);
+
+// Baseline x86-64: 64-bit words, popcount of libgcc.
+template <int R>
+void block_popcount(const GemmOperands& g, int64_t m0, int64_t n0, uint64_t* s) {
+  uint64_t acc[R][kBlockN] = {};
+  for (const PairStep& step : g.steps) {
+    if (step.double_first)
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < kBlockN; ++c) acc[r][c] *= 2;
+    const uint64_t* a[R];
+    const uint64_t* w[kBlockN];
+    for (int r = 0; r < R; ++r) a[r] = g.a.plane(m0 + r, step.a_plane);
+    for (int c = 0; c < kBlockN; ++c) w[c] = g.w.plane(n0 + c, step.w_plane);
+    for (int64_t k = 0; k < g.a.words64; ++k) {
+      for (int c = 0; c < kBlockN; ++c) {
+        const uint64_t y = w[c][k];
+        for (int r = 0; r < R; ++r) acc[r][c] += __builtin_popcountll(a[r][k] & y);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kBlockN; ++c) s[r * kBlockN + c] = acc[r][c];
 }
 
-// The loop of an ISA path: VPOPCNTDQ on the AVX-512 path of a CPU that has it,
-// POPCNT on the AVX2 path (and on AVX-512 without VPOPCNTDQ), else baseline.
-AndPopcBlockFn and_popc_block_for(CpuIsa isa) {
 #ifdef MLX_CPU_HAS_ISA_PATHS
-  if (cpu_path_has(isa, CpuFeature::kAvx512Vpopcntdq)) return and_popc_block_vpopcntdq;
-  if (isa != CpuIsa::kScalar) return and_popc_block_popcnt;
+__attribute__((always_inline)) inline uint64_t sum_lanes(const uint64_t* lanes, int count) {
+  uint64_t sum = 0;
+  for (int i = 0; i < count; ++i) sum += lanes[i];
+  return sum;
+}
+
+// AVX2: popcounts of 256 bits by nibble lookup (vpshufb, Muła), AND and lookup
+// per nibble half: the activations come nibble-split, so (a ∧ w) & 0x0f.. is
+// a_lo ∧ w and ((a ∧ w) >> 4) & 0x0f.. is a_hi ∧ (w >> 4). The counts add up
+// in bytes (at most 8 per 256-bit step) and go to 64-bit lanes (vpsadbw) every
+// 31 steps, before a byte can overflow.
+template <int R>
+MLX_TARGET_AVX2 void block_nibble_lut(const GemmOperands& g, int64_t m0, int64_t n0, uint64_t* s) {
+  constexpr int64_t kStepWords = 4, kFlushWords = 31 * kStepWords;
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
+                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i acc[R][kBlockN];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kBlockN; ++c) acc[r][c] = zero;
+  for (const PairStep& step : g.steps) {
+    if (step.double_first)
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < kBlockN; ++c) acc[r][c] = _mm256_add_epi64(acc[r][c], acc[r][c]);
+    const uint64_t *lo[R], *hi[R];
+    const uint64_t* w[kBlockN];
+    for (int r = 0; r < R; ++r) lo[r] = g.a.plane(m0 + r, 2 * step.a_plane), hi[r] = lo[r] + g.a.words64;
+    for (int c = 0; c < kBlockN; ++c) w[c] = g.w.plane(n0 + c, step.w_plane);
+    for (int64_t k0 = 0; k0 < g.a.words64; k0 += kFlushWords) {
+      const int64_t k1 = std::min(g.a.words64, k0 + kFlushWords);
+      __m256i counts[R][kBlockN];
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < kBlockN; ++c) counts[r][c] = zero;
+      for (int64_t k = k0; k < k1; k += kStepWords) {
+        for (int c = 0; c < kBlockN; ++c) {
+          const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[c] + k));
+          const __m256i y_hi = _mm256_srli_epi64(y, 4);
+          for (int r = 0; r < R; ++r) {
+            const __m256i x_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo[r] + k));
+            const __m256i x_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi[r] + k));
+            const __m256i n = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x_lo, y)),
+                                              _mm256_shuffle_epi8(lut, _mm256_and_si256(x_hi, y_hi)));
+            counts[r][c] = _mm256_add_epi8(counts[r][c], n);
+          }
+        }
+      }
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < kBlockN; ++c) acc[r][c] = _mm256_add_epi64(acc[r][c], _mm256_sad_epu8(counts[r][c], zero));
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < kBlockN; ++c) {
+      alignas(32) uint64_t lanes[4];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[r][c]);
+      s[r * kBlockN + c] = sum_lanes(lanes, 4);
+    }
+  }
+}
+
+// AVX-512 VPOPCNTDQ (Ice Lake, Zen 4): AND, vpopcntq and add on 8 words at once,
+// 64-bit lane accumulators in registers across all plane pairs.
+template <int R>
+__attribute__((target(MLX_AVX512_FEATURES ",avx512vpopcntdq"))) void block_vpopcntdq(const GemmOperands& g,
+                                                                                     int64_t m0, int64_t n0,
+                                                                                     uint64_t* s) {
+  __m512i acc[R][kBlockN];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kBlockN; ++c) acc[r][c] = _mm512_setzero_si512();
+  for (const PairStep& step : g.steps) {
+    if (step.double_first)
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < kBlockN; ++c) acc[r][c] = _mm512_add_epi64(acc[r][c], acc[r][c]);
+    const uint64_t* a[R];
+    const uint64_t* w[kBlockN];
+    for (int r = 0; r < R; ++r) a[r] = g.a.plane(m0 + r, step.a_plane);
+    for (int c = 0; c < kBlockN; ++c) w[c] = g.w.plane(n0 + c, step.w_plane);
+    for (int64_t k = 0; k < g.a.words64; k += kVecWords) {
+      __m512i x[R];
+      for (int r = 0; r < R; ++r) x[r] = _mm512_loadu_si512(a[r] + k);
+      for (int c = 0; c < kBlockN; ++c) {
+        const __m512i y = _mm512_loadu_si512(w[c] + k);
+        for (int r = 0; r < R; ++r)
+          acc[r][c] = _mm512_add_epi64(acc[r][c], _mm512_popcnt_epi64(_mm512_and_si512(x[r], y)));
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kBlockN; ++c) {
+      alignas(64) uint64_t lanes[kVecWords];
+      _mm512_store_si512(lanes, acc[r][c]);
+      s[r * kBlockN + c] = sum_lanes(lanes, kVecWords);
+    }
+}
 #endif
-  return and_popc_block_baseline;
+
+// The block kernels of an ISA path: blocks of `rows` rows and their one-row
+// tails, and whether they want the activations nibble-split.
+struct BlockKernels {
+  BlockFn block;
+  int64_t rows;
+  BlockFn one_row;
+  bool nibble_split;
+};
+
+// VPOPCNTDQ on the AVX-512 path of a CPU that has it, the nibble lookup on the
+// AVX2 path (and on AVX-512 without VPOPCNTDQ), else baseline.
+BlockKernels block_kernels_for(CpuIsa isa) {
+#ifdef MLX_CPU_HAS_ISA_PATHS
+  if (cpu_path_has(isa, CpuFeature::kAvx512Vpopcntdq))
+    return {block_vpopcntdq<4>, 4, block_vpopcntdq<1>, false};
+  if (isa != CpuIsa::kScalar) return {block_nibble_lut<2>, 2, block_nibble_lut<1>, true};
+#endif
+  return {block_popcount<4>, 4, block_popcount<1>, false};
 }
 
 // Runs the bit-serial GEMM on ISA path `isa` and hands every exact int32 C[m, n] to store(m, n, c).
 template <typename Store>
 void bipolar_gemm_core(CpuIsa isa, const at::Tensor& a_planes, const at::Tensor& w_planes, int64_t K, Store&& store) {
-  const RowPlanes a = to_row_planes(a_planes, K), w = to_row_planes(w_planes, K);
-  const int64_t M = a.rows, N = w.rows, words = a.words64;
-  const int p = static_cast<int>(a.planes), q = static_cast<int>(w.planes);
-  // Consecutive rows of an operand are all of its planes apart.
-  const int64_t a_row_stride = a.planes * words, w_row_stride = w.planes * words;
+  const BlockKernels kernels = block_kernels_for(isa);
+  const RowPlanes a = to_row_planes(isa, a_planes, K, 1, kernels.nibble_split);
+  const RowPlanes w = to_row_planes(isa, w_planes, K, kBlockN, false);
+  const int64_t M = a.rows, N = w.rows;
+  const int p = static_cast<int>(a_planes.size(0)), q = static_cast<int>(w_planes.size(0));
+  const std::vector<PairStep> steps = horner_steps(p, q);
+  const GemmOperands g{a, w, steps};
   const int64_t tiles_m = ceil_div(M, kTileM), tiles_n = ceil_div(N, kTileN);
-  const AndPopcBlockFn and_popc_block = and_popc_block_for(isa);
-  const int64_t tile_work = std::min(kTileM, M) * std::min(kTileN, N) * p * q * std::max<int64_t>(words, 1) / 4;
+  const int64_t tile_work = std::min(kTileM, M) * std::min(kTileN, N) * p * q * std::max<int64_t>(w.words64, 1) / 4;
   at::parallel_for(0, tiles_m * tiles_n, grain_for(tile_work), [&](int64_t begin, int64_t end) {
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t m_end = std::min(M, (tile / tiles_n + 1) * kTileM);
       const int64_t n_end = std::min(N, (tile % tiles_n + 1) * kTileN);
-      for (int64_t m0 = (tile / tiles_n) * kTileM; m0 < m_end; m0 += kBlock) {
-        for (int64_t n0 = (tile % tiles_n) * kTileN; n0 < n_end; n0 += kBlock) {
-          uint64_t s[kBlock][kBlock] = {};
-          for (int j = 0; j < p; ++j) {
-            for (int i = 0; i < q; ++i) {
-              uint64_t pair[kBlock][kBlock];
-              and_popc_block(a.row(m0) + j * words, a_row_stride, w.row(n0) + i * words, w_row_stride,
-                             words, pair);
-              for (int64_t r = 0; r < kBlock; ++r)
-                for (int64_t c = 0; c < kBlock; ++c) s[r][c] += pair[r][c] << (i + j);
-            }
-          }
-          for (int64_t r = 0; r < std::min(kBlock, M - m0); ++r) {
-            for (int64_t c = 0; c < std::min(kBlock, N - n0); ++c) {
+      int64_t rows = kernels.rows;
+      for (int64_t m0 = (tile / tiles_n) * kTileM; m0 < m_end; m0 += rows) {
+        rows = m0 + kernels.rows <= m_end ? kernels.rows : 1;
+        const BlockFn block = rows == kernels.rows ? kernels.block : kernels.one_row;
+        for (int64_t n0 = (tile % tiles_n) * kTileN; n0 < n_end; n0 += kBlockN) {
+          uint64_t s[kMaxBlockM * kBlockN];
+          block(g, m0, n0, s);
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t c = 0; c < std::min<int64_t>(kBlockN, N - n0); ++c) {
               store(m0 + r, n0 + c,
-                    combine(static_cast<uint32_t>(s[r][c]), a.weighted_popc[m0 + r], w.weighted_popc[n0 + c],
-                            static_cast<uint32_t>(K), p, q));
+                    combine(static_cast<uint32_t>(s[r * kBlockN + c]), a.weighted_popc[m0 + r],
+                            w.weighted_popc[n0 + c], static_cast<uint32_t>(K), p, q));
             }
           }
         }
@@ -308,7 +469,7 @@ at::Tensor bipolar_linear_cpu(const at::Tensor& x, const at::Tensor& w_planes, c
   if (out.numel() == 0) return out.view(out_shape);
 
   const CpuIsa isa = cpu_isa(MLX_OP_NAME("bipolar_linear"));
-  const auto [x_planes, x_scale] = quantize_cpu(x2d, x_bits);
+  const auto [x_planes, x_scale] = quantize_cpu(isa, x2d, x_bits);
   const at::Tensor w_scale = w_scale_in.contiguous();
   const at::Tensor bias = bias_in ? bias_in->contiguous().to(at::kFloat) : at::Tensor();
   const float* xs = x_scale.data_ptr<float>();
