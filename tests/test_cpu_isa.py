@@ -19,6 +19,7 @@ import oracles
 from conftest import assert_close_to_oracle
 from test_attention import check_attention, check_shared_prefix
 from test_attention import make_inputs as attention_inputs
+from test_bipolar import linear_oracle
 from test_bsr import check_product, random_sparse
 from test_int8 import check_gemm_against_oracle, quantized_weight, random_int8
 from test_spgemm import check_against_oracle as check_spgemm
@@ -74,6 +75,33 @@ def test_bipolar_gemm(isa, a_bits, w_bits):
         a_planes, w_planes = mlx_kernels.bipolar_pack(a, a_bits), mlx_kernels.bipolar_pack(w, w_bits)
         out = mlx_kernels.bipolar_gemm(a_planes, w_planes, k)
         torch.testing.assert_close(out.long(), a.long() @ w.long().T, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("bits", [1, 2, 8])
+def test_bipolar_quantize(isa, dtype, bits):
+    # K = 301: nine whole plane words and a partial one; a row of zeros and rows
+    # with a NaN, an Inf and a -Inf (scale NaN, level +1 everywhere). Exact.
+    x = torch.randn(7, 301) * 5
+    x[1] = 0
+    x[2, 7], x[3, 300], x[4, 0] = float("nan"), float("inf"), -float("inf")
+    x = x.to(dtype)
+    planes, scale = mlx_kernels.bipolar_quantize(x, bits)
+    levels = mlx_kernels.bipolar_unpack(planes, 301).long()
+    finite = [0, 1, 5, 6]
+    expected_levels, expected_scale = oracles.bipolar_quantize_levels(x[finite], bits)
+    torch.testing.assert_close(scale[finite], expected_scale, rtol=0, atol=0)
+    assert torch.equal(levels[finite], expected_levels)
+    assert torch.isnan(scale[2:5]).all() and (levels[2:5] == 1).all()
+
+
+@pytest.mark.parametrize("w_bits,x_bits", [(2, 2), (1, 8)])
+def test_bipolar_linear(isa, w_bits, x_bits):
+    # M = 7 (row blocks and a one-row tail), N = 33 (a column-block tail), K = 300.
+    x, bias = torch.randn(7, 300), torch.randn(33)
+    w_planes, w_scale = mlx_kernels.bipolar_quantize(torch.randn(33, 300), w_bits)
+    out = mlx_kernels.bipolar_linear(x, w_planes, w_scale, x_bits, bias)
+    torch.testing.assert_close(out.double(), linear_oracle(x, w_planes, w_scale, x_bits, bias), rtol=1e-5, atol=1e-4)
 
 
 # --- bsr ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #ifdef __x86_64__
@@ -66,18 +67,16 @@ inline void pack_plane_words(const uint8_t* codes, int bits, uint32_t* plane_wor
   }
 }
 
-// Writes one row of codes u ∈ [0, 2^bits) (code(k) for k < K) as bit-planes:
+// Writes one row of codes u ∈ [0, 2^bits) (codes[k] for k < K) as bit-planes:
 // planes[b, row, k/32] bit k%32 = bit b of u; padding bits stay 0.
-template <typename CodeOf>
-__attribute__((always_inline)) inline void write_plane_row(int32_t* planes, int64_t rows, int64_t row, int64_t K,
-                                                           int bits, CodeOf&& code) {
+inline void write_plane_row(int32_t* planes, int64_t rows, int64_t row, int64_t K, int bits, const uint8_t* codes) {
   const int64_t words = words_for(K);
   for (int64_t w = 0; w < words; ++w) {
-    uint8_t codes[kWordBits] = {};
-    const int64_t k0 = w * kWordBits, count = std::min<int64_t>(kWordBits, K - k0);
-    for (int64_t t = 0; t < count; ++t) codes[t] = static_cast<uint8_t>(code(k0 + t));
+    uint8_t word_codes[kWordBits] = {};
+    const int64_t k0 = w * kWordBits;
+    std::memcpy(word_codes, codes + k0, std::min<int64_t>(kWordBits, K - k0));
     uint32_t plane_words[kMaxBits];
-    pack_plane_words(codes, bits, plane_words);
+    pack_plane_words(word_codes, bits, plane_words);
     for (int b = 0; b < bits; ++b) planes[(b * rows + row) * words + w] = static_cast<int32_t>(plane_words[b]);
   }
 }
@@ -93,10 +92,10 @@ at::Tensor bipolar_pack_cpu(const at::Tensor& values_in, int64_t bits) {
   AT_DISPATCH_INTEGRAL_TYPES(values.scalar_type(), "bipolar_pack_cpu", [&] {
     const scalar_t* v = values.data_ptr<scalar_t>();
     at::parallel_for(0, R, grain_for(K * bits), [&](int64_t begin, int64_t end) {
+      std::vector<uint8_t> codes(K);
       for (int64_t r = begin; r < end; ++r) {
-        write_plane_row(out, R, r, K, bits, [&](int64_t k) {
-          return static_cast<uint32_t>((static_cast<int64_t>(v[r * K + k]) + top) / 2);
-        });
+        for (int64_t k = 0; k < K; ++k) codes[k] = static_cast<uint8_t>((static_cast<int64_t>(v[r * K + k]) + top) / 2);
+        write_plane_row(out, R, r, K, bits, codes.data());
       }
     });
   });
@@ -131,23 +130,52 @@ at::Tensor bipolar_unpack_cpu(const at::Tensor& planes_in, int64_t K) {
 // Per-row scale = absmax / (2^bits − 1) and planes of the nearest odd levels of
 // x / scale. A row of zeros gets scale 0 and level +1 everywhere; a row with a
 // NaN or ±Inf gets scale NaN and level +1 everywhere (row_scale_for).
+// nearest_level_code(v, bits) for a finite |v| < 2^22, in a form GCC vectorizes
+// (it vectorizes neither floorf nor a float -> int conversion under the default
+// -ftrapping-math): y = v/2 rounded to an integer by the 1.5·2^23 shift, minus
+// one where that rounded up, is floor(y); the code is floor(y) + 2^(bits-1)
+// clamped to [0, 2^bits − 1]. Equal to nearest_level_code for every float in
+// [−1024, 1024] and every bits (checked exhaustively); quantize's |v| <= 2^bits.
+__attribute__((always_inline)) inline uint8_t nearest_level_code_finite(float v, int bits) {
+  constexpr float kShift = 12582912.0f;  // 1.5·2^23
+  const float y = v * 0.5f, shifted = y + kShift;
+  int32_t rounded;
+  std::memcpy(&rounded, &shifted, sizeof(rounded));
+  rounded -= 0x4B400000;  // the bits of kShift
+  const int32_t floor_y = rounded - (shifted - kShift > y ? 1 : 0);
+  return static_cast<uint8_t>(std::min(std::max(floor_y + (1 << (bits - 1)), 0), (1 << bits) - 1));
+}
+
+// The codes of rows [begin, end) into codes[r - begin, k], their scales into scale[r].
 template <typename scalar_t>
-__attribute__((always_inline)) inline void quantize_row_range(const scalar_t* x, int64_t R, int64_t K, int bits,
-                                                              int32_t* planes, float* scale, int64_t begin,
-                                                              int64_t end) {
+__attribute__((always_inline)) inline void quantize_codes(const scalar_t* x, int64_t K, int bits, float* scale,
+                                                          int64_t begin, int64_t end, uint8_t* codes) {
   for (int64_t r = begin; r < end; ++r) {
     const scalar_t* row = x + r * K;
-    float absmax = 0.0f;
-    for (int64_t k = 0; k < K; ++k) absmax = absmax_keep_nan(absmax, std::abs(static_cast<float>(row[k])));
+    // absmax_keep_nan's result, in a form that vectorizes: the largest |x| as
+    // int32 bits (their order is the order of |x|), above Inf's if there was a NaN.
+    int32_t absmax_bits = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = static_cast<float>(row[k]);
+      int32_t v_bits;
+      std::memcpy(&v_bits, &v, sizeof(v_bits));
+      absmax_bits = std::max(absmax_bits, v_bits & 0x7fffffff);
+    }
+    float absmax;
+    std::memcpy(&absmax, &absmax_bits, sizeof(absmax));
     const float s = row_scale_for(absmax, bits);
     scale[r] = s;
-    write_plane_row(planes, R, r, K, bits, [&](int64_t k) {
-      return nearest_level_code(s > 0.0f ? static_cast<float>(row[k]) / s : 0.0f, bits);
-    });
+    // A row of zeros or a non-finite row (s = 0 or NaN): level +1 everywhere.
+    uint8_t* row_codes = codes + (r - begin) * K;
+    if (s > 0.0f) {
+      for (int64_t k = 0; k < K; ++k) row_codes[k] = nearest_level_code_finite(static_cast<float>(row[k]) / s, bits);
+    } else {
+      std::memset(row_codes, static_cast<int>(nearest_level_code(0.0f, bits)), K);
+    }
   }
 }
 // Compiled per path: the division and floor of each level vectorize on AVX2/AVX-512.
-MLX_CPU_ISA_DISPATCH(quantize_row_range_isa, quantize_row_range)
+MLX_CPU_ISA_DISPATCH(quantize_codes_isa, quantize_codes)
 
 // Per-row scale = absmax / (2^bits − 1) and planes of the nearest odd levels of
 // x / scale. A row of zeros gets scale 0 and level +1 everywhere; a row with a
@@ -155,7 +183,9 @@ MLX_CPU_ISA_DISPATCH(quantize_row_range_isa, quantize_row_range)
 template <typename scalar_t>
 void quantize_rows(CpuIsa isa, const scalar_t* x, int64_t R, int64_t K, int bits, int32_t* planes, float* scale) {
   at::parallel_for(0, R, grain_for(K * bits), [&](int64_t begin, int64_t end) {
-    quantize_row_range_isa(isa, x, R, K, bits, planes, scale, begin, end);
+    std::vector<uint8_t> codes((end - begin) * K);
+    quantize_codes_isa(isa, x, K, bits, scale, begin, end, codes.data());
+    for (int64_t r = begin; r < end; ++r) write_plane_row(planes, R, r, K, bits, codes.data() + (r - begin) * K);
   });
 }
 
