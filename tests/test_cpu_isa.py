@@ -67,14 +67,19 @@ def test_bipolar_gemm(isa, a_bits, w_bits):
     # M past the 4- and 2-row register blocks (one-row tails), N past the 4-column
     # blocks; K from one partial word to 11 uint64 words (padded to two 8-word
     # vectors), and K = 8001: 126 words, past the 124 words after which the AVX2
-    # kernel moves its byte counts to 64-bit lanes. The bit widths give every
-    # plane-pair order of the Horner sum: one pair, p != q both ways, p = q.
-    for m, n, k in [(7, 9, 33), (5, 66, 700), (3, 5, 8001)]:
+    # kernel moves its byte counts to 64-bit lanes. K = 1024 with N = 8 reads the
+    # weight planes in place, unless they sit at an address that is not 8-byte
+    # aligned (then copied). The bit widths give every plane-pair order of the
+    # Horner sum: one pair, p != q both ways, p = q.
+    for m, n, k in [(7, 9, 33), (5, 66, 700), (3, 5, 8001), (6, 8, 1024)]:
         a = oracles.bipolar_random_values(m, k, a_bits)
         w = oracles.bipolar_random_values(n, k, w_bits)
         a_planes, w_planes = mlx_kernels.bipolar_pack(a, a_bits), mlx_kernels.bipolar_pack(w, w_bits)
-        out = mlx_kernels.bipolar_gemm(a_planes, w_planes, k)
-        torch.testing.assert_close(out.long(), a.long() @ w.long().T, rtol=0, atol=0)
+        misaligned = torch.empty(w_planes.numel() + 1, dtype=torch.int32)[1:].view(w_planes.shape)
+        misaligned.copy_(w_planes)
+        for weights in (w_planes, misaligned):
+            out = mlx_kernels.bipolar_gemm(a_planes, weights, k)
+            torch.testing.assert_close(out.long(), a.long() @ w.long().T, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64], ids=str)

@@ -209,65 +209,96 @@ std::tuple<at::Tensor, at::Tensor> bipolar_quantize_cpu(const at::Tensor& x, int
 
 // --- GEMM ----------------------------------------------------------------------
 
-// One operand's planes as uint64 words, [rows_padded, planes, words64], padding
-// bits, padding words and padding rows zero, with the weighted popcount
-// Σ_b 2^b·popc(plane_b) of each row. Nibble-split (the AVX2 kernel's activations):
-// each plane is stored as two, its bits & 0x0f per byte and (bits >> 4) & 0x0f.
-struct RowPlanes {
-  std::vector<uint64_t> bits;
-  std::vector<uint32_t> weighted_popc;
-  int64_t planes = 0, rows = 0, words64 = 0;
+// One operand's planes as uint64 words, as the block kernels read them: plane b
+// of row r at bits + r·row_stride + b·plane_stride, words64 words (a multiple
+// of kVecWords), the bits past K zero. Nibble-split (the AVX2 kernel's
+// activations): stored plane 2b holds plane b's bits & 0x0f per byte, 2b + 1
+// its (bits >> 4) & 0x0f.
+struct PlaneView {
+  const uint64_t* bits = nullptr;
+  int64_t row_stride = 0, plane_stride = 0, words64 = 0;
 
-  const uint64_t* plane(int64_t r, int64_t b) const { return bits.data() + (r * planes + b) * words64; }
+  const uint64_t* plane(int64_t r, int64_t b) const { return bits + r * row_stride + b * plane_stride; }
+};
+
+// An operand re-laid out as [rows_padded, stored planes, words64] (padding rows zero).
+struct RowPlanes {
+  std::vector<uint64_t> storage;
+  PlaneView view;
 };
 
 __attribute__((always_inline)) inline void relayout_rows(const uint32_t* in, int64_t bits, int64_t rows, int64_t words,
-                                                         int64_t K, bool nibble_split, RowPlanes* out, int64_t begin,
-                                                         int64_t end) {
+                                                         int64_t K, bool nibble_split, uint64_t* out,
+                                                         int64_t words64, int64_t begin, int64_t end) {
   constexpr uint64_t kLowNibbles = 0x0f0f0f0f0f0f0f0full;
+  const int64_t planes = nibble_split ? 2 * bits : bits;
   for (int64_t r = begin; r < end; ++r) {
-    uint32_t weighted = 0;
     for (int64_t b = 0; b < bits; ++b) {
       const uint32_t* src = in + (b * rows + r) * words;
-      uint64_t* dst = out->bits.data() + (r * out->planes + (nibble_split ? 2 * b : b)) * out->words64;
-      uint32_t count = 0;
-      for (int64_t w = 0; w + 1 < words; w += 2) {
-        const uint64_t word = (uint64_t{src[w + 1] & valid_bits(w + 1, K)} << 32) | (src[w] & valid_bits(w, K));
-        count += static_cast<uint32_t>(__builtin_popcountll(word));
-        if (!nibble_split) {
-          dst[w / 2] = word;
-        } else {
+      uint64_t* dst = out + (r * planes + (nibble_split ? 2 * b : b)) * words64;
+      for (int64_t w = 0; w < words; w += 2) {
+        const uint64_t high = w + 1 < words ? src[w + 1] & valid_bits(w + 1, K) : 0;
+        const uint64_t word = (high << 32) | (src[w] & valid_bits(w, K));
+        if (nibble_split) {
           dst[w / 2] = word & kLowNibbles;
-          dst[out->words64 + w / 2] = (word >> 4) & kLowNibbles;
+          dst[words64 + w / 2] = (word >> 4) & kLowNibbles;
+        } else {
+          dst[w / 2] = word;
         }
       }
-      if (words % 2 == 1) {  // the last uint32 word alone
-        const uint64_t word = src[words - 1] & valid_bits(words - 1, K);
-        count += static_cast<uint32_t>(__builtin_popcountll(word));
-        dst[words / 2] = nibble_split ? word & kLowNibbles : word;
-        if (nibble_split) dst[out->words64 + words / 2] = (word >> 4) & kLowNibbles;
-      }
-      weighted += count << b;
     }
-    out->weighted_popc[r] = weighted;
+  }
+}
+
+RowPlanes to_row_planes(const at::Tensor& planes, int64_t K, int64_t row_multiple, bool nibble_split) {
+  const int64_t bits = planes.size(0), rows = planes.size(1), words = planes.size(2);
+  RowPlanes out;
+  const int64_t stored_planes = nibble_split ? 2 * bits : bits;
+  const int64_t words64 = ceil_div(ceil_div(words, 2), kVecWords) * kVecWords;
+  out.storage.assign(ceil_div(rows, row_multiple) * row_multiple * stored_planes * words64, 0);
+  out.view = {out.storage.data(), stored_planes * words64, words64, words64};
+  const uint32_t* in = reinterpret_cast<const uint32_t*>(planes.data_ptr<int32_t>());
+  at::parallel_for(0, rows, grain_for(bits * words), [&](int64_t begin, int64_t end) {
+    relayout_rows(in, bits, rows, words, K, nibble_split, out.storage.data(), words64, begin, end);
+  });
+  return out;
+}
+
+// The weight planes [q, N, W] read in place, when they already are what the
+// kernels want: no padding bits (K a multiple of 64), whole vectors per row
+// (K a multiple of 512), whole column blocks (N a multiple of kBlockN), 8-byte
+// aligned. Saves copying the weights on every call (a GEMV's main cost).
+bool usable_in_place(const at::Tensor& planes, int64_t K) {
+  return K % (64 * kVecWords) == 0 && planes.size(1) % kBlockN == 0 &&
+         reinterpret_cast<uintptr_t>(planes.data_ptr<int32_t>()) % alignof(uint64_t) == 0;
+}
+
+PlaneView in_place_view(const at::Tensor& planes, int64_t K) {
+  const int64_t words64 = K / 64;
+  return {reinterpret_cast<const uint64_t*>(planes.data_ptr<int32_t>()), words64, planes.size(1) * words64, words64};
+}
+
+// out[r] = Σ_b 2^b·popc(plane_b of row r) for r < rows, `split` stored planes per plane.
+__attribute__((always_inline)) inline void weighted_popcounts(const PlaneView& v, int64_t planes, int split,
+                                                              int64_t begin, int64_t end, uint32_t* out) {
+  for (int64_t r = begin; r < end; ++r) {
+    uint32_t weighted = 0;
+    for (int64_t b = 0; b < planes * split; ++b) {
+      const uint64_t* words = v.plane(r, b);
+      uint32_t count = 0;
+      for (int64_t w = 0; w < v.words64; ++w) count += static_cast<uint32_t>(__builtin_popcountll(words[w]));
+      weighted += count << (b / split);
+    }
+    out[r] = weighted;
   }
 }
 // Compiled per path: POPCNT is one instruction on the AVX2 and AVX-512 paths.
-MLX_CPU_ISA_DISPATCH(relayout_rows_isa, relayout_rows)
+MLX_CPU_ISA_DISPATCH(weighted_popcounts_isa, weighted_popcounts)
 
-RowPlanes to_row_planes(CpuIsa isa, const at::Tensor& planes_in, int64_t K, int64_t row_multiple, bool nibble_split) {
-  const at::Tensor planes = planes_in.contiguous();
-  RowPlanes out;
-  const int64_t bits = planes.size(0), words = planes.size(2);
-  out.planes = nibble_split ? 2 * bits : bits;
-  out.rows = planes.size(1);
-  out.words64 = ceil_div(ceil_div(words, 2), kVecWords) * kVecWords;
-  const int64_t rows_padded = ceil_div(out.rows, row_multiple) * row_multiple;
-  out.bits.assign(rows_padded * out.planes * out.words64, 0);
-  out.weighted_popc.assign(rows_padded, 0);
-  const uint32_t* in = reinterpret_cast<const uint32_t*>(planes.data_ptr<int32_t>());
-  at::parallel_for(0, out.rows, grain_for(bits * words), [&](int64_t begin, int64_t end) {
-    relayout_rows_isa(isa, in, bits, out.rows, words, K, nibble_split, &out, begin, end);
+std::vector<uint32_t> weighted_popcounts_of(CpuIsa isa, const PlaneView& v, int64_t rows, int64_t planes, int split) {
+  std::vector<uint32_t> out(rows);
+  at::parallel_for(0, rows, grain_for(planes * split * v.words64), [&](int64_t begin, int64_t end) {
+    weighted_popcounts_isa(isa, v, planes, split, begin, end, out.data());
   });
   return out;
 }
@@ -291,8 +322,8 @@ std::vector<PairStep> horner_steps(int p, int q) {
 }
 
 struct GemmOperands {
-  const RowPlanes& a;
-  const RowPlanes& w;
+  const PlaneView& a;
+  const PlaneView& w;
   const std::vector<PairStep>& steps;
 };
 
@@ -349,7 +380,7 @@ MLX_TARGET_AVX2 void block_nibble_lut(const GemmOperands& g, int64_t m0, int64_t
         for (int c = 0; c < kBlockN; ++c) acc[r][c] = _mm256_add_epi64(acc[r][c], acc[r][c]);
     const uint64_t *lo[R], *hi[R];
     const uint64_t* w[kBlockN];
-    for (int r = 0; r < R; ++r) lo[r] = g.a.plane(m0 + r, 2 * step.a_plane), hi[r] = lo[r] + g.a.words64;
+    for (int r = 0; r < R; ++r) lo[r] = g.a.plane(m0 + r, 2 * step.a_plane), hi[r] = g.a.plane(m0 + r, 2 * step.a_plane + 1);
     for (int c = 0; c < kBlockN; ++c) w[c] = g.w.plane(n0 + c, step.w_plane);
     for (int64_t k0 = 0; k0 < g.a.words64; k0 += kFlushWords) {
       const int64_t k1 = std::min(g.a.words64, k0 + kFlushWords);
@@ -442,12 +473,17 @@ BlockKernels block_kernels_for(CpuIsa isa) {
 template <typename Store>
 void bipolar_gemm_core(CpuIsa isa, const at::Tensor& a_planes, const at::Tensor& w_planes, int64_t K, Store&& store) {
   const BlockKernels kernels = block_kernels_for(isa);
-  const RowPlanes a = to_row_planes(isa, a_planes, K, 1, kernels.nibble_split);
-  const RowPlanes w = to_row_planes(isa, w_planes, K, kBlockN, false);
-  const int64_t M = a.rows, N = w.rows;
+  const int64_t M = a_planes.size(1), N = w_planes.size(1);
   const int p = static_cast<int>(a_planes.size(0)), q = static_cast<int>(w_planes.size(0));
+  const at::Tensor w_contiguous = w_planes.contiguous();
+  const RowPlanes a = to_row_planes(a_planes.contiguous(), K, 1, kernels.nibble_split);
+  const bool w_in_place = usable_in_place(w_contiguous, K);
+  const RowPlanes w_copy = w_in_place ? RowPlanes{} : to_row_planes(w_contiguous, K, kBlockN, false);
+  const PlaneView w = w_in_place ? in_place_view(w_contiguous, K) : w_copy.view;
+  const std::vector<uint32_t> ra = weighted_popcounts_of(isa, a.view, M, p, kernels.nibble_split ? 2 : 1);
+  const std::vector<uint32_t> rw = weighted_popcounts_of(isa, w, N, q, 1);
   const std::vector<PairStep> steps = horner_steps(p, q);
-  const GemmOperands g{a, w, steps};
+  const GemmOperands g{a.view, w, steps};
   const int64_t tiles_m = ceil_div(M, kTileM), tiles_n = ceil_div(N, kTileN);
   const int64_t tile_work = std::min(kTileM, M) * std::min(kTileN, N) * p * q * std::max<int64_t>(w.words64, 1) / 4;
   at::parallel_for(0, tiles_m * tiles_n, grain_for(tile_work), [&](int64_t begin, int64_t end) {
@@ -464,8 +500,8 @@ void bipolar_gemm_core(CpuIsa isa, const at::Tensor& a_planes, const at::Tensor&
           for (int64_t r = 0; r < rows; ++r) {
             for (int64_t c = 0; c < std::min<int64_t>(kBlockN, N - n0); ++c) {
               store(m0 + r, n0 + c,
-                    combine(static_cast<uint32_t>(s[r * kBlockN + c]), a.weighted_popc[m0 + r],
-                            w.weighted_popc[n0 + c], static_cast<uint32_t>(K), p, q));
+                    combine(static_cast<uint32_t>(s[r * kBlockN + c]), ra[m0 + r], rw[n0 + c],
+                            static_cast<uint32_t>(K), p, q));
             }
           }
         }
