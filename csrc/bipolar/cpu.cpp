@@ -1,16 +1,28 @@
 // CPU kernels of the bipolar-INT family: the bit-serial twin of the CUDA
 // tensor-core kernel (see bipolar.h for the format and the GEMM identity).
 //
-// bipolar_gemm: both operands are first re-laid out as uint64 words per row,
-// all of a row's planes next to each other ([rows, planes, ceil(W/2)]), with the
-// padding bits of the last word masked off and the row count rounded up to the
-// 4×4 register block. Their weighted row popcounts RA/RW come out of the same
-// pass. The output is split into 32×64 tiles run in parallel; within a tile a
-// 4-row × 4-column block keeps 16 AND-popcount sums in registers while it
-// streams one plane pair over K (vpopcntq on the AVX-512 path of a CPU that
-// has it, popcnt on the AVX2 path, see and_popc_block_for), and shifts
-// them by 2^(i+j) into the block's S. The epilogue applies the identity
+// bipolar_gemm: the kernels read each operand as uint64 words through a view
+// (row stride, plane stride). The activations are re-laid out per call as
+// [rows, planes, words], padding bits masked off and words padded with zeros to
+// whole 512-bit vectors; the weight planes are read in place when K is a
+// multiple of 512 and N of 4 (usable_in_place), else copied the same way. The
+// weighted row popcounts RA/RW come from one pass over each view.
+//
+// The output is split into 32×64 tiles run in parallel; a tile runs R-row ×
+// 4-column register blocks (one-row blocks for the rows left over). A block
+// keeps its accumulators in vector registers across all p·q plane pairs:
+// S = Σ 2^(i+j)·popc(a_j ∧ w_i) by Horner's rule in e = i + j (pairs in falling
+// e, accumulators doubled before each new e, horner_steps), so no pair needs a
+// horizontal sum or a shift of its own. Per ISA path (block_kernels_for):
+// AVX-512 with VPOPCNTDQ ANDs, vpopcntq's and adds 8 words at once (4×4
+// blocks); AVX2 counts 4 words at once by nibble lookup (vpshufb) on
+// activations stored nibble-split, byte counts widened every 31 steps (2×4
+// blocks); scalar uses popcount on one word (4×4 blocks). The epilogue applies
 // C = 4·S − 2(2^q−1)·RA − 2(2^p−1)·RW + K(2^p−1)(2^q−1), exactly as the GPU does.
+//
+// bipolar_quantize: per row, absmax and the codes of all elements in one loop
+// each that vectorizes (quantize_codes), then packed into plane words eight
+// codes per multiply (pack_plane_words).
 //
 // bipolar_linear runs quantize -> GEMM -> dequant (+ bias) with the dequant in
 // the GEMM's epilogue, so the int32 product is never materialized.
@@ -227,9 +239,9 @@ struct RowPlanes {
   PlaneView view;
 };
 
-__attribute__((always_inline)) inline void relayout_rows(const uint32_t* in, int64_t bits, int64_t rows, int64_t words,
-                                                         int64_t K, bool nibble_split, uint64_t* out,
-                                                         int64_t words64, int64_t begin, int64_t end) {
+// Rows [begin, end) of planes `in` [bits, rows, words] into `out`, RowPlanes' layout.
+void relayout_rows(const uint32_t* in, int64_t bits, int64_t rows, int64_t words, int64_t K, bool nibble_split,
+                   uint64_t* out, int64_t words64, int64_t begin, int64_t end) {
   constexpr uint64_t kLowNibbles = 0x0f0f0f0f0f0f0f0full;
   const int64_t planes = nibble_split ? 2 * bits : bits;
   for (int64_t r = begin; r < end; ++r) {
