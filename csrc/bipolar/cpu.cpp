@@ -158,32 +158,28 @@ __attribute__((always_inline)) inline uint8_t nearest_level_code_finite(float v,
   return static_cast<uint8_t>(std::min(std::max(floor_y + (1 << (bits - 1)), 0), (1 << bits) - 1));
 }
 
-// The codes of rows [begin, end) into codes[r - begin, k], their scales into scale[r].
+// The codes of one row into codes[k], its scale into *scale.
 template <typename scalar_t>
-__attribute__((always_inline)) inline void quantize_codes(const scalar_t* x, int64_t K, int bits, float* scale,
-                                                          int64_t begin, int64_t end, uint8_t* codes) {
-  for (int64_t r = begin; r < end; ++r) {
-    const scalar_t* row = x + r * K;
-    // absmax_keep_nan's result, in a form that vectorizes: the largest |x| as
-    // int32 bits (their order is the order of |x|), above Inf's if there was a NaN.
-    int32_t absmax_bits = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const float v = static_cast<float>(row[k]);
-      int32_t v_bits;
-      std::memcpy(&v_bits, &v, sizeof(v_bits));
-      absmax_bits = std::max(absmax_bits, v_bits & 0x7fffffff);
-    }
-    float absmax;
-    std::memcpy(&absmax, &absmax_bits, sizeof(absmax));
-    const float s = row_scale_for(absmax, bits);
-    scale[r] = s;
-    // A row of zeros or a non-finite row (s = 0 or NaN): level +1 everywhere.
-    uint8_t* row_codes = codes + (r - begin) * K;
-    if (s > 0.0f) {
-      for (int64_t k = 0; k < K; ++k) row_codes[k] = nearest_level_code_finite(static_cast<float>(row[k]) / s, bits);
-    } else {
-      std::memset(row_codes, static_cast<int>(nearest_level_code(0.0f, bits)), K);
-    }
+__attribute__((always_inline)) inline void quantize_codes(const scalar_t* row, int64_t K, int bits, float* scale,
+                                                          uint8_t* codes) {
+  // absmax_keep_nan's result, in a form that vectorizes: the largest |x| as
+  // int32 bits (their order is the order of |x|), above Inf's if there was a NaN.
+  int32_t absmax_bits = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const float v = static_cast<float>(row[k]);
+    int32_t v_bits;
+    std::memcpy(&v_bits, &v, sizeof(v_bits));
+    absmax_bits = std::max(absmax_bits, v_bits & 0x7fffffff);
+  }
+  float absmax;
+  std::memcpy(&absmax, &absmax_bits, sizeof(absmax));
+  const float s = row_scale_for(absmax, bits);
+  *scale = s;
+  // A row of zeros or a non-finite row (s = 0 or NaN): level +1 everywhere.
+  if (s > 0.0f) {
+    for (int64_t k = 0; k < K; ++k) codes[k] = nearest_level_code_finite(static_cast<float>(row[k]) / s, bits);
+  } else {
+    std::memset(codes, static_cast<int>(nearest_level_code(0.0f, bits)), K);
   }
 }
 // Compiled per path: the division and floor of each level vectorize on AVX2/AVX-512.
@@ -195,9 +191,11 @@ MLX_CPU_ISA_DISPATCH(quantize_codes_isa, quantize_codes)
 template <typename scalar_t>
 void quantize_rows(CpuIsa isa, const scalar_t* x, int64_t R, int64_t K, int bits, int32_t* planes, float* scale) {
   at::parallel_for(0, R, grain_for(K * bits), [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> codes((end - begin) * K);
-    quantize_codes_isa(isa, x, K, bits, scale, begin, end, codes.data());
-    for (int64_t r = begin; r < end; ++r) write_plane_row(planes, R, r, K, bits, codes.data() + (r - begin) * K);
+    std::vector<uint8_t> codes(K);
+    for (int64_t r = begin; r < end; ++r) {
+      quantize_codes_isa(isa, x + r * K, K, bits, scale + r, codes.data());
+      write_plane_row(planes, R, r, K, bits, codes.data());
+    }
   });
 }
 
