@@ -139,15 +139,13 @@ at::Tensor bipolar_unpack_cpu(const at::Tensor& planes_in, int64_t K) {
 
 // --- quantize ------------------------------------------------------------------
 
-// Per-row scale = absmax / (2^bits − 1) and planes of the nearest odd levels of
-// x / scale. A row of zeros gets scale 0 and level +1 everywhere; a row with a
-// NaN or ±Inf gets scale NaN and level +1 everywhere (row_scale_for).
 // nearest_level_code(v, bits) for a finite |v| < 2^22, in a form GCC vectorizes
 // (it vectorizes neither floorf nor a float -> int conversion under the default
 // -ftrapping-math): y = v/2 rounded to an integer by the 1.5·2^23 shift, minus
 // one where that rounded up, is floor(y); the code is floor(y) + 2^(bits-1)
 // clamped to [0, 2^bits − 1]. Equal to nearest_level_code for every float in
-// [−1024, 1024] and every bits (checked exhaustively); quantize's |v| <= 2^bits.
+// [−1024, 1024] and every bits (checked exhaustively); quantize's |x / scale| is
+// at most about 2^bits.
 __attribute__((always_inline)) inline uint8_t nearest_level_code_finite(float v, int bits) {
   constexpr float kShift = 12582912.0f;  // 1.5·2^23
   const float y = v * 0.5f, shifted = y + kShift;
@@ -182,7 +180,7 @@ __attribute__((always_inline)) inline void quantize_codes(const scalar_t* row, i
     std::memset(codes, static_cast<int>(nearest_level_code(0.0f, bits)), K);
   }
 }
-// Compiled per path: the division and floor of each level vectorize on AVX2/AVX-512.
+// Compiled per path: both loops vectorize on AVX2 and AVX-512.
 MLX_CPU_ISA_DISPATCH(quantize_codes_isa, quantize_codes)
 
 // Per-row scale = absmax / (2^bits − 1) and planes of the nearest odd levels of
@@ -390,7 +388,10 @@ MLX_TARGET_AVX2 void block_nibble_lut(const GemmOperands& g, int64_t m0, int64_t
         for (int c = 0; c < kBlockN; ++c) acc[r][c] = _mm256_add_epi64(acc[r][c], acc[r][c]);
     const uint64_t *lo[R], *hi[R];
     const uint64_t* w[kBlockN];
-    for (int r = 0; r < R; ++r) lo[r] = g.a.plane(m0 + r, 2 * step.a_plane), hi[r] = g.a.plane(m0 + r, 2 * step.a_plane + 1);
+    for (int r = 0; r < R; ++r) {
+      lo[r] = g.a.plane(m0 + r, 2 * step.a_plane);
+      hi[r] = g.a.plane(m0 + r, 2 * step.a_plane + 1);
+    }
     for (int c = 0; c < kBlockN; ++c) w[c] = g.w.plane(n0 + c, step.w_plane);
     for (int64_t k0 = 0; k0 < g.a.words64; k0 += kFlushWords) {
       const int64_t k1 = std::min(g.a.words64, k0 + kFlushWords);
