@@ -123,21 +123,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cpu(const a
 
 // --- int8 GEMM driver -----------------------------------------------------------
 //
-// Two implementations of C = A[M, K] · B[N, K]ᵀ, both handing finished int32
-// blocks to epilogue(m0, n0, mb, nb, acc) with acc row stride kPanelN:
+// Three implementations of C = A[M, K] · B[N, K]ᵀ, all handing finished int32
+// blocks to epilogue(m0, n0, mb, nb, acc) with acc row stride kPanelN. The ISA
+// path picks the instructions (int8_kernel_for), M the algorithm:
 //
-// Packed micro-kernels (AVX-512 VNNI or AVX2, by ISA path: see int8_kernel_for):
-// the work is split into (64-column panel of B) × (256-row block of A) tasks.
-// Each task packs its B panel once into the layout the multiply instruction
-// eats (so one vector load feeds 16 or 8 columns), then streams A four rows at
-// a time through a register-blocked micro-kernel: 4 rows × 64 columns of int32
-// accumulators live in registers across the whole K loop.
-//   AVX-512 VNNI: vpdpbusd multiplies unsigned×signed bytes, so A is stored
-//     as a + 128 (u8) and the extra 128·Σ_k b[j, k] is subtracted per column.
-//     B panel: for each group of 4 k's, 64 columns × 4 bytes (4 zmm).
-//   AVX2: vpmaddwd on int16: A and B sign-extended, pairs of k's.
-//     B panel: for each pair of k's, 64 columns × 2 int16 (8 ymm).
-// Both are exact: int32 adds wrap modulo 2³², so VNNI's offset sums (which can
+// Dot kernels, M <= kDotMaxM (decode): B rows are read where they are, so the
+// weight streams from memory once and is never copied; at these M that stream
+// is the whole cost. A tile of a few A rows × 4 B rows keeps one vector
+// accumulator per output over K (summed horizontally at the end), and all A
+// rows pass the B tile while it sits in L1.
+//   AVX-512 VNNI: vpdpbusd multiplies unsigned×signed bytes, so B is flipped to
+//     b + 128 (xor 0x80) as it is loaded and 128·Σ_k a[m, k], per row, is
+//     subtracted at the end. K's tail is a masked load (zeros). 4 × 4 tiles.
+//   AVX2: vpmaddwd on int16: A converted once, B sign-extended as it is loaded;
+//     2 × 4 tiles (8 of the 16 ymm accumulate); K's tail in scalar code.
+//
+// Packed micro-kernels, larger M: a task takes a 64-column panel of B (and a
+// range of M rows when there are too few panels for the threads) and packs the
+// panel once into the layout the multiply instruction eats: one 32-bit lane per
+// (k-group, column), so one vector load feeds 16 or 8 columns. A then streams
+// kMicroRows rows at a time through a register-blocked micro-kernel (6 rows ×
+// 64 columns). K is cut into blocks of kBlockGroups groups, so the 16 KB of
+// panel the micro-kernels reread stays in L1; the int32 accumulators of a
+// 256-row block wait in a buffer between K blocks.
+//   AVX-512 VNNI: A is stored as a + 128 (u8) and the accumulators start at
+//     -128·Σ_k b[j, k], which cancels what the offset adds. Lane: 4 k's.
+//   AVX2: vpmaddwd on int16, A and B sign-extended. Lane: 2 k's.
+// All are exact: int32 adds wrap modulo 2³², so VNNI's offset sums (which can
 // pass 2³¹ for long K) and the compensation cancel exactly whenever the true
 // result fits int32, which int8_mm's K bound guarantees.
 //
@@ -146,13 +158,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cpu(const a
 
 constexpr int64_t kPanelN = 64;
 constexpr int64_t kPanelM = 256;
-constexpr int64_t kMicroRows = 4;
+constexpr int64_t kMicroRows = 6;
+constexpr int64_t kBlockGroups = 64;
+constexpr int64_t kDotMaxM = 16;
+constexpr int64_t kDotCols = 4;
 
 enum class Int8Isa { kPortable, kAvx2, kAvx512Vnni };
 
 // The kernel of an ISA path: VNNI on the AVX-512 path of a CPU that has it, the
-// AVX2 micro-kernel on the AVX2 path (and on AVX-512 without VNNI), the
-// portable loop on the scalar path.
+// AVX2 kernels on the AVX2 path (and on AVX-512 without VNNI), the portable
+// loop on the scalar path.
 Int8Isa int8_kernel_for(CpuIsa isa) {
   if (cpu_path_has(isa, CpuFeature::kAvx512Vnni)) return Int8Isa::kAvx512Vnni;
   return isa == CpuIsa::kScalar ? Int8Isa::kPortable : Int8Isa::kAvx2;
@@ -160,22 +175,222 @@ Int8Isa int8_kernel_for(CpuIsa isa) {
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define MLX_INT8_HAS_X86_KERNELS 1
+#define MLX_INT8_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define MLX_INT8_TARGET_AVX2 __attribute__((target("avx2")))
 
-// The 4 bytes (or 2 int16) of A at p as one 32-bit lane to broadcast.
+// The 4 bytes (or 2 int16) at p as one 32-bit lane.
 inline int32_t load_lane(const void* p) {
   int32_t v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-// c[r, 0:64] = Σ_g a_u8[r, 4g:4g+4] · panel[g] - compensation, r < kRows.
+// Calls f(std::integral_constant<int, rows>) for 1 <= rows <= kMax: kernels
+// are instantiated per row count so that their accumulators are registers.
+template <int kMax, typename F>
+void with_rows(int64_t rows, const F& f) {
+  if constexpr (kMax > 1) {
+    if (rows < kMax) return with_rows<kMax - 1>(rows, f);
+  }
+  f(std::integral_constant<int, kMax>{});
+}
+
+// A converted to a kernel's element type (Ops::a_value), [M, lda] with K
+// padded to lda by the value of a 0.
+template <typename Ops>
+std::vector<typename Ops::AElement> converted_a(const int8_t* a, int64_t M, int64_t K, int64_t lda) {
+  std::vector<typename Ops::AElement> out(M * lda, Ops::a_value(0));
+  at::parallel_for(0, M, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t k = 0; k < K; ++k) out[i * lda + k] = Ops::a_value(a[i * K + k]);
+    }
+  });
+  return out;
+}
+
+// A and B in the element type and k-group width a kernel reads: VNNI: u8
+// (a + 128) × s8 in groups of 4, AVX2: int16 in groups of 2.
+template <Int8Isa kIsa>
+struct PackedOperands {
+  using AElement = std::conditional_t<kIsa == Int8Isa::kAvx512Vnni, uint8_t, int16_t>;
+  static constexpr int64_t kGroup = kIsa == Int8Isa::kAvx512Vnni ? 4 : 2;
+
+  static AElement a_value(int8_t v) {
+    if constexpr (kIsa == Int8Isa::kAvx512Vnni) {
+      return static_cast<uint8_t>(static_cast<int>(v) + 128);
+    } else {
+      return v;
+    }
+  }
+  // The panel lane of the kGroup k's of one B row at p.
+  static int32_t b_lane(const int8_t* p) {
+    if constexpr (kIsa == Int8Isa::kAvx512Vnni) {
+      return load_lane(p);
+    } else {
+      const auto widened = [](int8_t v) { return static_cast<uint32_t>(static_cast<uint16_t>(int16_t{v})); };
+      return static_cast<int32_t>(widened(p[0]) | widened(p[1]) << 16);
+    }
+  }
+};
+
+// --- dot kernels (M <= kDotMaxM) ---
+
+// The wrapping sum of v's 16 int32 lanes. (The merge-masked forms with a full
+// mask: the plain ones, and _mm512_reduce_add_epi32, pass an "undefined"
+// operand that GCC 12 warns is uninitialized.)
+MLX_INT8_TARGET_VNNI inline uint32_t sum_lanes(__m512i v) {
+  v = _mm512_add_epi32(v, _mm512_mask_shuffle_i32x4(v, 0xFFFF, v, v, 0x4E));
+  v = _mm512_add_epi32(v, _mm512_mask_shuffle_i32x4(v, 0xFFFF, v, v, 0xB1));
+  __m128i s = _mm512_mask_extracti32x4_epi32(_mm_setzero_si128(), 0xF, v, 0);
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return static_cast<uint32_t>(_mm_cvtsi128_si32(s));
+}
+
+// c[r, j] = Σ_k a[r, k]·b[j, k] for r < kRows, j < kCols (A and B rows K
+// apart, c rows kPanelN apart); a_offset[r] = 128·Σ_k a[r, k] mod 2³².
+template <int kRows, int kCols>
+MLX_INT8_TARGET_VNNI void vnni_dot_tile(const int8_t* a, const int8_t* b, int64_t K, const uint32_t* a_offset,
+                                        int32_t* c) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512i acc[kRows][kCols];
+  for (int r = 0; r < kRows; ++r) {
+    for (int j = 0; j < kCols; ++j) acc[r][j] = _mm512_setzero_si512();
+  }
+  for (int64_t k = 0; k < K; k += 64) {
+    const __mmask64 live = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
+    __m512i b_u8[kCols];
+    for (int j = 0; j < kCols; ++j) b_u8[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(live, b + j * K + k), flip);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512i a_s8 = _mm512_maskz_loadu_epi8(live, a + r * K + k);
+      for (int j = 0; j < kCols; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], b_u8[j], a_s8);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int j = 0; j < kCols; ++j) {
+      c[r * kPanelN + j] = static_cast<int32_t>(sum_lanes(acc[r][j]) - a_offset[r]);
+    }
+  }
+}
+
+MLX_INT8_TARGET_AVX2 inline uint32_t sum_lanes(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return static_cast<uint32_t>(_mm_cvtsi128_si32(s));
+}
+
+// c[r, j] = Σ_k a16[r, k]·b[j, k] for r < kRows, j < kCols (A rows lda apart,
+// B rows K apart, c rows kPanelN apart). Sums in uint32: they wrap, as int32
+// adds do in vector registers.
+template <int kRows, int kCols>
+MLX_INT8_TARGET_AVX2 void avx2_dot_tile(const int16_t* a, int64_t lda, const int8_t* b, int64_t K, int32_t* c) {
+  __m256i acc[kRows][kCols];
+  for (int r = 0; r < kRows; ++r) {
+    for (int j = 0; j < kCols; ++j) acc[r][j] = _mm256_setzero_si256();
+  }
+  const int64_t k_vectors = K / 16 * 16;
+  for (int64_t k = 0; k < k_vectors; k += 16) {
+    __m256i b16[kCols];
+    for (int j = 0; j < kCols; ++j) {
+      b16[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + j * K + k)));
+    }
+    for (int r = 0; r < kRows; ++r) {
+      const __m256i a16 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + k));
+      for (int j = 0; j < kCols; ++j) acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(a16, b16[j]));
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int j = 0; j < kCols; ++j) {
+      uint32_t sum = sum_lanes(acc[r][j]);
+      for (int64_t k = k_vectors; k < K; ++k) sum += static_cast<uint32_t>(a[r * lda + k] * b[j * K + k]);
+      c[r * kPanelN + j] = static_cast<int32_t>(sum);
+    }
+  }
+}
+
+// Calls kernel(integral_constant rows, integral_constant cols) for a tile of
+// 1..kMaxRows rows and kDotCols or 1 columns.
+template <int kMaxRows, typename Kernel>
+void run_dot_tile(int64_t rows, int64_t cols, const Kernel& kernel) {
+  with_rows<kMaxRows>(rows, [&](auto r) {
+    if (cols == kDotCols) {
+      kernel(r, std::integral_constant<int, kDotCols>{});
+    } else {
+      kernel(r, std::integral_constant<int, 1>{});
+    }
+  });
+}
+
+// The VNNI dot tiles over A as it is, with its rows' offsets.
+class VnniDotTiles {
+ public:
+  static constexpr int kMaxRows = 4;
+
+  VnniDotTiles(const int8_t* a, int64_t M, int64_t K) : a_(a), K_(K), a_offset_(M) {
+    for (int64_t i = 0; i < M; ++i) {
+      const int32_t row_sum = std::accumulate(a + i * K, a + (i + 1) * K, int32_t{0});
+      a_offset_[i] = 128u * static_cast<uint32_t>(row_sum);
+    }
+  }
+  void run(int64_t m0, int64_t rows, int64_t cols, const int8_t* b, int32_t* c) const {
+    run_dot_tile<kMaxRows>(rows, cols, [&](auto r, auto j) {
+      vnni_dot_tile<decltype(r)::value, decltype(j)::value>(a_ + m0 * K_, b, K_, a_offset_.data() + m0, c);
+    });
+  }
+
+ private:
+  const int8_t* a_;
+  int64_t K_;
+  std::vector<uint32_t> a_offset_;
+};
+
+// The AVX2 dot tiles over A converted to int16.
+class Avx2DotTiles {
+ public:
+  static constexpr int kMaxRows = 2;
+
+  Avx2DotTiles(const int8_t* a, int64_t M, int64_t K)
+      : K_(K), a16_(converted_a<PackedOperands<Int8Isa::kAvx2>>(a, M, K, K)) {}
+  void run(int64_t m0, int64_t rows, int64_t cols, const int8_t* b, int32_t* c) const {
+    run_dot_tile<kMaxRows>(rows, cols, [&](auto r, auto j) {
+      avx2_dot_tile<decltype(r)::value, decltype(j)::value>(a16_.data() + m0 * K_, K_, b, K_, c);
+    });
+  }
+
+ private:
+  int64_t K_;
+  std::vector<int16_t> a16_;
+};
+
+// Per 64-column panel: 4 B rows at a time, every A row against them.
+template <typename Tiles, typename Epilogue>
+void int8_gemm_dot(const Tiles& tiles, const int8_t* b, int64_t M, int64_t N, int64_t K, const Epilogue& epilogue) {
+  at::parallel_for(0, ceil_div(N, kPanelN), 1, [&](int64_t begin, int64_t end) {
+    int32_t acc[kDotMaxM * kPanelN];
+    for (int64_t panel = begin; panel < end; ++panel) {
+      const int64_t n0 = panel * kPanelN, nb = std::min(kPanelN, N - n0);
+      for (int64_t j = 0; j < nb;) {
+        const int64_t cols = nb - j >= kDotCols ? kDotCols : 1;
+        for (int64_t m0 = 0; m0 < M; m0 += Tiles::kMaxRows) {
+          tiles.run(m0, std::min<int64_t>(Tiles::kMaxRows, M - m0), cols, b + (n0 + j) * K, acc + m0 * kPanelN + j);
+        }
+        j += cols;
+      }
+      epilogue(0, n0, M, nb, static_cast<const int32_t*>(acc));
+    }
+  });
+}
+
+// --- packed micro-kernels (M > kDotMaxM) ---
+
+// c[r, 0:64] += Σ_g a_u8[r, 4g:4g+4] · panel[g], r < kRows.
 template <int kRows>
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void vnni_micro_kernel(
-    const uint8_t* a, int64_t lda, const int8_t* panel, int64_t groups, const int32_t* compensation,
-    int32_t* c) {
+MLX_INT8_TARGET_VNNI void vnni_micro_kernel(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t groups,
+                                            int32_t* c) {
   __m512i acc[kRows][4];
   for (int r = 0; r < kRows; ++r) {
-    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_si512();
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_loadu_si512(c + r * kPanelN + 16 * j);
   }
   for (int64_t g = 0; g < groups; ++g) {
     const int8_t* b = panel + g * 4 * kPanelN;
@@ -190,21 +405,22 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void vnni_micro_kernel(
     }
   }
   for (int r = 0; r < kRows; ++r) {
-    for (int j = 0; j < 4; ++j) {
-      const __m512i comp = _mm512_loadu_si512(compensation + 16 * j);
-      _mm512_storeu_si512(c + r * kPanelN + 16 * j, _mm512_sub_epi32(acc[r][j], comp));
-    }
+    for (int j = 0; j < 4; ++j) _mm512_storeu_si512(c + r * kPanelN + 16 * j, acc[r][j]);
   }
 }
 
-// c[r, 0:64] = Σ_g a16[r, 2g:2g+2] · panel[g], r < kRows; 16 columns per pass
-// so the accumulators fit the 16 ymm registers.
+// c[r, 0:64] += Σ_g a16[r, 2g:2g+2] · panel[g], r < kRows; 16 columns per
+// pass so that the accumulators fit the 16 ymm registers.
 template <int kRows>
-__attribute__((target("avx2"))) void avx2_micro_kernel(const int16_t* a, int64_t lda, const int16_t* panel,
-                                                       int64_t groups, int32_t* c) {
+MLX_INT8_TARGET_AVX2 void avx2_micro_kernel(const int16_t* a, int64_t lda, const int16_t* panel, int64_t groups,
+                                            int32_t* c) {
   for (int64_t col = 0; col < kPanelN; col += 16) {
     __m256i acc[kRows][2];
-    for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    for (int r = 0; r < kRows; ++r) {
+      for (int j = 0; j < 2; ++j) {
+        acc[r][j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + r * kPanelN + col + 8 * j));
+      }
+    }
     for (int64_t g = 0; g < groups; ++g) {
       const int16_t* b = panel + g * 2 * kPanelN + 2 * col;
       const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
@@ -216,103 +432,96 @@ __attribute__((target("avx2"))) void avx2_micro_kernel(const int16_t* a, int64_t
       }
     }
     for (int r = 0; r < kRows; ++r) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * kPanelN + col), acc[r][0]);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * kPanelN + col + 8), acc[r][1]);
+      for (int j = 0; j < 2; ++j) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * kPanelN + col + 8 * j), acc[r][j]);
+      }
     }
   }
 }
 
-// Dispatches a block of 1..4 rows to the micro-kernel instantiated for it.
-template <template <int> class Kernel, typename... Args>
-void run_micro_kernel(int64_t rows, Args... args) {
-  switch (rows) {
-    case 4: Kernel<4>::run(args...); break;
-    case 3: Kernel<3>::run(args...); break;
-    case 2: Kernel<2>::run(args...); break;
-    default: Kernel<1>::run(args...); break;
+// panel[g·kPanelN + j] = the lane of k-group g of B row j (rows K apart);
+// rows past nb and k's past K are 0. Group-major, so the writes are in order
+// and the 64 rows' lines are read while they sit in L1.
+template <typename Ops>
+void pack_panel(const int8_t* b, int64_t nb, int64_t K, int64_t groups, int32_t* panel) {
+  const int64_t full_groups = K / Ops::kGroup;
+  for (int64_t g = 0; g < full_groups; ++g) {
+    for (int64_t j = 0; j < nb; ++j) panel[g * kPanelN + j] = Ops::b_lane(b + j * K + g * Ops::kGroup);
+    std::fill(panel + g * kPanelN + nb, panel + (g + 1) * kPanelN, 0);
+  }
+  if (full_groups < groups) {
+    const int64_t k0 = full_groups * Ops::kGroup;
+    for (int64_t j = 0; j < kPanelN; ++j) {
+      int8_t tail[4] = {};
+      if (j < nb) std::memcpy(tail, b + j * K + k0, K - k0);
+      panel[full_groups * kPanelN + j] = Ops::b_lane(tail);
+    }
   }
 }
-template <int kRows>
-struct VnniKernel {
-  static void run(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t groups, const int32_t* comp,
-                  int32_t* c) {
-    vnni_micro_kernel<kRows>(a, lda, panel, groups, comp, c);
-  }
-};
-template <int kRows>
-struct Avx2Kernel {
-  static void run(const int16_t* a, int64_t lda, const int16_t* panel, int64_t groups, int32_t* c) {
-    avx2_micro_kernel<kRows>(a, lda, panel, groups, c);
-  }
-};
 
-// A and B rows in the element type and k-group width a micro-kernel reads:
-// VNNI: u8 (a + 128) in groups of 4, AVX2: int16 in groups of 2. K is padded to
-// whole groups with A = "0" and B = 0, which adds nothing.
+// What each accumulator of panel column j starts at: on VNNI -128·Σ_k b[j, k]
+// (mod 2³²: it cancels A's +128 offset in the wrapping vpdpbusd sums), else 0.
 template <Int8Isa kIsa>
-struct PackedOperands {
-  using AElement = std::conditional_t<kIsa == Int8Isa::kAvx512Vnni, uint8_t, int16_t>;
-  using BElement = std::conditional_t<kIsa == Int8Isa::kAvx512Vnni, int8_t, int16_t>;
-  static constexpr int64_t kGroup = kIsa == Int8Isa::kAvx512Vnni ? 4 : 2;
-
-  static AElement a_value(int8_t v) {
-    if constexpr (kIsa == Int8Isa::kAvx512Vnni) {
-      return static_cast<uint8_t>(static_cast<int>(v) + 128);
-    } else {
-      return v;
+void initial_accumulators(const int8_t* b, int64_t nb, int64_t K, int32_t* init) {
+  std::fill(init, init + kPanelN, 0);
+  if constexpr (kIsa == Int8Isa::kAvx512Vnni) {
+    for (int64_t j = 0; j < nb; ++j) {
+      const int32_t row_sum = std::accumulate(b + j * K, b + (j + 1) * K, int32_t{0});
+      init[j] = static_cast<int32_t>(0u - 128u * static_cast<uint32_t>(row_sum));
     }
   }
-};
+}
+
+// acc[0:mb, 0:64] = init + a[0:mb, :] · panel, K in blocks of kBlockGroups
+// groups, each passed by all mb rows while its panel slice is in L1.
+template <Int8Isa kIsa>
+void multiply_block(const typename PackedOperands<kIsa>::AElement* a, int64_t lda, int64_t mb, const int32_t* panel,
+                    int64_t groups, const int32_t* init, int32_t* acc) {
+  constexpr int64_t kGroup = PackedOperands<kIsa>::kGroup;
+  for (int64_t i = 0; i < mb; ++i) std::copy(init, init + kPanelN, acc + i * kPanelN);
+  for (int64_t g0 = 0; g0 < groups; g0 += kBlockGroups) {
+    const int64_t gb = std::min(kBlockGroups, groups - g0);
+    for (int64_t m0 = 0; m0 < mb; m0 += kMicroRows) {
+      with_rows<kMicroRows>(std::min(kMicroRows, mb - m0), [&](auto rows) {
+        const auto* a_rows = a + m0 * lda + g0 * kGroup;
+        const int32_t* slice = panel + g0 * kPanelN;
+        if constexpr (kIsa == Int8Isa::kAvx512Vnni) {
+          vnni_micro_kernel<decltype(rows)::value>(a_rows, lda, reinterpret_cast<const int8_t*>(slice), gb,
+                                                   acc + m0 * kPanelN);
+        } else {
+          avx2_micro_kernel<decltype(rows)::value>(a_rows, lda, reinterpret_cast<const int16_t*>(slice), gb,
+                                                   acc + m0 * kPanelN);
+        }
+      });
+    }
+  }
+}
 
 template <Int8Isa kIsa, typename Epilogue>
 void int8_gemm_packed(const int8_t* a, const int8_t* b, int64_t M, int64_t N, int64_t K, const Epilogue& epilogue) {
   using Ops = PackedOperands<kIsa>;
-  using AElement = typename Ops::AElement;
-  using BElement = typename Ops::BElement;
   const int64_t groups = ceil_div(K, Ops::kGroup), lda = groups * Ops::kGroup;
-
-  // A converted once: [M, lda].
-  std::vector<AElement> a_conv(M * lda, Ops::a_value(0));
-  at::parallel_for(0, M, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      for (int64_t k = 0; k < K; ++k) a_conv[i * lda + k] = Ops::a_value(a[i * K + k]);
-    }
-  });
-
+  const auto a_conv = converted_a<Ops>(a, M, K, lda);
   const int64_t panels_n = ceil_div(N, kPanelN), blocks_m = ceil_div(M, kPanelM);
-  at::parallel_for(0, panels_n * blocks_m, 1, [&](int64_t begin, int64_t end) {
-    std::vector<BElement> panel(groups * Ops::kGroup * kPanelN);
-    int32_t compensation[kPanelN];
-    int32_t acc[kMicroRows * kPanelN];
+  // M is split only when there are too few panels to keep the threads busy:
+  // each split packs its panel again.
+  const int64_t splits_m =
+      std::clamp<int64_t>(ceil_div(2 * static_cast<int64_t>(at::get_num_threads()), panels_n), 1, blocks_m);
+  at::parallel_for(0, panels_n * splits_m, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> panel(groups * kPanelN);
+    std::vector<int32_t> acc(kPanelM * kPanelN);
+    int32_t init[kPanelN];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n0 = (task % panels_n) * kPanelN, nb = std::min(kPanelN, N - n0);
-      const int64_t m_begin = (task / panels_n) * kPanelM, m_end = std::min(M, m_begin + kPanelM);
-      // panel[g][j][t] = b[n0 + j, g·kGroup + t]; missing columns and k's are 0.
-      std::fill(panel.begin(), panel.end(), BElement{0});
-      // VNNI compensation: 128·Σ_k b[j, k], what A's +128 offset adds.
-      std::fill(compensation, compensation + kPanelN, 0);
-      for (int64_t j = 0; j < nb; ++j) {
-        const int8_t* b_row = b + (n0 + j) * K;
-        BElement* dst = panel.data() + j * Ops::kGroup;
-        for (int64_t k0 = 0; k0 < K; k0 += Ops::kGroup, dst += Ops::kGroup * kPanelN) {
-          for (int64_t t = 0; t < std::min(Ops::kGroup, K - k0); ++t) dst[t] = b_row[k0 + t];
-        }
-        if constexpr (kIsa == Int8Isa::kAvx512Vnni) {
-          // Modulo 2^32, as the VNNI sums it adds to: 128·Σ b can pass 2^31 (K near its
-          // limit) while the final a·b does not, and signed int overflow is undefined.
-          compensation[j] = static_cast<int32_t>(128u * static_cast<uint32_t>(std::accumulate(b_row, b_row + K, int32_t{0})));
-        }
-      }
-      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMicroRows) {
-        const int64_t rows = std::min(kMicroRows, m_end - m0);
-        const AElement* a_rows = a_conv.data() + m0 * lda;
-        if constexpr (kIsa == Int8Isa::kAvx512Vnni) {
-          run_micro_kernel<VnniKernel>(rows, a_rows, lda, panel.data(), groups,
-                                       static_cast<const int32_t*>(compensation), static_cast<int32_t*>(acc));
-        } else {
-          run_micro_kernel<Avx2Kernel>(rows, a_rows, lda, panel.data(), groups, static_cast<int32_t*>(acc));
-        }
-        epilogue(m0, n0, rows, nb, acc);
+      const int64_t split = task / panels_n;
+      const int64_t m_begin = split * blocks_m / splits_m * kPanelM;
+      const int64_t m_end = std::min(M, (split + 1) * blocks_m / splits_m * kPanelM);
+      pack_panel<Ops>(b + n0 * K, nb, K, groups, panel.data());
+      initial_accumulators<kIsa>(b + n0 * K, nb, K, init);
+      for (int64_t m0 = m_begin; m0 < m_end; m0 += kPanelM) {
+        const int64_t mb = std::min(kPanelM, m_end - m0);
+        multiply_block<kIsa>(a_conv.data() + m0 * lda, lda, mb, panel.data(), groups, init, acc.data());
+        epilogue(m0, n0, mb, nb, static_cast<const int32_t*>(acc.data()));
       }
     }
   });
@@ -361,8 +570,14 @@ void int8_gemm_tiles(CpuIsa isa, const int8_t* a, const int8_t* b, int64_t M, in
                      const Epilogue& epilogue) {
 #ifdef MLX_INT8_HAS_X86_KERNELS
   const Int8Isa kernel = int8_kernel_for(isa);
-  if (kernel == Int8Isa::kAvx512Vnni) return int8_gemm_packed<Int8Isa::kAvx512Vnni>(a, b, M, N, K, epilogue);
-  if (kernel == Int8Isa::kAvx2) return int8_gemm_packed<Int8Isa::kAvx2>(a, b, M, N, K, epilogue);
+  if (kernel == Int8Isa::kAvx512Vnni) {
+    if (M <= kDotMaxM) return int8_gemm_dot(VnniDotTiles(a, M, K), b, M, N, K, epilogue);
+    return int8_gemm_packed<Int8Isa::kAvx512Vnni>(a, b, M, N, K, epilogue);
+  }
+  if (kernel == Int8Isa::kAvx2) {
+    if (M <= kDotMaxM) return int8_gemm_dot(Avx2DotTiles(a, M, K), b, M, N, K, epilogue);
+    return int8_gemm_packed<Int8Isa::kAvx2>(a, b, M, N, K, epilogue);
+  }
 #endif
   int8_gemm_portable(a, b, M, N, K, epilogue);
 }
