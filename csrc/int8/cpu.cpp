@@ -21,8 +21,10 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -62,27 +64,76 @@ std::vector<uint8_t> outlier_column_mask(const scalar_t* x, int64_t rows, int64_
   return mask;
 }
 
-// Per row: absmax over non-outlier columns, then round(x * 127 / absmax)
-// (absmax_with, row_scale and quantize_value: the CUDA kernel's arithmetic).
+// 16 floats: one zmm, two ymm or four xmm by ISA path (GCC vector extensions).
+using FloatLanes __attribute__((vector_size(64))) = float;
+using IntLanes __attribute__((vector_size(64))) = int32_t;
+constexpr int64_t kLanes = 16;
+
 template <typename scalar_t>
-void quantize_rows(const scalar_t* x, int64_t rows, int64_t K, const uint8_t* outlier_mask, int8_t* x_i8,
-                   float* row_absmax) {
+inline __attribute__((always_inline)) FloatLanes load_lanes(const scalar_t* p) {
+  float values[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) values[l] = static_cast<float>(p[l]);
+  FloatLanes v;
+  std::memcpy(&v, values, sizeof(v));
+  return v;
+}
+
+// All ones in the lanes of kept (non-outlier) columns, 0 in the others.
+inline __attribute__((always_inline)) IntLanes kept_lanes(const uint8_t* outlier_mask) {
+  using ByteLanes __attribute__((vector_size(kLanes))) = uint8_t;
+  ByteLanes mask;
+  std::memcpy(&mask, outlier_mask, sizeof(mask));
+  return __builtin_convertvector(mask, IntLanes) == 0;
+}
+
+// absmax_with folded over the non-outlier |x| of one row: the largest, or NaN
+// when one is NaN. 16 running maxima (a NaN never replaces one: v > max is
+// false) and 16 NaN flags, so that the loop vectorizes.
+template <typename scalar_t>
+inline __attribute__((always_inline)) float row_absmax(const scalar_t* row, int64_t K, const uint8_t* outlier_mask) {
+  FloatLanes max_lanes{};
+  IntLanes nan_lanes{};
+  int64_t c = 0;
+  for (; c + kLanes <= K; c += kLanes) {
+    IntLanes bits = std::bit_cast<IntLanes>(load_lanes(row + c)) & 0x7fffffff;
+    if (outlier_mask != nullptr) bits &= kept_lanes(outlier_mask + c);
+    const FloatLanes v = std::bit_cast<FloatLanes>(bits);
+    max_lanes = v > max_lanes ? v : max_lanes;
+    nan_lanes |= v != v;
+  }
+  float absmax = 0.0f;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    absmax = absmax_with(absmax, nan_lanes[l] != 0 ? std::numeric_limits<float>::quiet_NaN() : max_lanes[l]);
+  }
+  for (; c < K; ++c) {
+    const bool outlier = outlier_mask != nullptr && outlier_mask[c];
+    absmax = absmax_with(absmax, outlier ? 0.0f : std::abs(static_cast<float>(row[c])));
+  }
+  return absmax;
+}
+
+// One row: absmax over non-outlier columns, then round(x * 127 / absmax)
+// (row_scale and quantize_value: the CUDA kernel's arithmetic). Compiled per
+// ISA path (quantize_row_isa), where the rounding loop vectorizes.
+template <typename scalar_t>
+inline __attribute__((always_inline)) float quantize_row(const scalar_t* row, int64_t K, const uint8_t* outlier_mask,
+                                                         int8_t* q) {
+  const float absmax = row_absmax(row, K, outlier_mask);
+  const RowScale scale = row_scale(absmax);
+  for (int64_t c = 0; c < K; ++c) {
+    const bool outlier = outlier_mask != nullptr && outlier_mask[c];
+    q[c] = outlier ? int8_t{0} : static_cast<int8_t>(quantize_value(static_cast<float>(row[c]), scale));
+  }
+  return absmax;
+}
+
+MLX_CPU_ISA_DISPATCH(quantize_row_isa, quantize_row)
+
+template <typename scalar_t>
+void quantize_rows(CpuIsa isa, const scalar_t* x, int64_t rows, int64_t K, const uint8_t* outlier_mask,
+                   int8_t* x_i8, float* row_absmax) {
   at::parallel_for(0, rows, kQuantRowGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* row = x + r * K;
-      int8_t* q = x_i8 + r * K;
-      float absmax = 0.0f;
-      for (int64_t c = 0; c < K; ++c) {
-        const float v = std::abs(static_cast<float>(row[c]));
-        absmax = absmax_with(absmax, (outlier_mask != nullptr && outlier_mask[c]) ? 0.0f : v);
-      }
-      row_absmax[r] = absmax;
-      const RowScale scale = row_scale(absmax);
-      for (int64_t c = 0; c < K; ++c) {
-        const bool outlier = outlier_mask != nullptr && outlier_mask[c];
-        q[c] = outlier ? int8_t{0} : static_cast<int8_t>(quantize_value(static_cast<float>(row[c]), scale));
-      }
-    }
+    for (int64_t r = begin; r < end; ++r) row_absmax[r] = quantize_row_isa(isa, x + r * K, K, outlier_mask, x_i8 + r * K);
   });
 }
 
@@ -93,7 +144,7 @@ struct QuantizedRows {
 };
 
 // x: contiguous [rows, K].
-QuantizedRows quantize_activations(const at::Tensor& x, double threshold) {
+QuantizedRows quantize_activations(CpuIsa isa, const at::Tensor& x, double threshold) {
   const int64_t rows = x.size(0), K = x.size(1);
   QuantizedRows out{at::empty({rows, K}, x.options().dtype(at::kChar)),
                     at::empty({rows}, x.options().dtype(at::kFloat)), at::Tensor()};
@@ -107,7 +158,7 @@ QuantizedRows quantize_activations(const at::Tensor& x, double threshold) {
         if (mask[c]) outlier_cols.push_back(c);
       }
     }
-    quantize_rows(x_ptr, rows, K, outlier_cols.empty() ? nullptr : mask.data(), out.x_i8.data_ptr<int8_t>(),
+    quantize_rows(isa, x_ptr, rows, K, outlier_cols.empty() ? nullptr : mask.data(), out.x_i8.data_ptr<int8_t>(),
                   out.row_absmax.data_ptr<float>());
   });
   out.outlier_cols = at::tensor(outlier_cols, x.options().dtype(at::kLong));
@@ -117,7 +168,8 @@ QuantizedRows quantize_activations(const at::Tensor& x, double threshold) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cpu(const at::Tensor& x, double threshold) {
   check_int8_vectorwise_quant_args(x, threshold);
   const int64_t K = x.size(-1);
-  QuantizedRows q = quantize_activations(x.reshape({leading_rows(x), K}).contiguous(), threshold);
+  const CpuIsa isa = cpu_isa(MLX_OP_NAME("int8_vectorwise_quant"));
+  QuantizedRows q = quantize_activations(isa, x.reshape({leading_rows(x), K}).contiguous(), threshold);
   return {q.x_i8.view(x.sizes()), q.row_absmax, q.outlier_cols};
 }
 
@@ -632,7 +684,7 @@ at::Tensor int8_gemm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const a
   const at::Tensor w = w_in.contiguous();
   const at::Tensor w_absmax = w_absmax_in.contiguous();
   const at::Tensor bias = bias_in ? bias_in->to(at::kFloat).contiguous() : at::Tensor();
-  const QuantizedRows q = quantize_activations(x, threshold);
+  const QuantizedRows q = quantize_activations(isa, x, threshold);
   const int64_t n_outliers = q.outlier_cols.numel();
   const OutlierOperands outliers =
       n_outliers > 0 ? gather_outlier_operands(x, w, w_absmax, q.outlier_cols) : OutlierOperands{};
