@@ -230,6 +230,11 @@ Int8Isa int8_kernel_for(CpuIsa isa) {
 #define MLX_INT8_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
 #define MLX_INT8_TARGET_AVX2 __attribute__((target("avx2")))
 
+// The kernels' loops over rows and columns of accumulators carry
+// "#pragma GCC unroll": unrolled early, the accumulator arrays become registers;
+// left to GCC, the kernels of 3 or more rows kept them in memory (spilling every
+// accumulator in every k step).
+
 // The 4 bytes (or 2 int16) at p as one 32-bit lane.
 inline int32_t load_lane(const void* p) {
   int32_t v;
@@ -306,19 +311,26 @@ MLX_INT8_TARGET_VNNI void vnni_dot_tile(const int8_t* a, const int8_t* b, int64_
                                         int32_t* c) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   __m512i acc[kRows][kCols];
+#pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 8
     for (int j = 0; j < kCols; ++j) acc[r][j] = _mm512_setzero_si512();
   }
   for (int64_t k = 0; k < K; k += 64) {
     const __mmask64 live = K - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (K - k)) - 1;
     __m512i b_u8[kCols];
+#pragma GCC unroll 8
     for (int j = 0; j < kCols; ++j) b_u8[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(live, b + j * K + k), flip);
+#pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
       const __m512i a_s8 = _mm512_maskz_loadu_epi8(live, a + r * K + k);
+#pragma GCC unroll 8
       for (int j = 0; j < kCols; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], b_u8[j], a_s8);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 8
     for (int j = 0; j < kCols; ++j) {
       c[r * kPanelN + j] = static_cast<int32_t>(sum_lanes(acc[r][j]) - a_offset[r]);
     }
@@ -338,21 +350,28 @@ MLX_INT8_TARGET_AVX2 inline uint32_t sum_lanes(__m256i v) {
 template <int kRows, int kCols>
 MLX_INT8_TARGET_AVX2 void avx2_dot_tile(const int16_t* a, int64_t lda, const int8_t* b, int64_t K, int32_t* c) {
   __m256i acc[kRows][kCols];
+#pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 8
     for (int j = 0; j < kCols; ++j) acc[r][j] = _mm256_setzero_si256();
   }
   const int64_t k_vectors = K / 16 * 16;
   for (int64_t k = 0; k < k_vectors; k += 16) {
     __m256i b16[kCols];
+#pragma GCC unroll 8
     for (int j = 0; j < kCols; ++j) {
       b16[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + j * K + k)));
     }
+#pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
       const __m256i a16 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + k));
+#pragma GCC unroll 8
       for (int j = 0; j < kCols; ++j) acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(a16, b16[j]));
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 8
     for (int j = 0; j < kCols; ++j) {
       uint32_t sum = sum_lanes(acc[r][j]);
       for (int64_t k = k_vectors; k < K; ++k) sum += static_cast<uint32_t>(a[r * lda + k] * b[j * K + k]);
@@ -441,13 +460,16 @@ template <int kRows>
 MLX_INT8_TARGET_VNNI void vnni_micro_kernel(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t groups,
                                             int32_t* c) {
   __m512i acc[kRows][4];
+#pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 8
     for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_loadu_si512(c + r * kPanelN + 16 * j);
   }
   for (int64_t g = 0; g < groups; ++g) {
     const int8_t* b = panel + g * 4 * kPanelN;
     const __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 64);
     const __m512i b2 = _mm512_loadu_si512(b + 128), b3 = _mm512_loadu_si512(b + 192);
+#pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
       const __m512i a4 = _mm512_set1_epi32(load_lane(a + r * lda + 4 * g));
       acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], a4, b0);
@@ -456,7 +478,9 @@ MLX_INT8_TARGET_VNNI void vnni_micro_kernel(const uint8_t* a, int64_t lda, const
       acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], a4, b3);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 8
     for (int j = 0; j < 4; ++j) _mm512_storeu_si512(c + r * kPanelN + 16 * j, acc[r][j]);
   }
 }
@@ -468,7 +492,9 @@ MLX_INT8_TARGET_AVX2 void avx2_micro_kernel(const int16_t* a, int64_t lda, const
                                             int32_t* c) {
   for (int64_t col = 0; col < kPanelN; col += 16) {
     __m256i acc[kRows][2];
+#pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 8
       for (int j = 0; j < 2; ++j) {
         acc[r][j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + r * kPanelN + col + 8 * j));
       }
@@ -477,13 +503,16 @@ MLX_INT8_TARGET_AVX2 void avx2_micro_kernel(const int16_t* a, int64_t lda, const
       const int16_t* b = panel + g * 2 * kPanelN + 2 * col;
       const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
       const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16));
+#pragma GCC unroll 8
       for (int r = 0; r < kRows; ++r) {
         const __m256i a2 = _mm256_set1_epi32(load_lane(a + r * lda + 2 * g));
         acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(a2, b0));
         acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(a2, b1));
       }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 8
       for (int j = 0; j < 2; ++j) {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * kPanelN + col + 8 * j), acc[r][j]);
       }
