@@ -252,15 +252,21 @@ void with_rows(int64_t rows, const F& f) {
   f(std::integral_constant<int, kMax>{});
 }
 
+// One row of A in a kernel's element type. __restrict: int8 pointers may alias
+// anything, and GCC left the loop scalar behind its aliasing check.
+template <typename Ops>
+void convert_row(const int8_t* __restrict a, int64_t K, typename Ops::AElement* __restrict out) {
+  for (int64_t k = 0; k < K; ++k) out[k] = Ops::a_value(a[k]);
+}
+
 // A converted to a kernel's element type (Ops::a_value), [M, lda] with K
 // padded to lda by the value of a 0.
 template <typename Ops>
 std::vector<typename Ops::AElement> converted_a(const int8_t* a, int64_t M, int64_t K, int64_t lda) {
   std::vector<typename Ops::AElement> out(M * lda, Ops::a_value(0));
+  typename Ops::AElement* out_ptr = out.data();
   at::parallel_for(0, M, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      for (int64_t k = 0; k < K; ++k) out[i * lda + k] = Ops::a_value(a[i * K + k]);
-    }
+    for (int64_t i = begin; i < end; ++i) convert_row<Ops>(a + i * K, K, out_ptr + i * lda);
   });
   return out;
 }
@@ -687,16 +693,49 @@ at::Tensor int8_mm_cpu(const at::Tensor& a_in, const at::Tensor& b_in) {
 // --- int8_gemm ---------------------------------------------------------------
 
 // Outlier columns of x and of the dequantized weight, gathered once (small:
-// [rows, n_outliers] and [N, n_outliers]) in fp32 for the epilogue.
+// [rows, n_outliers] and [n_outliers, N]) in fp32 for the epilogue.
 struct OutlierOperands {
   at::Tensor x_cols;  // fp32 [M, n_outliers]: x[:, cols] (exact in fp32)
-  at::Tensor w_cols;  // fp32 [N, n_outliers]: w_i8[:, cols] * absmax_w / 127, rounded to x's dtype
+  at::Tensor w_cols;  // fp32 [n_outliers, N]: (w_i8[:, cols] * absmax_w / 127)ᵀ, rounded to x's dtype
 };
 
 OutlierOperands gather_outlier_operands(const at::Tensor& x, const at::Tensor& w_i8, const at::Tensor& w_absmax,
                                         const at::Tensor& cols) {
   return {x.index_select(1, cols).to(at::kFloat).contiguous(),
-          dequantized_weight_columns(w_i8, w_absmax, cols, x.scalar_type()).to(at::kFloat).contiguous()};
+          dequantized_weight_columns(w_i8, w_absmax, cols, x.scalar_type()).to(at::kFloat).t().contiguous()};
+}
+
+// What int8_gemm's epilogue reads besides the int32 block.
+template <typename scalar_t>
+struct DequantOperands {
+  const float* row_absmax;  // [M]
+  const float* col_absmax;  // [N]
+  const float* bias;        // [N] or nullptr
+  const float* x_cols;      // OutlierOperands, or nullptr with n_outliers 0
+  const float* w_cols;
+  int64_t n_outliers;
+  int64_t N;
+  scalar_t* out;  // [M, N]
+};
+
+// out[m, n0:n0 + nb] = acc · absmax_x[m] · absmax_w[n] / 127², then + each
+// outlier column's product, then + bias, in fp32 (the GPU epilogue's order)
+// and rounded once. Column loops inside, so that they vectorize.
+template <typename scalar_t>
+void dequantize_row(const DequantOperands<scalar_t>& d, int64_t m, int64_t n0, int64_t nb, const int32_t* acc) {
+  float values[kPanelN];
+  const float row_scale = d.row_absmax[m] * kInvInt8MaxSquared;
+  for (int64_t j = 0; j < nb; ++j) values[j] = static_cast<float>(acc[j]) * row_scale * d.col_absmax[n0 + j];
+  for (int64_t o = 0; o < d.n_outliers; ++o) {
+    const float x = d.x_cols[m * d.n_outliers + o];
+    const float* w = d.w_cols + o * d.N + n0;
+    for (int64_t j = 0; j < nb; ++j) values[j] += x * w[j];
+  }
+  if (d.bias != nullptr) {
+    for (int64_t j = 0; j < nb; ++j) values[j] += d.bias[n0 + j];
+  }
+  scalar_t* out_row = d.out + m * d.N + n0;
+  for (int64_t j = 0; j < nb; ++j) out_row[j] = static_cast<scalar_t>(values[j]);
 }
 
 at::Tensor int8_gemm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& w_absmax_in,
@@ -718,31 +757,19 @@ at::Tensor int8_gemm_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const a
   const OutlierOperands outliers =
       n_outliers > 0 ? gather_outlier_operands(x, w, w_absmax, q.outlier_cols) : OutlierOperands{};
 
-  const float* row_absmax = q.row_absmax.data_ptr<float>();
-  const float* col_absmax = w_absmax.data_ptr<float>();
-  const float* bias_ptr = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  const float* x_cols = n_outliers > 0 ? outliers.x_cols.data_ptr<float>() : nullptr;
-  const float* w_cols = n_outliers > 0 ? outliers.w_cols.data_ptr<float>() : nullptr;
-
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int8_gemm", [&] {
-    scalar_t* out_ptr = out.data_ptr<scalar_t>();
-    int8_gemm_tiles(
-        isa, q.x_i8.data_ptr<int8_t>(), w.data_ptr<int8_t>(), M, N, K,
-        [&](int64_t m0, int64_t n0, int64_t mb, int64_t nb, const int32_t* acc) {
-          for (int64_t i = 0; i < mb; ++i) {
-            const int64_t m = m0 + i;
-            const float row_scale = row_absmax[m] * kInvInt8MaxSquared;
-            for (int64_t j = 0; j < nb; ++j) {
-              const int64_t n = n0 + j;
-              float value = static_cast<float>(acc[i * kPanelN + j]) * row_scale * col_absmax[n];
-              for (int64_t o = 0; o < n_outliers; ++o) {
-                value += x_cols[m * n_outliers + o] * w_cols[n * n_outliers + o];
-              }
-              if (bias_ptr != nullptr) value += bias_ptr[n];
-              out_ptr[m * N + n] = static_cast<scalar_t>(value);
-            }
-          }
-        });
+    const DequantOperands<scalar_t> d{q.row_absmax.data_ptr<float>(),
+                                      w_absmax.data_ptr<float>(),
+                                      bias.defined() ? bias.data_ptr<float>() : nullptr,
+                                      n_outliers > 0 ? outliers.x_cols.data_ptr<float>() : nullptr,
+                                      n_outliers > 0 ? outliers.w_cols.data_ptr<float>() : nullptr,
+                                      n_outliers,
+                                      N,
+                                      out.data_ptr<scalar_t>()};
+    int8_gemm_tiles(isa, q.x_i8.data_ptr<int8_t>(), w.data_ptr<int8_t>(), M, N, K,
+                    [&](int64_t m0, int64_t n0, int64_t mb, int64_t nb, const int32_t* acc) {
+                      for (int64_t i = 0; i < mb; ++i) dequantize_row(d, m0 + i, n0, nb, acc + i * kPanelN);
+                    });
   });
   return out;
 }
