@@ -526,14 +526,54 @@ MLX_INT8_TARGET_AVX2 void avx2_micro_kernel(const int16_t* a, int64_t lda, const
   }
 }
 
+// panel[g·kPanelN + j] = the lane of k-group g of B row j, for 16 rows × 16
+// groups (B rows K apart): a 16×16 transpose of 32-bit lanes in four butterfly
+// stages, each swapping one bit of the row index with that bit of the lane
+// index (vpermt2d), in place of 256 scalar moves.
+MLX_INT8_TARGET_VNNI void vnni_pack_block(const int8_t* b, int64_t K, int32_t* panel) {
+  __m512i v[16];
+#pragma GCC unroll 16
+  for (int r = 0; r < 16; ++r) v[r] = _mm512_loadu_si512(b + r * K);
+#pragma GCC unroll 4
+  for (int bit = 0; bit < 4; ++bit) {
+    const int s = 1 << bit;
+    int32_t low_index[16], high_index[16];
+    for (int c = 0; c < 16; ++c) {
+      low_index[c] = (c & s) != 0 ? 16 + c - s : c;
+      high_index[c] = (c & s) != 0 ? 16 + c : c + s;
+    }
+    const __m512i low = _mm512_loadu_si512(low_index), high = _mm512_loadu_si512(high_index);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) {
+      if ((i & s) != 0) continue;
+      const __m512i first = v[i], second = v[i + s];
+      v[i] = _mm512_permutex2var_epi32(first, low, second);
+      v[i + s] = _mm512_permutex2var_epi32(first, high, second);
+    }
+  }
+#pragma GCC unroll 16
+  for (int g = 0; g < 16; ++g) _mm512_storeu_si512(panel + g * kPanelN, v[g]);
+}
+
 // panel[g·kPanelN + j] = the lane of k-group g of B row j (rows K apart);
-// rows past nb and k's past K are 0. Group-major, so the writes are in order
-// and the 64 rows' lines are read while they sit in L1.
+// rows past nb and k's past K are 0. On VNNI the whole 16 × 16 blocks are
+// transposed in registers; the rest lane by lane, group-major, so the writes
+// are in order and the 64 rows' lines are read while they sit in L1.
 template <typename Ops>
 void pack_panel(const int8_t* b, int64_t nb, int64_t K, int64_t groups, int32_t* panel) {
   const int64_t full_groups = K / Ops::kGroup;
+  int64_t block_rows = 0, block_groups = 0;
+  if constexpr (std::is_same_v<Ops, PackedOperands<Int8Isa::kAvx512Vnni>>) {
+    block_rows = nb / 16 * 16;
+    block_groups = full_groups / 16 * 16;
+    for (int64_t j = 0; j < block_rows; j += 16) {
+      for (int64_t g = 0; g < block_groups; g += 16) vnni_pack_block(b + j * K + g * 4, K, panel + g * kPanelN + j);
+    }
+  }
   for (int64_t g = 0; g < full_groups; ++g) {
-    for (int64_t j = 0; j < nb; ++j) panel[g * kPanelN + j] = Ops::b_lane(b + j * K + g * Ops::kGroup);
+    for (int64_t j = g < block_groups ? block_rows : 0; j < nb; ++j) {
+      panel[g * kPanelN + j] = Ops::b_lane(b + j * K + g * Ops::kGroup);
+    }
     std::fill(panel + g * kPanelN + nb, panel + (g + 1) * kPanelN, 0);
   }
   if (full_groups < groups) {
