@@ -21,7 +21,7 @@ from test_attention import check_attention, check_shared_prefix
 from test_attention import make_inputs as attention_inputs
 from test_bipolar import linear_oracle
 from test_bsr import check_product, random_sparse
-from test_int8 import check_gemm_against_oracle, quantized_weight, random_int8
+from test_int8 import assert_quant_matches_oracle, check_gemm_against_oracle, quantized_weight, random_int8
 from test_spgemm import check_against_oracle as check_spgemm
 from test_spgemm import op_args, random_csr, row_lengths
 
@@ -43,20 +43,36 @@ def isa(request, monkeypatch):
 
 
 def test_int8_mm(isa):
-    # Row blocks of 4 and their 1-3 row tails, panels of 64 columns and their
-    # tails, K not a multiple of the 2- or 4-byte groups; exact.
-    for m, n, k in [(1, 70, 33), (6, 64, 4), (7, 130, 301), (67, 65, 130)]:
+    # Both GEMM kernels (dot kernels up to 32 rows on VNNI, 64 on AVX2; packed
+    # panels above): row tiles and their tails, panels of 64 columns and their
+    # tails, N past 4-row B tiles and 16-row packing blocks, K past 16/64-byte
+    # vectors, 4-byte groups and 256-k blocks; exact.
+    for m, n, k in [(1, 70, 33), (6, 64, 4), (7, 130, 301), (29, 67, 200), (67, 65, 130), (70, 33, 515)]:
         a, b = random_int8(m, k), random_int8(n, k)
         torch.testing.assert_close(mlx_kernels.int8_mm(a, b).long(), oracles.int8_mm(a, b), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_int8_gemm(isa, dtype):
-    _, w_i8, w_absmax = quantized_weight(70, 100)
-    x = torch.randn(9, 100)
-    x[:, [3, 50]] *= 20  # outlier columns for threshold 6
+    # M = 1 (decode) to 70 (packed kernels on every path); K past the quantizer's 16 lanes.
+    _, w_i8, w_absmax = quantized_weight(70, 130)
+    for m in (1, 9, 29, 70):
+        x = torch.randn(m, 130)
+        x[:, [3, 50, 129]] *= 20  # outlier columns for threshold 6
+        for threshold in (0.0, 6.0):
+            check_gemm_against_oracle(x.to(dtype), w_i8, w_absmax, torch.randn(70).to(dtype), threshold)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_int8_vectorwise_quant(isa, dtype):
+    # Rows of 16-lane vectors and a tail, outlier columns in both, a NaN in each.
+    x = torch.randn(5, 37)
+    x[:, [2, 35]] *= 20
     for threshold in (0.0, 6.0):
-        check_gemm_against_oracle(x.to(dtype), w_i8, w_absmax, torch.randn(70).to(dtype), threshold)
+        assert_quant_matches_oracle(x.to(dtype), threshold, *mlx_kernels.int8_vectorwise_quant(x.to(dtype), threshold))
+    x[1, 4] = x[3, 33] = float("nan")
+    _, row_absmax, _ = mlx_kernels.int8_vectorwise_quant(x.to(dtype), 6.0)
+    assert torch.isnan(row_absmax).tolist() == [False, True, False, True, False]
 
 
 # --- bipolar ----------------------------------------------------------------------

@@ -179,9 +179,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cpu(const a
 // blocks to epilogue(m0, n0, mb, nb, acc) with acc row stride kPanelN. The ISA
 // path picks the instructions (int8_kernel_for), M the algorithm:
 //
-// Dot kernels, M <= kDotMaxM (decode): B rows are read where they are, so the
-// weight streams from memory once and is never copied; at these M that stream
-// is the whole cost. A tile of a few A rows × 4 B rows keeps one vector
+// Dot kernels, M up to the kMaxM of their ISA (decode and small batches): B
+// rows are read where they are, so the weight streams from memory once and is
+// never copied; at small M that stream is the whole cost, and packing B (one
+// more pass over it) costs more than the dot kernels lose to the packed ones
+// until M = 32 (VNNI) or 64 (AVX2, whose packing is lane by lane). A tile of a few A rows × 4 B rows keeps one vector
 // accumulator per output over K (summed horizontally at the end), and all A
 // rows pass the B tile while it sits in L1.
 //   AVX-512 VNNI: vpdpbusd multiplies unsigned×signed bytes, so B is flipped to
@@ -212,7 +214,6 @@ constexpr int64_t kPanelN = 64;
 constexpr int64_t kPanelM = 256;
 constexpr int64_t kMicroRows = 6;
 constexpr int64_t kBlockGroups = 64;
-constexpr int64_t kDotMaxM = 16;
 constexpr int64_t kDotCols = 4;
 
 enum class Int8Isa { kPortable, kAvx2, kAvx512Vnni };
@@ -296,7 +297,7 @@ struct PackedOperands {
   }
 };
 
-// --- dot kernels (M <= kDotMaxM) ---
+// --- dot kernels (small M) ---
 
 // The wrapping sum of v's 16 int32 lanes. (The merge-masked forms with a full
 // mask: the plain ones, and _mm512_reduce_add_epi32, pass an "undefined"
@@ -402,6 +403,7 @@ void run_dot_tile(int64_t rows, int64_t cols, const Kernel& kernel) {
 // The VNNI dot tiles over A as it is, with its rows' offsets.
 class VnniDotTiles {
  public:
+  static constexpr int64_t kMaxM = 32;
   static constexpr int kMaxRows = 4;
 
   VnniDotTiles(const int8_t* a, int64_t M, int64_t K) : a_(a), K_(K), a_offset_(M) {
@@ -425,6 +427,7 @@ class VnniDotTiles {
 // The AVX2 dot tiles over A converted to int16.
 class Avx2DotTiles {
  public:
+  static constexpr int64_t kMaxM = 64;
   static constexpr int kMaxRows = 2;
 
   Avx2DotTiles(const int8_t* a, int64_t M, int64_t K)
@@ -444,7 +447,7 @@ class Avx2DotTiles {
 template <typename Tiles, typename Epilogue>
 void int8_gemm_dot(const Tiles& tiles, const int8_t* b, int64_t M, int64_t N, int64_t K, const Epilogue& epilogue) {
   at::parallel_for(0, ceil_div(N, kPanelN), 1, [&](int64_t begin, int64_t end) {
-    int32_t acc[kDotMaxM * kPanelN];
+    int32_t acc[Tiles::kMaxM * kPanelN];
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t n0 = panel * kPanelN, nb = std::min(kPanelN, N - n0);
       for (int64_t j = 0; j < nb;) {
@@ -459,7 +462,7 @@ void int8_gemm_dot(const Tiles& tiles, const int8_t* b, int64_t M, int64_t N, in
   });
 }
 
-// --- packed micro-kernels (M > kDotMaxM) ---
+// --- packed micro-kernels (larger M) ---
 
 // c[r, 0:64] += Σ_g a_u8[r, 4g:4g+4] · panel[g], r < kRows.
 template <int kRows>
@@ -698,11 +701,11 @@ void int8_gemm_tiles(CpuIsa isa, const int8_t* a, const int8_t* b, int64_t M, in
 #ifdef MLX_INT8_HAS_X86_KERNELS
   const Int8Isa kernel = int8_kernel_for(isa);
   if (kernel == Int8Isa::kAvx512Vnni) {
-    if (M <= kDotMaxM) return int8_gemm_dot(VnniDotTiles(a, M, K), b, M, N, K, epilogue);
+    if (M <= VnniDotTiles::kMaxM) return int8_gemm_dot(VnniDotTiles(a, M, K), b, M, N, K, epilogue);
     return int8_gemm_packed<Int8Isa::kAvx512Vnni>(a, b, M, N, K, epilogue);
   }
   if (kernel == Int8Isa::kAvx2) {
-    if (M <= kDotMaxM) return int8_gemm_dot(Avx2DotTiles(a, M, K), b, M, N, K, epilogue);
+    if (M <= Avx2DotTiles::kMaxM) return int8_gemm_dot(Avx2DotTiles(a, M, K), b, M, N, K, epilogue);
     return int8_gemm_packed<Int8Isa::kAvx2>(a, b, M, N, K, epilogue);
   }
 #endif
