@@ -43,7 +43,7 @@ def isa(request, monkeypatch):
 
 
 def test_int8_mm(isa):
-    # Both GEMM kernels (dot kernels up to 32 rows on VNNI, 64 on AVX2; packed
+    # Both GEMM kernels (dot kernels up to 32 rows on VNNI, 20 on AVX2; packed
     # panels above): row tiles and their tails, panels of 64 columns and their
     # tails, N past 4-row B tiles and 16-row packing blocks, K past 16/64-byte
     # vectors, 4-byte groups and 256-k blocks; exact.

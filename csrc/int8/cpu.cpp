@@ -4,11 +4,13 @@
 //   1. outlier columns (threshold > 0): a column is an outlier when any |x| in
 //      it exceeds the threshold. Parallel over column blocks, so no merging.
 //   2. per row block: absmax over the non-outlier columns, then
-//      x_i8 = round(x * 127 / absmax) (round half to even), outliers -> 0.
+//      x_i8 = round(x * 127 / absmax) (round half to even), outliers -> 0;
+//      rows compiled per ISA path, so both loops vectorize.
 //
 // int8_mm / int8_gemm share one int8 GEMM driver, C = A[M, K] · B[N, K]ᵀ with
-// both operands K-contiguous (see "int8 GEMM driver" below: packed AVX-512
-// VNNI / AVX2 micro-kernels, or a portable tiled loop, by ISA path). It hands every finished
+// both operands K-contiguous (see "int8 GEMM driver" below: by ISA path, AVX-512
+// VNNI or AVX2 kernels, dot kernels over B in place for small M and packed
+// micro-kernels above, or a portable tiled loop). It hands every finished
 // block of int32 accumulators to an epilogue, as on the GPU:
 //   int8_mm:   copy the exact int32 tile out.
 //   int8_gemm: out = acc · absmax_x[m] · absmax_w[n] / 127²
@@ -133,7 +135,9 @@ template <typename scalar_t>
 void quantize_rows(CpuIsa isa, const scalar_t* x, int64_t rows, int64_t K, const uint8_t* outlier_mask,
                    int8_t* x_i8, float* row_absmax) {
   at::parallel_for(0, rows, kQuantRowGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) row_absmax[r] = quantize_row_isa(isa, x + r * K, K, outlier_mask, x_i8 + r * K);
+    for (int64_t r = begin; r < end; ++r) {
+      row_absmax[r] = quantize_row_isa(isa, x + r * K, K, outlier_mask, x_i8 + r * K);
+    }
   });
 }
 
@@ -183,9 +187,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cpu(const a
 // rows are read where they are, so the weight streams from memory once and is
 // never copied; at small M that stream is the whole cost, and packing B (one
 // more pass over it) costs more than the dot kernels lose to the packed ones
-// until M = 32 (VNNI) or 64 (AVX2, whose packing is lane by lane). A tile of a few A rows × 4 B rows keeps one vector
-// accumulator per output over K (summed horizontally at the end), and all A
-// rows pass the B tile while it sits in L1.
+// until M ≈ 32 (VNNI) or 20 (AVX2), as measured at 4096 × 4096. A tile of a
+// few A rows × 4 B rows keeps one vector accumulator per output over K (summed
+// horizontally at the end), and all A rows pass the B tile while it sits in L1.
 //   AVX-512 VNNI: vpdpbusd multiplies unsigned×signed bytes, so B is flipped to
 //     b + 128 (xor 0x80) as it is loaded and 128·Σ_k a[m, k], per row, is
 //     subtracted at the end. K's tail is a masked load (zeros). 4 × 4 tiles.
@@ -195,7 +199,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_vectorwise_quant_cpu(const a
 // Packed micro-kernels, larger M: a task takes a 64-column panel of B (and a
 // range of M rows when there are too few panels for the threads) and packs the
 // panel once into the layout the multiply instruction eats: one 32-bit lane per
-// (k-group, column), so one vector load feeds 16 or 8 columns. A then streams
+// (k-group, column), so one vector load feeds 16 or 8 columns (a transpose of
+// 32-bit lanes, done 16 × 16 or 8 × 8 at a time in registers). A then streams
 // kMicroRows rows at a time through a register-blocked micro-kernel (6 rows ×
 // 64 columns). K is cut into blocks of kBlockGroups groups, so the 16 KB of
 // panel the micro-kernels reread stays in L1; the int32 accumulators of a
@@ -278,6 +283,7 @@ template <Int8Isa kIsa>
 struct PackedOperands {
   using AElement = std::conditional_t<kIsa == Int8Isa::kAvx512Vnni, uint8_t, int16_t>;
   static constexpr int64_t kGroup = kIsa == Int8Isa::kAvx512Vnni ? 4 : 2;
+  static constexpr int64_t kPackBlock = kIsa == Int8Isa::kAvx512Vnni ? 16 : 8;
 
   static AElement a_value(int8_t v) {
     if constexpr (kIsa == Int8Isa::kAvx512Vnni) {
@@ -427,7 +433,7 @@ class VnniDotTiles {
 // The AVX2 dot tiles over A converted to int16.
 class Avx2DotTiles {
  public:
-  static constexpr int64_t kMaxM = 64;
+  static constexpr int64_t kMaxM = 20;
   static constexpr int kMaxRows = 2;
 
   Avx2DotTiles(const int8_t* a, int64_t M, int64_t K)
@@ -558,19 +564,59 @@ MLX_INT8_TARGET_VNNI void vnni_pack_block(const int8_t* b, int64_t K, int32_t* p
   for (int g = 0; g < 16; ++g) _mm512_storeu_si512(panel + g * kPanelN, v[g]);
 }
 
+// The same for 8 rows × 8 groups of int16 pairs: each row's 16 bytes
+// sign-extended, then the 8×8 transpose of 32-bit lanes (unpack 32, unpack 64,
+// swap 128-bit halves).
+MLX_INT8_TARGET_AVX2 void avx2_pack_block(const int8_t* b, int64_t K, int32_t* panel) {
+  __m256i v[8], t[8];
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r) {
+    v[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + r * K)));
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < 8; r += 2) {
+    t[r] = _mm256_unpacklo_epi32(v[r], v[r + 1]);
+    t[r + 1] = _mm256_unpackhi_epi32(v[r], v[r + 1]);
+  }
+  // v[4h + s] (h: rows 4h..4h+3): group s of each 128-bit half.
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h) {
+    v[4 * h] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+    v[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+    v[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+    v[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+  }
+#pragma GCC unroll 4
+  for (int s = 0; s < 4; ++s) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel + s * kPanelN),
+                        _mm256_permute2x128_si256(v[s], v[s + 4], 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel + (s + 4) * kPanelN),
+                        _mm256_permute2x128_si256(v[s], v[s + 4], 0x31));
+  }
+}
+
+// Ops::kPackBlock rows × groups of the panel, by the ISA's transpose.
+template <typename Ops>
+void pack_block(const int8_t* b, int64_t K, int32_t* panel) {
+  if constexpr (std::is_same_v<Ops, PackedOperands<Int8Isa::kAvx512Vnni>>) {
+    vnni_pack_block(b, K, panel);
+  } else {
+    avx2_pack_block(b, K, panel);
+  }
+}
+
 // panel[g·kPanelN + j] = the lane of k-group g of B row j (rows K apart);
-// rows past nb and k's past K are 0. On VNNI the whole 16 × 16 blocks are
-// transposed in registers; the rest lane by lane, group-major, so the writes
-// are in order and the 64 rows' lines are read while they sit in L1.
+// rows past nb and k's past K are 0. Whole blocks of Ops::kPackBlock rows ×
+// groups are transposed in registers; the rest lane by lane, group-major, so
+// the writes are in order and the 64 rows' lines are read while in L1.
 template <typename Ops>
 void pack_panel(const int8_t* b, int64_t nb, int64_t K, int64_t groups, int32_t* panel) {
   const int64_t full_groups = K / Ops::kGroup;
-  int64_t block_rows = 0, block_groups = 0;
-  if constexpr (std::is_same_v<Ops, PackedOperands<Int8Isa::kAvx512Vnni>>) {
-    block_rows = nb / 16 * 16;
-    block_groups = full_groups / 16 * 16;
-    for (int64_t j = 0; j < block_rows; j += 16) {
-      for (int64_t g = 0; g < block_groups; g += 16) vnni_pack_block(b + j * K + g * 4, K, panel + g * kPanelN + j);
+  const int64_t block_rows = nb / Ops::kPackBlock * Ops::kPackBlock;
+  const int64_t block_groups = full_groups / Ops::kPackBlock * Ops::kPackBlock;
+  for (int64_t j = 0; j < block_rows; j += Ops::kPackBlock) {
+    for (int64_t g = 0; g < block_groups; g += Ops::kPackBlock) {
+      pack_block<Ops>(b + j * K + g * Ops::kGroup, K, panel + g * kPanelN + j);
     }
   }
   for (int64_t g = 0; g < full_groups; ++g) {
