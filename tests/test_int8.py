@@ -76,11 +76,12 @@ def test_int8_mm_every_cpu_kernel_path(monkeypatch, isa):
     for m, n, k in [(1, 70, 33), (5, 64, 4), (37, 130, 301), (300, 65, 1030)]:
         a, b = random_int8(m, k), random_int8(n, k)
         torch.testing.assert_close(mlx_kernels.int8_mm(a, b).long(), oracles.int8_mm(a, b), rtol=0, atol=0)
-    k = (2**31 - 1) // (128 * 128) - 7  # extremes: VNNI's a + 128 offset wraps inside int32
-    for value_a, value_b in [(-128, -128), (127, -128), (-128, 127)]:
-        a = torch.full((5, k), value_a, dtype=torch.int8)
-        b = torch.full((3, k), value_b, dtype=torch.int8)
-        assert (mlx_kernels.int8_mm(a, b).long() == k * value_a * value_b).all()
+    k = (2**31 - 1) // (128 * 128) - 7  # extremes: VNNI's +128 offsets wrap inside int32
+    for m in (5, 40):  # the dot kernels (B's offset) and the packed ones (A's)
+        for value_a, value_b in [(-128, -128), (127, -128), (-128, 127)]:
+            a = torch.full((m, k), value_a, dtype=torch.int8)
+            b = torch.full((3, k), value_b, dtype=torch.int8)
+            assert (mlx_kernels.int8_mm(a, b).long() == k * value_a * value_b).all()
 
 
 @settings(max_examples=25, deadline=None)

@@ -3,9 +3,10 @@
 // int8_vectorwise_quant (LLM.int8 activation quantization), two passes:
 //   1. outlier columns (threshold > 0): a column is an outlier when any |x| in
 //      it exceeds the threshold. Parallel over column blocks, so no merging.
+//      Compiled per ISA path, like pass 2.
 //   2. per row block: absmax over the non-outlier columns, then
-//      x_i8 = round(x * 127 / absmax) (round half to even), outliers -> 0;
-//      rows compiled per ISA path, so both loops vectorize.
+//      x_i8 = round(x * 127 / absmax) (round half to even), outliers -> 0.
+//      Rows compiled per ISA path, so that both loops vectorize.
 //
 // int8_mm / int8_gemm share one int8 GEMM driver, C = A[M, K] · B[N, K]ᵀ with
 // both operands K-contiguous (see "int8 GEMM driver" below: by ISA path, AVX-512
@@ -48,19 +49,24 @@ namespace {
 constexpr int64_t kOutlierColumnBlock = 256;
 constexpr int64_t kQuantRowGrain = 16;
 
+// mask[c] |= |row[c]| > threshold for c < n. Compiled per ISA path
+// (mark_outliers_isa); __restrict, so that the loop vectorizes.
+template <typename scalar_t>
+inline __attribute__((always_inline)) void mark_outliers(const scalar_t* __restrict row, int64_t n, float threshold,
+                                                          uint8_t* __restrict mask) {
+  for (int64_t c = 0; c < n; ++c) mask[c] |= std::abs(static_cast<float>(row[c])) > threshold;
+}
+
+MLX_CPU_ISA_DISPATCH(mark_outliers_isa, mark_outliers)
+
 // mask[c] = 1 when any |x[r, c]| > threshold, for x [rows, K] row-major.
 template <typename scalar_t>
-std::vector<uint8_t> outlier_column_mask(const scalar_t* x, int64_t rows, int64_t K, float threshold) {
+std::vector<uint8_t> outlier_column_mask(CpuIsa isa, const scalar_t* x, int64_t rows, int64_t K, float threshold) {
   std::vector<uint8_t> mask(K, 0);
   at::parallel_for(0, ceil_div(K, kOutlierColumnBlock), 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t c0 = block * kOutlierColumnBlock, c1 = std::min(K, c0 + kOutlierColumnBlock);
-      for (int64_t r = 0; r < rows; ++r) {
-        const scalar_t* row = x + r * K;
-        for (int64_t c = c0; c < c1; ++c) {
-          mask[c] |= std::abs(static_cast<float>(row[c])) > threshold;
-        }
-      }
+      for (int64_t r = 0; r < rows; ++r) mark_outliers_isa(isa, x + r * K + c0, c1 - c0, threshold, mask.data() + c0);
     }
   });
   return mask;
@@ -157,7 +163,7 @@ QuantizedRows quantize_activations(CpuIsa isa, const at::Tensor& x, double thres
     const scalar_t* x_ptr = x.data_ptr<scalar_t>();
     std::vector<uint8_t> mask;
     if (threshold > 0.0) {
-      mask = outlier_column_mask(x_ptr, rows, K, static_cast<float>(threshold));
+      mask = outlier_column_mask(isa, x_ptr, rows, K, static_cast<float>(threshold));
       for (int64_t c = 0; c < K; ++c) {
         if (mask[c]) outlier_cols.push_back(c);
       }
@@ -350,6 +356,7 @@ MLX_INT8_TARGET_VNNI void vnni_dot_tile(const int8_t* a, const int8_t* b, int64_
   }
 }
 
+// The wrapping sum of v's 8 int32 lanes.
 MLX_INT8_TARGET_AVX2 inline uint32_t sum_lanes(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
