@@ -477,15 +477,16 @@ void int8_gemm_dot(const Tiles& tiles, const int8_t* b, int64_t M, int64_t N, in
 
 // --- packed micro-kernels (larger M) ---
 
-// c[r, 0:64] += Σ_g a_u8[r, 4g:4g+4] · panel[g], r < kRows.
+// c[r, 0:64] = start[r, 0:64] + Σ_g a_u8[r, 4g:4g+4] · panel[g], r < kRows
+// (start rows start_stride apart: 0 repeats one row, the columns' initial values).
 template <int kRows>
 MLX_INT8_TARGET_VNNI void vnni_micro_kernel(const uint8_t* a, int64_t lda, const int8_t* panel, int64_t groups,
-                                            int32_t* c) {
+                                            const int32_t* start, int64_t start_stride, int32_t* c) {
   __m512i acc[kRows][4];
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
 #pragma GCC unroll 8
-    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_loadu_si512(c + r * kPanelN + 16 * j);
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_loadu_si512(start + r * start_stride + 16 * j);
   }
   for (int64_t g = 0; g < groups; ++g) {
     const int8_t* b = panel + g * 4 * kPanelN;
@@ -507,18 +508,18 @@ MLX_INT8_TARGET_VNNI void vnni_micro_kernel(const uint8_t* a, int64_t lda, const
   }
 }
 
-// c[r, 0:64] += Σ_g a16[r, 2g:2g+2] · panel[g], r < kRows; 16 columns per
-// pass so that the accumulators fit the 16 ymm registers.
+// c[r, 0:64] = start[r, 0:64] + Σ_g a16[r, 2g:2g+2] · panel[g], r < kRows, as
+// vnni_micro_kernel; 16 columns per pass so the accumulators fit 16 ymm registers.
 template <int kRows>
 MLX_INT8_TARGET_AVX2 void avx2_micro_kernel(const int16_t* a, int64_t lda, const int16_t* panel, int64_t groups,
-                                            int32_t* c) {
+                                            const int32_t* start, int64_t start_stride, int32_t* c) {
   for (int64_t col = 0; col < kPanelN; col += 16) {
     __m256i acc[kRows][2];
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
 #pragma GCC unroll 8
       for (int j = 0; j < 2; ++j) {
-        acc[r][j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + r * kPanelN + col + 8 * j));
+        acc[r][j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(start + r * start_stride + col + 8 * j));
       }
     }
     for (int64_t g = 0; g < groups; ++g) {
@@ -656,24 +657,27 @@ void initial_accumulators(const int8_t* b, int64_t nb, int64_t K, int32_t* init)
 }
 
 // acc[0:mb, 0:64] = init + a[0:mb, :] · panel, K in blocks of kBlockGroups
-// groups, each passed by all mb rows while its panel slice is in L1.
+// groups, each passed by all mb rows while its panel slice is in L1. The first
+// block starts from init, the others from the accumulators the last one left.
 template <Int8Isa kIsa>
 void multiply_block(const typename PackedOperands<kIsa>::AElement* a, int64_t lda, int64_t mb, const int32_t* panel,
                     int64_t groups, const int32_t* init, int32_t* acc) {
   constexpr int64_t kGroup = PackedOperands<kIsa>::kGroup;
-  for (int64_t i = 0; i < mb; ++i) std::copy(init, init + kPanelN, acc + i * kPanelN);
   for (int64_t g0 = 0; g0 < groups; g0 += kBlockGroups) {
     const int64_t gb = std::min(kBlockGroups, groups - g0);
     for (int64_t m0 = 0; m0 < mb; m0 += kMicroRows) {
       with_rows<kMicroRows>(std::min(kMicroRows, mb - m0), [&](auto rows) {
         const auto* a_rows = a + m0 * lda + g0 * kGroup;
         const int32_t* slice = panel + g0 * kPanelN;
+        int32_t* c = acc + m0 * kPanelN;
+        const int32_t* start = g0 == 0 ? init : c;
+        const int64_t start_stride = g0 == 0 ? 0 : kPanelN;
         if constexpr (kIsa == Int8Isa::kAvx512Vnni) {
-          vnni_micro_kernel<decltype(rows)::value>(a_rows, lda, reinterpret_cast<const int8_t*>(slice), gb,
-                                                   acc + m0 * kPanelN);
+          vnni_micro_kernel<decltype(rows)::value>(a_rows, lda, reinterpret_cast<const int8_t*>(slice), gb, start,
+                                                   start_stride, c);
         } else {
-          avx2_micro_kernel<decltype(rows)::value>(a_rows, lda, reinterpret_cast<const int16_t*>(slice), gb,
-                                                   acc + m0 * kPanelN);
+          avx2_micro_kernel<decltype(rows)::value>(a_rows, lda, reinterpret_cast<const int16_t*>(slice), gb, start,
+                                                   start_stride, c);
         }
       });
     }
@@ -772,8 +776,8 @@ at::Tensor int8_mm_cpu(const at::Tensor& a_in, const at::Tensor& b_in) {
   const at::Tensor a = a_in.contiguous();
   const at::Tensor b = b_in.contiguous();
   const int64_t M = a.size(0), N = b.size(0), K = a.size(1);
-  at::Tensor c = at::zeros({M, N}, a.options().dtype(at::kInt));
-  if (M == 0 || N == 0 || K == 0) return c;
+  at::Tensor c = at::empty({M, N}, a.options().dtype(at::kInt));  // the epilogue writes every element
+  if (M == 0 || N == 0 || K == 0) return c.zero_();
 
   const CpuIsa isa = cpu_isa(MLX_OP_NAME("int8_mm"));
   int32_t* c_ptr = c.data_ptr<int32_t>();
