@@ -61,6 +61,10 @@ def test_int8_gemm(isa, dtype):
         x[:, [3, 50, 129]] *= 20  # outlier columns for threshold 6
         for threshold in (0.0, 6.0):
             check_gemm_against_oracle(x.to(dtype), w_i8, w_absmax, torch.randn(70).to(dtype), threshold)
+    bias = torch.randn(70).to(dtype)  # K = 0: the bias alone, from both kernels
+    for m in (1, 70):
+        out = mlx_kernels.int8_gemm(torch.randn(m, 0).to(dtype), w_i8[:, :0], w_absmax, bias, 6.0)
+        assert torch.equal(out, bias.expand(m, 70))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)

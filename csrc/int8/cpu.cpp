@@ -658,12 +658,13 @@ void initial_accumulators(const int8_t* b, int64_t nb, int64_t K, int32_t* init)
 
 // acc[0:mb, 0:64] = init + a[0:mb, :] · panel, K in blocks of kBlockGroups
 // groups, each passed by all mb rows while its panel slice is in L1. The first
-// block starts from init, the others from the accumulators the last one left.
+// block starts from init, the others from the accumulators the last one left;
+// K = 0 still takes one (empty) block, which writes init.
 template <Int8Isa kIsa>
 void multiply_block(const typename PackedOperands<kIsa>::AElement* a, int64_t lda, int64_t mb, const int32_t* panel,
                     int64_t groups, const int32_t* init, int32_t* acc) {
   constexpr int64_t kGroup = PackedOperands<kIsa>::kGroup;
-  for (int64_t g0 = 0; g0 < groups; g0 += kBlockGroups) {
+  for (int64_t g0 = 0; g0 == 0 || g0 < groups; g0 += kBlockGroups) {
     const int64_t gb = std::min(kBlockGroups, groups - g0);
     for (int64_t m0 = 0; m0 < mb; m0 += kMicroRows) {
       with_rows<kMicroRows>(std::min(kMicroRows, mb - m0), [&](auto rows) {
