@@ -177,7 +177,7 @@ __attribute__((always_inline)) inline void quantize_codes(const scalar_t* row, i
   if (s > 0.0f) {
     for (int64_t k = 0; k < K; ++k) codes[k] = nearest_level_code_finite(static_cast<float>(row[k]) / s, bits);
   } else {
-    std::memset(codes, static_cast<int>(nearest_level_code(0.0f, bits)), K);
+    std::fill_n(codes, K, static_cast<uint8_t>(nearest_level_code(0.0f, bits)));  // K may be 0: codes null
   }
 }
 // Compiled per path: both loops vectorize on AVX2 and AVX-512.
