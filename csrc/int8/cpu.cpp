@@ -72,46 +72,60 @@ std::vector<uint8_t> outlier_column_mask(CpuIsa isa, const scalar_t* x, int64_t 
   return mask;
 }
 
-// 16 floats: one zmm, two ymm or four xmm by ISA path (GCC vector extensions).
-using FloatLanes __attribute__((vector_size(64))) = float;
-using IntLanes __attribute__((vector_size(64))) = int32_t;
-constexpr int64_t kLanes = 16;
+// kBytes of float / int32 lanes: one register of the ISA path whose width
+// kBytes is (common/cpu_isa.h). At 64 bytes on AVX2, GCC lowered the compares
+// and selects of row_absmax lane by lane.
+template <int kBytes>
+struct Lanes {
+  typedef float F __attribute__((vector_size(kBytes)));
+  typedef int32_t I __attribute__((vector_size(kBytes)));
+  static constexpr int64_t kCount = kBytes / 4;
 
-template <typename scalar_t>
-inline __attribute__((always_inline)) FloatLanes load_lanes(const scalar_t* p) {
-  float values[kLanes];
-  for (int64_t l = 0; l < kLanes; ++l) values[l] = static_cast<float>(p[l]);
-  FloatLanes v;
-  std::memcpy(&v, values, sizeof(v));
-  return v;
-}
+  template <typename scalar_t>
+  __attribute__((always_inline)) static F load(const scalar_t* p) {
+    float values[kCount];
+    for (int64_t l = 0; l < kCount; ++l) values[l] = static_cast<float>(p[l]);
+    F v;
+    std::memcpy(&v, values, sizeof(v));
+    return v;
+  }
 
-// All ones in the lanes of kept (non-outlier) columns, 0 in the others.
-inline __attribute__((always_inline)) IntLanes kept_lanes(const uint8_t* outlier_mask) {
-  using ByteLanes __attribute__((vector_size(kLanes))) = uint8_t;
-  ByteLanes mask;
-  std::memcpy(&mask, outlier_mask, sizeof(mask));
-  return __builtin_convertvector(mask, IntLanes) == 0;
-}
+  // All ones in the lanes of kept (non-outlier) columns, 0 in the others.
+  __attribute__((always_inline)) static I kept(const uint8_t* outlier_mask) {
+    int32_t kept[kCount];
+    for (int64_t l = 0; l < kCount; ++l) kept[l] = outlier_mask[l] == 0 ? -1 : 0;
+    I v;
+    std::memcpy(&v, kept, sizeof(v));
+    return v;
+  }
+};
 
 // absmax_with folded over the non-outlier |x| of one row: the largest, or NaN
-// when one is NaN. 16 running maxima (a NaN never replaces one: v > max is
-// false) and 16 NaN flags, so that the loop vectorizes.
-template <typename scalar_t>
+// when one is NaN. A running maximum and a NaN flag per lane (a NaN never
+// replaces a maximum: v > max is false), so that the loop vectorizes.
+template <int kBytes, typename scalar_t>
 inline __attribute__((always_inline)) float row_absmax(const scalar_t* row, int64_t K, const uint8_t* outlier_mask) {
-  FloatLanes max_lanes{};
-  IntLanes nan_lanes{};
+  using L = Lanes<kBytes>;
+  using F = typename L::F;
+  using I = typename L::I;
+  constexpr int64_t kCount = L::kCount;
+  F max_lanes{};
+  I nan_lanes{};
   int64_t c = 0;
-  for (; c + kLanes <= K; c += kLanes) {
-    IntLanes bits = std::bit_cast<IntLanes>(load_lanes(row + c)) & 0x7fffffff;
-    if (outlier_mask != nullptr) bits &= kept_lanes(outlier_mask + c);
-    const FloatLanes v = std::bit_cast<FloatLanes>(bits);
+  for (; c + kCount <= K; c += kCount) {
+    I bits = std::bit_cast<I>(L::load(row + c)) & 0x7fffffff;
+    if (outlier_mask != nullptr) bits &= L::kept(outlier_mask + c);
+    const F v = std::bit_cast<F>(bits);
     max_lanes = v > max_lanes ? v : max_lanes;
     nan_lanes |= v != v;
   }
+  float lane_max[kCount];
+  int32_t lane_nan[kCount];
+  std::memcpy(lane_max, &max_lanes, sizeof(lane_max));
+  std::memcpy(lane_nan, &nan_lanes, sizeof(lane_nan));
   float absmax = 0.0f;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    absmax = absmax_with(absmax, nan_lanes[l] != 0 ? std::numeric_limits<float>::quiet_NaN() : max_lanes[l]);
+  for (int64_t l = 0; l < kCount; ++l) {
+    absmax = absmax_with(absmax, lane_nan[l] != 0 ? std::numeric_limits<float>::quiet_NaN() : lane_max[l]);
   }
   for (; c < K; ++c) {
     const bool outlier = outlier_mask != nullptr && outlier_mask[c];
@@ -123,10 +137,10 @@ inline __attribute__((always_inline)) float row_absmax(const scalar_t* row, int6
 // One row: absmax over non-outlier columns, then round(x * 127 / absmax)
 // (row_scale and quantize_value: the CUDA kernel's arithmetic). Compiled per
 // ISA path (quantize_row_isa), where the rounding loop vectorizes.
-template <typename scalar_t>
+template <int kBytes, typename scalar_t>
 inline __attribute__((always_inline)) float quantize_row(const scalar_t* row, int64_t K, const uint8_t* outlier_mask,
                                                          int8_t* q) {
-  const float absmax = row_absmax(row, K, outlier_mask);
+  const float absmax = row_absmax<kBytes>(row, K, outlier_mask);
   const RowScale scale = row_scale(absmax);
   for (int64_t c = 0; c < K; ++c) {
     const bool outlier = outlier_mask != nullptr && outlier_mask[c];
@@ -135,7 +149,7 @@ inline __attribute__((always_inline)) float quantize_row(const scalar_t* row, in
   return absmax;
 }
 
-MLX_CPU_ISA_DISPATCH(quantize_row_isa, quantize_row)
+MLX_CPU_ISA_DISPATCH_VECTORS(quantize_row_isa, quantize_row)
 
 template <typename scalar_t>
 void quantize_rows(CpuIsa isa, const scalar_t* x, int64_t rows, int64_t K, const uint8_t* outlier_mask,
