@@ -23,6 +23,7 @@
 #include "attention/attention.h"
 #include "attention/softmax_math.h"
 #include "common/cpu_isa.h"
+#include "common/cpu_vector.h"
 #include "common/cpu_utils.h"
 #include "common/registration.h"
 
@@ -34,25 +35,12 @@ constexpr int64_t kTileKeys = 64;  // keys per inner step
 constexpr int64_t kRowBlock = 4;   // rows held in registers by the micro-kernels
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// kBytes-byte vectors of float (and int32 lanes for the exponent bits): the
-// register width of the ISA path (common/cpu_isa.h).
+// Vectors of float (and of int32, for the exponent bits and lane masks) at the
+// ISA path's register width.
 template <int kBytes>
-struct FloatVec {
-  typedef float V __attribute__((vector_size(kBytes)));
-  typedef int32_t I __attribute__((vector_size(kBytes)));
-  static constexpr int64_t kLanes = kBytes / sizeof(float);
-  __attribute__((always_inline)) static V load(const float* p) {
-    V v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-  }
-  __attribute__((always_inline)) static void store(float* p, V v) { std::memcpy(p, &v, sizeof(v)); }
-  // The lanes of v through memory: reading lanes of a register one by one is an extract each.
-  template <typename Vec, typename T>
-  __attribute__((always_inline)) static void spill(const Vec& v, T (&out)[kLanes]) {
-    std::memcpy(out, &v, sizeof(out));
-  }
-};
+using FloatVec = CpuVector<float, kBytes>;
+template <int kBytes>
+using IntLanes = typename CpuVector<int32_t, kBytes>::V;
 
 // Accumulator registers the micro-kernels keep per ISA path of vector width
 // kBytes: 16 of AVX-512's 32 registers, 8 of the 16 of AVX2 and SSE (the rest
@@ -142,7 +130,7 @@ struct TaskBuffers {
 template <int kBytes>
 inline __attribute__((always_inline)) typename FloatVec<kBytes>::V exp_lanes(typename FloatVec<kBytes>::V x) {
   using V = typename FloatVec<kBytes>::V;
-  using I = typename FloatVec<kBytes>::I;
+  using I = IntLanes<kBytes>;
   const auto underflow = x < -87.33f;                  // below FLT_MIN: 0 (NaN compares false)
   const V xc = x > 88.5f ? V{} + 88.5f : underflow ? V{} : x;  // no overflow in 2^n
   const V t = xc * 1.44269504088896341f;              // log2(e)
@@ -172,7 +160,7 @@ inline __attribute__((always_inline)) void online_softmax_tile(TaskBuffers& buf,
                                                               int64_t keys, int64_t head_dim) {
   using F = FloatVec<kBytes>;
   using V = typename F::V;
-  using I = typename F::I;
+  using I = IntLanes<kBytes>;
   constexpr int64_t W = F::kLanes;
   static_assert(kTileKeys % W == 0);
   for (int64_t r = 0; r < rows; ++r) {
@@ -182,21 +170,10 @@ inline __attribute__((always_inline)) void online_softmax_tile(TaskBuffers& buf,
     // exp(−inf − max) = 0. (Lane masks against the key count, GCC scalarizes.)
     const int64_t chunks = ceil_div(visible, W);
     std::fill(s + visible, s + chunks * W, kNegInf);
-    V max_v = V{} + kNegInf;
-    I nan_lanes{};
-    for (int64_t c = 0; c < chunks; ++c) {
-      const V x = F::load(s + c * W);
-      max_v = x > max_v ? x : max_v;
-      nan_lanes |= x != x;
-    }
-    float lane_max[W];
-    int32_t lane_nan[W];
-    F::spill(max_v, lane_max);
-    F::spill(nan_lanes, lane_nan);
-    float tile_max = kNegInf;
-    bool nan_seen = false;
-    for (int64_t l = 0; l < W; ++l) tile_max = std::max(tile_max, lane_max[l]), nan_seen |= lane_nan[l] != 0;
-    const float new_max = nan_seen ? std::nanf("") : std::max(buf.row_max[r], tile_max);
+    LaneMaxKeepingNan<kBytes> running_max(kNegInf);
+    for (int64_t c = 0; c < chunks; ++c) running_max.add(F::load(s + c * W));
+    const float tile_max = running_max.max();
+    const float new_max = std::isnan(tile_max) ? tile_max : std::max(buf.row_max[r], tile_max);
     if (new_max == kNegInf) {
       std::fill_n(s, keys, 0.0f);
       continue;
@@ -210,7 +187,7 @@ inline __attribute__((always_inline)) void online_softmax_tile(TaskBuffers& buf,
     }
     std::fill(s + std::min(chunks * W, keys), s + keys, 0.0f);
     float lane_sum[W];
-    F::spill(sum_v, lane_sum);
+    lanes_of(sum_v, lane_sum);
     float tile_sum = 0.0f;
     for (int64_t l = 0; l < W; ++l) tile_sum += lane_sum[l];
     buf.row_sum[r] = buf.row_sum[r] * rescale + tile_sum;

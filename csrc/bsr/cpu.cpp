@@ -35,6 +35,7 @@
 
 #include "bsr/bsr.h"
 #include "common/cpu_isa.h"
+#include "common/cpu_vector.h"
 #include "common/cpu_utils.h"
 #include "common/registration.h"
 
@@ -57,9 +58,9 @@ namespace {
 constexpr int64_t kTermsPerPartial = 64;
 
 // kBytes of acc_t: one register of the ISA path whose width kBytes is (see
-// common/cpu_isa.h), so the accumulators of a row stay in registers on each.
+// common/cpu_vector.h), so the accumulators of a row stay in registers on each.
 template <typename acc_t, int kBytes>
-using acc_vector __attribute__((vector_size(kBytes))) = acc_t;
+using acc_vector = typename CpuVector<acc_t, kBytes>::V;
 
 // `lanes` values of x_t at p as V: a vector of acc_t, or one acc_t.
 template <typename V, typename x_t>

@@ -26,6 +26,10 @@
 // (z = k[h] + i·k[h+1]), separated by Hermitian symmetry:
 // K_h[f] = (Z[f] + conj(Z[-f]))/2, K_{h+1}[f] = (Z[f] - conj(Z[-f]))/(2i).
 //
+// Vectors are CpuVector<T, kBytes>, each ISA path's register width: the column
+// stages keep 32 vectors live, which fit AVX-512's 32 registers and, at 64
+// bytes on AVX2 (two registers each), would be spilled and reloaded.
+//
 // Non-finite input: an FFT spreads a NaN or Inf over its whole row, and the
 // complex arithmetic would carry it into the other row sharing the signal, a
 // different sequence (or head). So a row holding one is transformed as zeros and
@@ -47,6 +51,7 @@
 #include <utility>
 
 #include "common/cpu_isa.h"
+#include "common/cpu_vector.h"
 #include "common/cpu_utils.h"
 #include "common/registration.h"
 #include "fftconv/fftconv.h"
@@ -55,22 +60,6 @@ namespace mlx_kernels::fftconv {
 namespace {
 
 #define MLX_ALWAYS_INLINE __attribute__((always_inline)) inline
-
-// kBytes-byte vectors of float or double, with unaligned loads and stores. Each
-// ISA path instantiates the kernels at its register width (common/cpu_isa.h):
-// the column stages keep 32 vectors live, which fit AVX-512's 32 registers, and
-// at 64 bytes on AVX2 (two registers each) would be spilled and reloaded.
-template <typename T, int kBytes>
-struct Simd {
-  typedef T V __attribute__((vector_size(kBytes)));
-  static constexpr int64_t kLanes = kBytes / sizeof(T);
-  MLX_ALWAYS_INLINE static V load(const T* p) {
-    V v;
-    __builtin_memcpy(&v, p, sizeof(V));
-    return v;
-  }
-  MLX_ALWAYS_INLINE static void store(T* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
-};
 
 // Per-size constants of every stage, in T: the twiddles, and for the last stage
 // (the row DFTs of the row-by-row path) the 16×16 DFT matrix and the imaginary
@@ -172,9 +161,9 @@ std::shared_ptr<const Plan<T>> get_plan(int64_t N) {
 
 // (a, b) <- (a + ib)·w in registers (conj(w) when kConj), w loaded from memory.
 template <int kBytes, typename T, bool kConj>
-MLX_ALWAYS_INLINE void rotate(typename Simd<T, kBytes>::V& a, typename Simd<T, kBytes>::V& b, const T* wr,
+MLX_ALWAYS_INLINE void rotate(typename CpuVector<T, kBytes>::V& a, typename CpuVector<T, kBytes>::V& b, const T* wr,
                               const T* wi) {
-  using S = Simd<T, kBytes>;
+  using S = CpuVector<T, kBytes>;
   const auto c = S::load(wr), d = kConj ? -S::load(wi) : S::load(wi);
   const auto real = a * c - b * d;
   b = a * d + b * c;
@@ -225,7 +214,7 @@ MLX_ALWAYS_INLINE void small_dft(V (&xr)[kRadix], V (&xi)[kRadix]) {
 template <int kBytes, typename T, bool kInverse, int64_t R>
 MLX_ALWAYS_INLINE void column_stage_radix(T* re, T* im, int64_t stride, const T* tw_re, const T* tw_im,
                                           int64_t rows_in, int64_t rows_out) {
-  using S = Simd<T, kBytes>;
+  using S = CpuVector<T, kBytes>;
   using V = typename S::V;
   constexpr int64_t W = S::kLanes;
   V xr[kRadix], xi[kRadix];
@@ -272,9 +261,9 @@ MLX_ALWAYS_INLINE void column_stage(T* re, T* im, int64_t radix, int64_t stride,
 // multiply-adds. Also the inverse row DFT, with F's conjugate as the table.
 template <int kBytes, typename T>
 MLX_ALWAYS_INLINE void row_dft(const T* xr, const T* xi, const T* dft_re, const T* dft_im,
-                               typename Simd<T, kBytes>::V (&fr)[kRadix / Simd<T, kBytes>::kLanes],
-                               typename Simd<T, kBytes>::V (&fi)[kRadix / Simd<T, kBytes>::kLanes]) {
-  using S = Simd<T, kBytes>;
+                               typename CpuVector<T, kBytes>::V (&fr)[kRadix / CpuVector<T, kBytes>::kLanes],
+                               typename CpuVector<T, kBytes>::V (&fi)[kRadix / CpuVector<T, kBytes>::kLanes]) {
+  using S = CpuVector<T, kBytes>;
   constexpr int64_t C = kRadix / S::kLanes, half = kRadix / 2;
   for (int64_t c = 0; c < C; ++c) fr[c] = fi[c] = typename S::V{};
   for (int64_t j = 0; j <= half; ++j) {
@@ -299,9 +288,9 @@ MLX_ALWAYS_INLINE void row_dft(const T* xr, const T* xi, const T* dft_re, const 
 // z += Y[f]·conj(F[f, :]), one term of the inverse row DFT, vectorized along n.
 template <int kBytes, typename T>
 MLX_ALWAYS_INLINE void inverse_row_term(T yr, T yi, const T* w_re, const T* w_im,
-                                        typename Simd<T, kBytes>::V (&zr)[kRadix / Simd<T, kBytes>::kLanes],
-                                        typename Simd<T, kBytes>::V (&zi)[kRadix / Simd<T, kBytes>::kLanes]) {
-  using S = Simd<T, kBytes>;
+                                        typename CpuVector<T, kBytes>::V (&zr)[kRadix / CpuVector<T, kBytes>::kLanes],
+                                        typename CpuVector<T, kBytes>::V (&zi)[kRadix / CpuVector<T, kBytes>::kLanes]) {
+  using S = CpuVector<T, kBytes>;
   for (int64_t c = 0; c < kRadix / S::kLanes; ++c) {
     const auto wr = S::load(w_re + c * S::kLanes), wi = S::load(w_im + c * S::kLanes);
     zr[c] += yr * wr - yi * wi;
@@ -320,7 +309,7 @@ struct KeptBlocks {
 template <int kBytes, typename T>
 MLX_ALWAYS_INLINE void last_stage_convolve(T* re, T* im, int64_t rows, const T* dft_re, const T* dft_im,
                                            const T* idft_im, KeptBlocks kept, const T* spec_re, const T* spec_im) {
-  using S = Simd<T, kBytes>;
+  using S = CpuVector<T, kBytes>;
   using V = typename S::V;
   constexpr int64_t W = S::kLanes, C = kRadix / W;
   for (int64_t p = 0; p < rows; ++p) {
@@ -339,8 +328,12 @@ MLX_ALWAYS_INLINE void last_stage_convolve(T* re, T* im, int64_t rows, const T* 
     if (4 * kept.low_end >= kRadix) {
       row_dft<kBytes>(yr, yi, dft_re, idft_im, zr, zi);
     } else {
-      for (int64_t f = 0; f < kept.low_end; ++f) inverse_row_term<kBytes>(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
-      for (int64_t f = kept.high_begin; f < kRadix; ++f) inverse_row_term<kBytes>(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
+      for (int64_t f = 0; f < kept.low_end; ++f) {
+        inverse_row_term<kBytes>(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
+      }
+      for (int64_t f = kept.high_begin; f < kRadix; ++f) {
+        inverse_row_term<kBytes>(yr[f], yi[f], dft_re + f * kRadix, idft_im + f * kRadix, zr, zi);
+      }
     }
     for (int64_t c = 0; c < C; ++c) {
       S::store(xr + c * W, zr[c]);
@@ -377,8 +370,8 @@ MLX_ALWAYS_INLINE void transpose(V* r) {
 // back: register j holds point j of every row. Points [h·W, (h+1)·W) of the W
 // rows are one W × W block, transposed in registers.
 template <int kBytes>
-MLX_ALWAYS_INLINE void load_tile(const float* p, typename Simd<float, kBytes>::V (&r)[kRadix]) {
-  using S = Simd<float, kBytes>;
+MLX_ALWAYS_INLINE void load_tile(const float* p, typename CpuVector<float, kBytes>::V (&r)[kRadix]) {
+  using S = CpuVector<float, kBytes>;
   constexpr int W = S::kLanes;
   for (int h = 0; h < kRadix / W; ++h) {
     for (int i = 0; i < W; ++i) r[h * W + i] = S::load(p + i * kRadix + h * W);
@@ -386,8 +379,8 @@ MLX_ALWAYS_INLINE void load_tile(const float* p, typename Simd<float, kBytes>::V
   }
 }
 template <int kBytes>
-MLX_ALWAYS_INLINE void store_tile(float* p, typename Simd<float, kBytes>::V (&r)[kRadix]) {
-  using S = Simd<float, kBytes>;
+MLX_ALWAYS_INLINE void store_tile(float* p, typename CpuVector<float, kBytes>::V (&r)[kRadix]) {
+  using S = CpuVector<float, kBytes>;
   constexpr int W = S::kLanes;
   for (int h = 0; h < kRadix / W; ++h) {
     transpose<W>(r + h * W);
@@ -402,8 +395,8 @@ MLX_ALWAYS_INLINE void store_tile(float* p, typename Simd<float, kBytes>::V (&r)
 template <int kBytes>
 MLX_ALWAYS_INLINE int64_t last_stage_convolve_tiles(float* re, float* im, int64_t rows, const float* spec_re,
                                                     const float* spec_im) {
-  using V = typename Simd<float, kBytes>::V;
-  constexpr int64_t W = Simd<float, kBytes>::kLanes;
+  using V = typename CpuVector<float, kBytes>::V;
+  constexpr int64_t W = CpuVector<float, kBytes>::kLanes;
   int64_t p0 = 0;
   for (; p0 + W <= rows; p0 += W) {
     const int64_t offset = p0 * kRadix;
@@ -509,7 +502,7 @@ MLX_ALWAYS_INLINE void convolve_buffer(const PlanView<T>& plan, T* re, T* im, in
 // The forward transform alone (the kernel spectrum): in place, Monarch order.
 template <int kBytes, typename T>
 MLX_ALWAYS_INLINE void forward_buffer(const PlanView<T>& plan, T* re, T* im, int64_t L) {
-  using S = Simd<T, kBytes>;
+  using S = CpuVector<T, kBytes>;
   constexpr int64_t W = S::kLanes, C = kRadix / W;
   forward_column_stages<kBytes>(plan, re, im, L);
   const StageView<T>& last = plan.stage[plan.num_stages - 1];

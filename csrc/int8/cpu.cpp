@@ -37,6 +37,7 @@
 #endif
 
 #include "common/cpu_isa.h"
+#include "common/cpu_vector.h"
 #include "common/cpu_utils.h"
 #include "common/registration.h"
 #include "int8/int8.h"
@@ -72,14 +73,14 @@ std::vector<uint8_t> outlier_column_mask(CpuIsa isa, const scalar_t* x, int64_t 
   return mask;
 }
 
-// kBytes of float / int32 lanes: one register of the ISA path whose width
-// kBytes is (common/cpu_isa.h). At 64 bytes on AVX2, GCC lowered the compares
-// and selects of row_absmax lane by lane.
+// float / int32 lanes of one register of the ISA path whose width kBytes is
+// (common/cpu_vector.h). At 64 bytes on AVX2, GCC lowered the compares and
+// selects of row_absmax lane by lane.
 template <int kBytes>
 struct Lanes {
-  typedef float F __attribute__((vector_size(kBytes)));
-  typedef int32_t I __attribute__((vector_size(kBytes)));
-  static constexpr int64_t kCount = kBytes / 4;
+  using F = typename CpuVector<float, kBytes>::V;
+  using I = typename CpuVector<int32_t, kBytes>::V;
+  static constexpr int64_t kCount = CpuVector<float, kBytes>::kLanes;
 
   template <typename scalar_t>
   __attribute__((always_inline)) static F load(const scalar_t* p) {
@@ -101,32 +102,22 @@ struct Lanes {
 };
 
 // absmax_with folded over the non-outlier |x| of one row: the largest, or NaN
-// when one is NaN. A running maximum and a NaN flag per lane (a NaN never
-// replaces a maximum: v > max is false), so that the loop vectorizes.
+// when one is NaN. Whole vectors through LaneMaxKeepingNan, so that the loop
+// vectorizes; the tail one value at a time.
 template <int kBytes, typename scalar_t>
 inline __attribute__((always_inline)) float row_absmax(const scalar_t* row, int64_t K, const uint8_t* outlier_mask) {
   using L = Lanes<kBytes>;
   using F = typename L::F;
   using I = typename L::I;
   constexpr int64_t kCount = L::kCount;
-  F max_lanes{};
-  I nan_lanes{};
+  LaneMaxKeepingNan<kBytes> running_max(0.0f);
   int64_t c = 0;
   for (; c + kCount <= K; c += kCount) {
     I bits = std::bit_cast<I>(L::load(row + c)) & 0x7fffffff;
     if (outlier_mask != nullptr) bits &= L::kept(outlier_mask + c);
-    const F v = std::bit_cast<F>(bits);
-    max_lanes = v > max_lanes ? v : max_lanes;
-    nan_lanes |= v != v;
+    running_max.add(std::bit_cast<F>(bits));
   }
-  float lane_max[kCount];
-  int32_t lane_nan[kCount];
-  std::memcpy(lane_max, &max_lanes, sizeof(lane_max));
-  std::memcpy(lane_nan, &nan_lanes, sizeof(lane_nan));
-  float absmax = 0.0f;
-  for (int64_t l = 0; l < kCount; ++l) {
-    absmax = absmax_with(absmax, lane_nan[l] != 0 ? std::numeric_limits<float>::quiet_NaN() : lane_max[l]);
-  }
+  float absmax = running_max.max();
   for (; c < K; ++c) {
     const bool outlier = outlier_mask != nullptr && outlier_mask[c];
     absmax = absmax_with(absmax, outlier ? 0.0f : std::abs(static_cast<float>(row[c])));
